@@ -1,0 +1,1 @@
+"""client_shim: the legacy kafka-python Producer API, served by the local kafkad daemon."""
