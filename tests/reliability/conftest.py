@@ -58,3 +58,22 @@ def ptopic(proxied, request):
     name = f"r-{base}-{os.getpid()}-{next(_names)}"
     proxied.create_topic(name, partitions=3)
     return name
+
+
+@pytest.fixture
+def kafkad_factory():
+    """Make `KafkadProcess` daemons (not started); every one is stopped and removed afterwards."""
+    from tests.support.daemon import KafkadProcess
+
+    made: list[KafkadProcess] = []
+
+    def make(bootstrap, **kw) -> KafkadProcess:
+        d = KafkadProcess(bootstrap, **kw)
+        made.append(d)
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in made:
+            d.close()
