@@ -332,7 +332,7 @@ def _build(cls: type, table: Mapping[str, Any], key: KeyPath, out: _Collector) -
         here = key + (name,)
         if name not in hints:
             what = "section" if isinstance(raw, dict) else "key"
-            near = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
+            near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             where = f" in [{_dotted(key)}]" if key else ""
             out.add(here, f"unknown {what}{where}{hint}")
