@@ -1,0 +1,734 @@
+"""The link from one application process to the kafkad daemon.
+
+Threading model (chosen for the caller's cost and for fork safety): per
+process and endpoint there is one `_Link` with one background I/O thread that
+alone owns the ZeroMQ context's DEALER socket (ZeroMQ sockets must not be
+shared between threads). Callers never touch the socket:
+
+- an async send appends its entry to its session's `pending` (kept until the
+  daemon acknowledges it) and `unsent` (what the I/O thread still has to
+  write), under the session's lock, and wakes the I/O thread through a pipe
+  only when that thread is asleep. The I/O thread packs everything waiting
+  into as few frames as it can (hundreds of sends per frame under load), so
+  the caller pays a few microseconds and ZeroMQ sees few, large frames.
+- a request (sync send, metadata, stats, register) is a `_Request` handed to
+  the I/O thread; the caller waits on its event.
+
+Connection state comes from the socket monitor (handshake succeeded /
+disconnected) and IMMEDIATE=1 (nothing is queued towards a daemon that is not
+there). On every handshake each session registers again and replays its
+unacknowledged entries in order; the daemon drops entries it already took
+(per-session sequence numbers), so a daemon restart loses nothing that is
+still pending here.
+
+Fork safety: nothing here is created at import. The registry of links is
+per process: `os.register_at_fork` clears it in the child (keeping the
+parent's objects referenced but unused, so the child never closes or uses
+the parent's context or socket), and each session checks `os.getpid()`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import errno as _errno
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from client_shim import schema
+from client_shim.errors import (
+    AsyncProducerQueueFull,
+    KafkadUnavailableError,
+    KafkaProtocolError,
+)
+
+log = logging.getLogger("client_shim")
+
+DEFAULT_ENDPOINT = "ipc:///run/kafkad/kafkad.sock"
+ENDPOINT_ENV = "KAFKAD_ENDPOINT"
+DEFAULT_TIMEOUT_S = 5.0
+# A sync send the daemon has taken waits for Kafka's answer; the daemon
+# always answers (its delivery timeout fails records), this is only a backstop.
+RESULT_TIMEOUT_S = 300.0
+_REPLAY_BACKOFF_MIN_S = 0.01
+_REPLAY_BACKOFF_MAX_S = 1.0
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    if endpoint is None:
+        endpoint = os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
+    if not isinstance(endpoint, str) or "://" not in endpoint:
+        raise ValueError(f"endpoint must be a ZeroMQ endpoint such as 'ipc:///run/kafkad/kafkad.sock' "
+                         f"or 'tcp://127.0.0.1:9100', not {endpoint!r}")
+    return endpoint
+
+
+class _Request:
+    """One request/reply exchange with the daemon, waited on by a caller thread."""
+
+    __slots__ = ("req_id", "frame", "session", "event", "reply", "error", "sent",
+                 "cancelled", "retry_at", "why_waiting")
+
+    def __init__(self, req_id: int, frame: bytes, session: "_Session | None"):
+        self.req_id = req_id
+        self.frame = frame
+        self.session = session
+        self.event = threading.Event()
+        self.reply: list | None = None
+        self.error: BaseException | None = None
+        self.sent = False
+        self.cancelled = False
+        self.retry_at = 0.0
+        self.why_waiting = "the daemon is not connected"
+
+
+class _Session:
+    """One producer's session in this process: its settings and unacknowledged entries."""
+
+    def __init__(self, link: "_Link", settings: dict, *, maxsize: int, put_timeout: float,
+                 log_messages: bool, label: str):
+        self.link = link
+        self.session_id = os.urandom(schema.SESSION_ID_LEN)
+        self.settings = settings
+        self.maxsize = maxsize
+        self.put_timeout = put_timeout
+        self.log_messages = log_messages
+        self.label = label
+        self.lock = threading.Lock()
+        self.space = threading.Condition(self.lock)   # waited on when the bound is reached
+        self.drained = threading.Condition(self.lock)  # waited on by stop()
+        self.next_seq = 0
+        self.pending: dict[int, list] = {}             # first_seq -> entry, in seq order
+        self.unsent: collections.deque = collections.deque()
+        self.unacked = 0
+        # I/O-thread state
+        self.registered = False     # REGISTERED seen on the current connection
+        self.register_sent = False
+        self.hold_until = 0.0       # replay back-off after a REJECTED
+        self.replay_from: int | None = None
+        self.backoff = _REPLAY_BACKOFF_MIN_S
+        self.paused = False         # the daemon is stopping: wait for the next one
+        self.closed = False
+        self.failed_messages = 0
+        self.delivered_messages = 0
+
+    # --- caller side --------------------------------------------------------
+
+    def send_async(self, topic: str, partition: int, keys: list | None, values: list) -> None:
+        n = len(values)
+        entry = [0, topic, partition, int(time.time() * 1000), keys, values]
+        with self.lock:
+            if self.maxsize and self.unacked + n > self.maxsize:
+                self._wait_for_space(n, values)
+            seq = self.next_seq
+            self.next_seq = seq + n
+            entry[0] = seq
+            self.pending[seq] = entry
+            self.unsent.append(entry)
+            self.unacked += n
+        link = self.link
+        if link.sleeping:
+            link.wake()
+
+    def _wait_for_space(self, n: int, values: list) -> None:
+        if n > self.maxsize:
+            raise AsyncProducerQueueFull(list(values), f"{n} messages exceed async_queue_maxsize={self.maxsize}")
+        if self.put_timeout > 0:
+            deadline = time.monotonic() + self.put_timeout
+            while self.unacked + n > self.maxsize:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    break
+                self.space.wait(left)
+        if self.unacked + n > self.maxsize:
+            raise AsyncProducerQueueFull(
+                list(values), f"{self.unacked} messages not yet acknowledged by kafkad "
+                f"(async_queue_maxsize={self.maxsize}, async_queue_put_timeout={self.put_timeout})")
+
+    def wait_drained(self, timeout: float) -> list[list]:
+        """Wait until every entry is acknowledged or `timeout` passes; return what is left."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self.lock:
+            while self.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.drained.wait(left)
+            return list(self.pending.values())
+
+    # --- I/O-thread side ------------------------------------------------------
+
+    def settle(self, first_seqs, failed: dict | None = None) -> None:
+        """Entries done (acknowledged, or failed and already reported): forget them."""
+        freed = 0
+        with self.lock:
+            for seq in first_seqs:
+                entry = self.pending.pop(seq, None)
+                if entry is not None:
+                    freed += len(entry[5])
+            self.unacked -= freed
+            if freed:
+                self.space.notify_all()
+                if not self.pending:
+                    self.drained.notify_all()
+
+    def schedule_replay(self, from_seq: int, delay: float) -> None:
+        if self.replay_from is None or from_seq < self.replay_from:
+            self.replay_from = from_seq
+        self.hold_until = max(self.hold_until, time.monotonic() + delay)
+
+    def rebuild_unsent(self, from_seq: int | None) -> None:
+        with self.lock:
+            self.unsent = collections.deque(
+                e for s, e in self.pending.items() if from_seq is None or s >= from_seq)
+
+
+class _Link:
+    """The per-process connection to one endpoint: one socket, one I/O thread."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.pid = os.getpid()
+        self.sessions: dict[bytes, _Session] = {}
+        self.requests: dict[int, _Request] = {}
+        self.incoming: collections.deque = collections.deque()   # new _Request objects
+        self.ops: collections.deque = collections.deque()        # callables run on the I/O thread
+        self.req_ids = itertools.count(1)
+        self.lock = threading.Lock()
+        self.sleeping = False
+        self.connected = False
+        self.instance_id: bytes | None = None
+        self.stats = collections.Counter()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._rfd, self._wfd = -1, -1
+        self._ctx: zmq.Context | None = None
+
+    # --- caller side ----------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        if self._thread is not None:
+            return
+        with self.lock:
+            if self._thread is not None:
+                return
+            self._rfd, self._wfd = os.pipe()
+            os.set_blocking(self._rfd, False)
+            os.set_blocking(self._wfd, False)
+            self._ctx = zmq.Context()
+            t = threading.Thread(target=self._run, name=f"kafkad-shim-io[{self.endpoint}]", daemon=True)
+            self._thread = t
+            t.start()
+
+    def wake(self) -> None:
+        self.sleeping = False
+        try:
+            os.write(self._wfd, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the thread is awake anyway
+
+    def call(self, fn) -> None:
+        """Run `fn()` on the I/O thread (used for session bookkeeping)."""
+        self.ensure_started()
+        self.ops.append(fn)
+        self.wake()
+
+    def add_session(self, session: _Session) -> None:
+        self.call(lambda: self._add_session(session))
+
+    def request(self, frame_fn, session: _Session | None, timeout: float,
+                result_timeout: float | None = None) -> list:
+        """Send a request frame and wait for its reply (the reply frame as a list).
+
+        `frame_fn(req_id) -> bytes`. Raises KafkadUnavailableError when the
+        daemon does not take the request within `timeout` seconds, or does not
+        answer within `result_timeout` after taking it (default: `timeout`).
+        """
+        self.ensure_started()
+        req = _Request(next(self.req_ids), b"", session)
+        req.frame = frame_fn(req.req_id)
+        self.incoming.append(req)
+        self.wake()
+        start = time.monotonic()
+        if not req.event.wait(timeout):
+            if not req.sent:
+                req.cancelled = True
+                raise KafkadUnavailableError(
+                    f"kafkad at {self.endpoint} did not take the request within {timeout:g}s "
+                    f"({req.why_waiting})")
+            left = (result_timeout if result_timeout is not None else timeout) - (time.monotonic() - start)
+            if left <= 0 or not req.event.wait(left):
+                req.cancelled = True
+                raise KafkadUnavailableError(
+                    f"kafkad at {self.endpoint} took the request but did not answer in time")
+        if req.error is not None:
+            raise req.error
+        return req.reply
+
+    # --- I/O thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        sock.connect(self.endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(mon, zmq.POLLIN)
+        poller.register(self._rfd, zmq.POLLIN)
+        self._sock = sock
+        self._outbox: collections.deque = collections.deque()   # (frame, request or None)
+        self._waiting: list[_Request] = []                       # not sendable yet
+        try:
+            while not self._stop:
+                busy = self._step(sock, mon)
+                self.sleeping = True
+                if self.incoming or self.ops or self._has_unsent():
+                    self.sleeping = False
+                    continue
+                timeout = self._poll_timeout() if not busy else 0
+                events = dict(poller.poll(timeout))
+                self.sleeping = False
+                if self._rfd in events:
+                    try:
+                        while os.read(self._rfd, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+        except Exception:
+            log.exception("client_shim I/O thread for %s failed", self.endpoint)
+            self._fail_all(KafkadUnavailableError("the client_shim I/O thread failed; see the log"))
+        finally:
+            poller.unregister(sock)
+            sock.disable_monitor()
+            mon.close(0)
+            sock.close(0)
+
+    def _has_unsent(self) -> bool:
+        if not self.connected:
+            return False
+        now = time.monotonic()
+        for s in self.sessions.values():
+            if s.unsent and s.registered and not s.paused and s.hold_until <= now:
+                return True
+        return False
+
+    def _poll_timeout(self) -> int:
+        """Milliseconds until the next timed duty (replay back-off, request retry)."""
+        now = time.monotonic()
+        due = [s.hold_until for s in self.sessions.values() if s.replay_from is not None]
+        due += [r.retry_at for r in self._waiting if r.retry_at]
+        if self._outbox:
+            due.append(now + 0.005)
+        if not due:
+            return 1000
+        return max(0, min(1000, int((min(due) - now) * 1000) + 1))
+
+    def _step(self, sock, mon) -> bool:
+        """One round of work; True if more work may be immediately possible."""
+        while True:
+            try:
+                evt = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if evt["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._on_connected()
+            elif evt["event"] == zmq.EVENT_DISCONNECTED:
+                self._on_disconnected()
+        while self.ops:
+            self.ops.popleft()()
+        while self.incoming:
+            req = self.incoming.popleft()
+            if not req.cancelled:
+                self.requests[req.req_id] = req
+                self._waiting.append(req)
+        n = 0
+        while n < 10_000:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+            self._on_frame(frame)
+        if self.connected:
+            now = time.monotonic()
+            for s in self.sessions.values():
+                if not s.register_sent and not s.closed and s.hold_until <= now:
+                    self._register(s)
+            self._send_waiting_requests()
+            self._send_entries()
+        return self._flush(sock) or n >= 10_000
+
+    def _queue(self, frame: bytes, req: _Request | None = None) -> None:
+        self._outbox.append((frame, req))
+
+    def _flush(self, sock) -> bool:
+        while self._outbox and self.connected:
+            frame, req = self._outbox[0]
+            if req is not None and req.cancelled:
+                self._outbox.popleft()
+                continue
+            try:
+                sock.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            except zmq.ZMQError as exc:
+                if exc.errno == _errno.EHOSTUNREACH:
+                    return False
+                raise
+            self._outbox.popleft()
+            self.stats["frames_sent"] += 1
+            if req is not None:
+                req.sent = True
+        return False
+
+    def _add_session(self, session: _Session) -> None:
+        self.sessions[session.session_id] = session
+        if self.connected:
+            self._register(session)
+
+    def _register(self, session: _Session) -> None:
+        with session.lock:
+            first = min(session.pending) if session.pending else session.next_seq
+        session.registered = False
+        session.register_sent = True
+        rid = next(self.req_ids)
+        req = _Request(rid, schema.encode([schema.REGISTER, schema.SCHEMA_VERSION, rid,
+                                           session.session_id, first, session.settings]), session)
+        req.sent = True
+        self.requests[rid] = req
+        self._queue(req.frame, None)
+
+    def _on_connected(self) -> None:
+        self.connected = True
+        self.stats["connects"] += 1
+        self._outbox.clear()
+        for s in list(self.sessions.values()):
+            s.paused = False
+            s.replay_from = None
+            s.hold_until = 0.0
+            self._register(s)
+
+    def _on_disconnected(self) -> None:
+        self.connected = False
+        self.stats["disconnects"] += 1
+        self._outbox.clear()
+        for s in self.sessions.values():
+            s.registered = False
+            s.register_sent = False
+        for rid, req in list(self.requests.items()):
+            kind = self._kind_of(req.frame)
+            if kind == schema.REGISTER:
+                del self.requests[rid]          # every session registers again on connect
+            elif kind == schema.SEND_SYNC and req.sent:
+                del self.requests[rid]
+                req.error = KafkadUnavailableError(
+                    f"the connection to kafkad at {self.endpoint} was lost before it answered; "
+                    "the message may or may not have been delivered")
+                req.event.set()
+            else:                               # not taken yet, or harmless to ask again
+                req.sent = False
+                if req not in self._waiting:
+                    self._waiting.append(req)
+
+    @staticmethod
+    def _kind_of(frame: bytes) -> int:
+        # Every frame is a msgpack array whose first element is a positive fixint kind.
+        return frame[1] if len(frame) > 1 else -1
+
+    def _is_sync_send(self, req: _Request) -> bool:
+        return self._kind_of(req.frame) == schema.SEND_SYNC
+
+    def _is_register(self, req: _Request) -> bool:
+        return self._kind_of(req.frame) == schema.REGISTER
+
+    def _send_waiting_requests(self) -> None:
+        if not self._waiting:
+            return
+        now = time.monotonic()
+        keep = []
+        for req in self._waiting:
+            if req.cancelled:
+                self.requests.pop(req.req_id, None)
+                continue
+            s = req.session
+            if req.retry_at > now or (s is not None and (not s.register_sent or s.paused)):
+                keep.append(req)
+                continue
+            req.retry_at = 0.0
+            self._queue(req.frame, req)
+        self._waiting = keep
+
+    def _send_entries(self) -> None:
+        now = time.monotonic()
+        for s in self.sessions.values():
+            if not s.registered or s.paused:
+                continue
+            if s.replay_from is not None:
+                if s.hold_until > now:
+                    continue
+                s.rebuild_unsent(s.replay_from)
+                s.replay_from = None
+            unsent = s.unsent
+            while unsent:
+                batch = []
+                size = 0
+                while unsent and size < schema.TARGET_FRAME_BYTES:
+                    e = unsent.popleft()
+                    batch.append(e)
+                    size += 64 + len(e[1])
+                    for v in e[5]:
+                        if v is not None:
+                            size += len(v)
+                    if e[4] is not None:
+                        for k in e[4]:
+                            if k is not None:
+                                size += len(k)
+                self._queue(schema.encode([schema.SEND, s.session_id, batch]))
+                self.stats["entries_sent"] += len(batch)
+
+    # --- replies ----------------------------------------------------------------
+
+    def _on_frame(self, frame: bytes) -> None:
+        try:
+            msg = schema.decode_reply(frame)
+            kind = msg[0]
+            handler = self._handlers.get(kind)
+            if handler is None:
+                log.warning("client_shim: ignoring a reply of unknown kind %r from kafkad", kind)
+                return
+            handler(self, msg)
+        except (schema.SchemaError, IndexError, TypeError, ValueError) as exc:
+            log.warning("client_shim: ignoring a malformed reply from kafkad: %s", exc)
+
+    def _finish(self, req_id, reply=None, error=None) -> _Request | None:
+        req = self.requests.pop(req_id, None)
+        if req is None:
+            return None
+        req.reply, req.error = reply, error
+        req.event.set()
+        return req
+
+    def _h_registered(self, msg) -> None:
+        _, rid, sid, _next_seq, instance = msg[:5]
+        self.requests.pop(rid, None)
+        s = self.sessions.get(sid)
+        self.instance_id = instance
+        if s is None:
+            return
+        s.registered = True
+        s.backoff = _REPLAY_BACKOFF_MIN_S
+        # Replay everything unacknowledged, oldest first: the daemon drops what it
+        # already holds and re-acknowledges what it already finished.
+        s.rebuild_unsent(None)
+        s.replay_from = None
+
+    def _h_ack(self, msg) -> None:
+        s = self.sessions.get(msg[1])
+        if s is not None:
+            with s.lock:
+                s.delivered_messages += sum(len(s.pending[q][5]) for q in msg[2] if q in s.pending)
+            s.settle(msg[2])
+
+    def _h_failed(self, msg) -> None:
+        s = self.sessions.get(msg[1])
+        if s is None:
+            return
+        done = []
+        for first_seq, runs in msg[2]:
+            with s.lock:
+                entry = s.pending.get(first_seq)
+            if entry is None:
+                continue
+            done.append(first_seq)
+            for index, count, code in runs:
+                s.failed_messages += count
+                report_failure(s, entry, index, count, code)
+            failed_codes = {code for _, _, code in runs}
+            if 3 in failed_codes or 6 in failed_codes:
+                self.on_unknown_partition(entry[1])
+        s.settle(done)
+
+    def on_unknown_partition(self, topic: str) -> None:
+        """Overridden by the client: drop the cached partition list of `topic`."""
+
+    def _h_rejected(self, msg) -> None:
+        _, sid, from_seq, code, text = msg[:5]
+        s = self.sessions.get(sid)
+        if s is None:
+            return
+        self.stats[f"rejected_{schema.ERROR_NAMES.get(code, code)}"] += 1
+        if code == schema.E_STOPPING:
+            if not s.paused:
+                log.info("client_shim: kafkad is stopping; %s keeps its messages for the next daemon", s.label)
+            s.paused = True
+            s.replay_from = from_seq
+            return
+        if code == schema.E_QUEUE_FULL:
+            if s.backoff >= _REPLAY_BACKOFF_MAX_S / 2:
+                log.warning("client_shim: kafkad's queue is full (%s); %s retries", text, s.label)
+            delay = s.backoff
+            s.backoff = min(_REPLAY_BACKOFF_MAX_S, s.backoff * 2)
+        else:
+            delay = 0.0
+        s.schedule_replay(from_seq, delay)
+
+    def _h_error(self, msg) -> None:
+        _, rid, code, text = msg[:4]
+        sid = msg[4] if len(msg) > 4 else None
+        name = schema.ERROR_NAMES.get(code, str(code))
+        req = self.requests.get(rid) if rid is not None else None
+        s = self.sessions.get(sid) if sid is not None else (req.session if req else None)
+        if code == schema.E_UNKNOWN_SESSION and s is not None and not s.closed:
+            # The daemon does not know this session (it restarted, or evicted
+            # it): register again, then replay; a pending request is re-sent.
+            if req is not None and not self._is_register(req):
+                req.sent = False
+                self._waiting.append(req)
+            self._register(s)
+            return
+        if req is not None and code in (schema.E_QUEUE_FULL, schema.E_STOPPING):
+            req.sent = False
+            req.retry_at = time.monotonic() + (0.05 if code == schema.E_QUEUE_FULL else 0.2)
+            req.why_waiting = f"kafkad answered {name}: {text}"
+            self._waiting.append(req)
+            return
+        if req is not None and self._is_register(req):
+            self.requests.pop(rid, None)
+            if s is not None:
+                log.error("client_shim: kafkad refused to register %s: %s: %s (retrying in 1s)",
+                          s.label, name, text)
+                s.register_sent = False
+                s.hold_until = time.monotonic() + 1.0
+            return
+        if req is not None:
+            self._finish(rid, error=KafkaProtocolError(f"kafkad refused the request: {name}: {text}"))
+            return
+        log.warning("client_shim: kafkad reported %s: %s", name, text)
+
+    def _h_reply(self, msg) -> None:
+        self._finish(msg[1], reply=msg)
+
+    _handlers = {
+        schema.REGISTERED: _h_registered,
+        schema.ACK: _h_ack,
+        schema.FAILED: _h_failed,
+        schema.REJECTED: _h_rejected,
+        schema.ERROR: _h_error,
+        schema.RESULT: _h_reply,
+        schema.PARTITIONS: _h_reply,
+        schema.STATS_REPLY: _h_reply,
+        schema.HELLO_OK: _h_reply,
+        schema.UNREGISTERED: _h_reply,
+    }
+
+    def _fail_all(self, error: BaseException) -> None:
+        for rid in list(self.requests):
+            self._finish(rid, error=error)
+
+    def remove_session(self, session: _Session) -> None:
+        session.closed = True
+        self.call(lambda: self.sessions.pop(session.session_id, None))
+
+    def shutdown(self, timeout: float = 1.0) -> None:
+        """Stop the I/O thread and close the socket and context (interpreter exit)."""
+        t = self._thread
+        if t is None or os.getpid() != self.pid:
+            return
+        self._stop = True
+        self.wake()
+        t.join(timeout)
+        if not t.is_alive():
+            self._ctx.term()
+            for fd in (self._rfd, self._wfd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def report_failure(session: _Session, entry: list, index: int, count: int, code: int) -> None:
+    """Log messages the daemon could not deliver (contents, or only a hash)."""
+    from client_shim.errors import for_code
+
+    values = entry[5][index:index + count]
+    first = entry[0] + index
+    if session.log_messages:
+        shown = repr(values)
+    else:
+        import hashlib
+        shown = "hashes " + ", ".join(
+            hashlib.blake2b(v or b"", digest_size=8).hexdigest() for v in values)
+    err = for_code(code)
+    log.error("kafkad could not deliver %d message(s) of %s to %s[%d] (seq %d..%d): [Error %d] %s; %s",
+              count, session.label, entry[1], entry[2], first, first + count - 1, code,
+              err.__name__, shown)
+
+
+# --- the per-process registry ---------------------------------------------------
+
+_registry_lock = threading.Lock()
+_links: dict[str, _Link] = {}
+_left_behind: list = []        # the parent's objects, never used nor closed in a child
+_stoppers: "weakref.WeakSet" = weakref.WeakSet()
+_hooks_installed = False
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _left_behind.append(list(_links.values()))
+    _links.clear()
+    _registry_lock = threading.Lock()
+
+
+def _at_exit() -> None:
+    for producer in list(_stoppers):
+        try:
+            producer.stop()
+        except Exception:
+            log.exception("client_shim: stopping a producer at exit failed")
+    for link in list(_links.values()):
+        link.shutdown()
+
+
+def _install_hooks() -> None:
+    global _hooks_installed
+    if not _hooks_installed:
+        _hooks_installed = True
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        atexit.register(_at_exit)
+
+
+def get_link(endpoint: str) -> _Link:
+    """The link of this process to `endpoint` (created on first use)."""
+    link = _links.get(endpoint)
+    if link is not None and link.pid == os.getpid():
+        return link
+    with _registry_lock:
+        _install_hooks()
+        link = _links.get(endpoint)
+        if link is None or link.pid != os.getpid():
+            link = _Link(endpoint)
+            _links[endpoint] = link
+        return link
+
+
+def stop_at_exit(producer) -> None:
+    _install_hooks()
+    _stoppers.add(producer)
+
+
+def forget_at_exit(producer) -> None:
+    _stoppers.discard(producer)

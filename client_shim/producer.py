@@ -1,0 +1,345 @@
+"""The legacy kafka-python producers (`Producer`, `SimpleProducer`, `KeyedProducer`).
+
+Every constructor argument of kafka-python's documented `Producer` is here
+with its default and meaning; the work is done by the daemon. A producer
+owns one session with the daemon per process (created at its first send, and
+again in a forked child), which carries its delivery settings.
+
+- sync (`async_send=False`): `send_messages` waits for the broker's answer
+  and returns `[ProduceResponsePayload(topic, partition, 0, offset)]`; with
+  `req_acks=0` it returns `[]` once the daemon has the messages.
+- async: `send_messages` returns `[]` at once; the daemon holds and batches
+  (`batch_send_every_n`/`_t`), retries (`async_retry_*`) and acknowledges;
+  this process keeps the unacknowledged messages (bounded by
+  `async_queue_maxsize`) and replays them to a restarted daemon.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import threading
+import warnings
+
+from client_shim import link as _linkmod
+from client_shim import schema
+from client_shim.client import DaemonClient, as_client
+from client_shim.errors import (
+    IllegalStateError,
+    UnsupportedCodecError,
+    for_code,
+)
+from client_shim.partitioner import HashedPartitioner, Partitioner
+
+log = logging.getLogger("client_shim")
+
+CODEC_NONE = 0
+CODEC_GZIP = 1
+CODEC_SNAPPY = 2
+CODEC_LZ4 = 3
+CODEC_ZSTD = 4
+ALL_CODECS = (CODEC_NONE, CODEC_GZIP, CODEC_SNAPPY, CODEC_LZ4, CODEC_ZSTD)
+
+ProduceResponsePayload = collections.namedtuple(
+    "ProduceResponsePayload", ["topic", "partition", "error", "offset"])
+
+
+def _number(name, value, *, minimum=0, integer=False, allow_none=False):
+    if value is None and allow_none:
+        return None
+    ok_types = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        kind = "an int" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}{' or None' if allow_none else ''}, not {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+    return value
+
+
+def _check_topic(topic) -> str:
+    if isinstance(topic, (bytes, bytearray)):
+        try:
+            topic = bytes(topic).decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"topic {topic!r} is not a legal topic name") from None
+    problem = schema.topic_problem(topic)
+    if problem:
+        raise (TypeError if not isinstance(topic, str) else ValueError)(f"topic {problem}")
+    return topic
+
+
+def _check_payloads(msg: tuple, key) -> list:
+    if not msg:
+        raise TypeError("send_messages needs at least one message payload")
+    for m in msg:
+        if m is not None and type(m) is not bytes:
+            if isinstance(m, (bytearray, memoryview)):
+                continue
+            raise TypeError(f"all produce message payloads must be bytes or None, not {type(m).__name__} "
+                            f"(encode text first, e.g. text.encode('utf-8'))")
+    if key is not None and type(key) is not bytes:
+        raise TypeError(f"key must be bytes or None, not {type(key).__name__}")
+    values = [m if m is None or type(m) is bytes else bytes(m) for m in msg]
+    if key is None and any(v is None for v in values):
+        raise TypeError("a message needs a key or a payload: key and payload are both None")
+    return values
+
+
+class Producer:
+    """Base class of the producers: every documented kafka-python parameter.
+
+    client: a `DaemonClient` (or `KafkaClient`), an endpoint string, or None
+        for the default endpoint.
+    req_acks: acknowledgements the broker waits for: ACK_NOT_REQUIRED (0),
+        ACK_AFTER_LOCAL_WRITE (1, default), ACK_AFTER_CLUSTER_COMMIT (-1).
+    ack_timeout: milliseconds the broker waits for `req_acks`, default 1000.
+    codec: one of ALL_CODECS (None = CODEC_NONE); anything else raises
+        UnsupportedCodecError here. codec_compresslevel: the codec's level.
+    sync_fail_on_error: sync mode: raise the error (True) or return it in
+        the payload with offset -1 (False).
+    async_send (or `async` via **kwargs, or the deprecated batch_send):
+        send from the daemon's queue in the background.
+    batch_send_every_n / batch_send_every_t: async: messages go out this many
+        at a time, or when the oldest waited this many seconds (20 / 20).
+    async_retry_limit (None: unlimited), async_retry_backoff_ms (100),
+    async_retry_on_timeouts (True): the daemon's retries of failed messages.
+    async_queue_maxsize: bound on this producer's messages not yet
+        acknowledged (0: none); async_queue_put_timeout: seconds to wait
+        for room before AsyncProducerQueueFull (0: fail at once).
+    async_log_messages_on_error: log failed messages' contents (True) or
+        only their hashes. async_stop_timeout: seconds stop() waits (30).
+    """
+
+    ACK_NOT_REQUIRED = 0
+    ACK_AFTER_LOCAL_WRITE = 1
+    ACK_AFTER_CLUSTER_COMMIT = -1
+    DEFAULT_ACK_TIMEOUT = 1000
+
+    def __init__(self, client=None, req_acks=ACK_AFTER_LOCAL_WRITE, ack_timeout=DEFAULT_ACK_TIMEOUT,
+                 codec=None, codec_compresslevel=None, sync_fail_on_error=True, async_send=False,
+                 batch_send=False, batch_send_every_n=20, batch_send_every_t=20,
+                 async_retry_limit=None, async_retry_backoff_ms=100, async_retry_on_timeouts=True,
+                 async_queue_maxsize=0, async_queue_put_timeout=0, async_log_messages_on_error=True,
+                 async_stop_timeout=30, **kwargs):
+        if "async" in kwargs:
+            async_send = kwargs.pop("async")
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s): "
+                            f"{', '.join(sorted(kwargs))}")
+        if batch_send:
+            warnings.warn("batch_send is deprecated, use async_send=True", DeprecationWarning, stacklevel=2)
+            async_send = True
+        self.client: DaemonClient = as_client(client)
+        if req_acks not in (0, 1, -1) or isinstance(req_acks, bool):
+            raise ValueError(f"req_acks must be 0, 1 or -1, not {req_acks!r}")
+        _number("ack_timeout", ack_timeout, integer=True)
+        if ack_timeout > 2**31 - 1:
+            raise ValueError(f"ack_timeout must be < 2**31 milliseconds, not {ack_timeout!r}")
+        if codec is None:
+            codec = CODEC_NONE
+        if isinstance(codec, bool) or codec not in ALL_CODECS:
+            raise UnsupportedCodecError(f"codec {codec!r} is not supported; use one of {ALL_CODECS}")
+        _number("codec_compresslevel", codec_compresslevel, minimum=-(2**31), integer=True, allow_none=True)
+        _number("batch_send_every_n", batch_send_every_n, minimum=1, integer=True)
+        _number("batch_send_every_t", batch_send_every_t)
+        _number("async_retry_limit", async_retry_limit, integer=True, allow_none=True)
+        _number("async_retry_backoff_ms", async_retry_backoff_ms)
+        _number("async_queue_maxsize", async_queue_maxsize, integer=True)
+        _number("async_queue_put_timeout", async_queue_put_timeout)
+        _number("async_stop_timeout", async_stop_timeout)
+        self.req_acks = req_acks
+        self.ack_timeout = ack_timeout
+        self.codec = codec
+        self.codec_compresslevel = codec_compresslevel
+        self.sync_fail_on_error = bool(sync_fail_on_error)
+        self.async_send = bool(async_send)
+        self.batch_send_every_n = batch_send_every_n
+        self.batch_send_every_t = batch_send_every_t
+        self.async_retry_limit = async_retry_limit
+        self.async_retry_backoff_ms = async_retry_backoff_ms
+        self.async_retry_on_timeouts = bool(async_retry_on_timeouts)
+        self.async_queue_maxsize = async_queue_maxsize
+        self.async_queue_put_timeout = async_queue_put_timeout
+        self.async_log_messages_on_error = bool(async_log_messages_on_error)
+        self.async_stop_timeout = async_stop_timeout
+        self.stopped = False
+        self._session = None
+        self._session_pid = None
+        self._session_lock = threading.Lock()
+        self._lock_pid = os.getpid()
+        if self.async_send:
+            _linkmod.stop_at_exit(self)
+
+    # `async` was the attribute name in kafka-python; it is a keyword now.
+    def __getattr__(self, name):
+        if name == "async":
+            return self.async_send
+        raise AttributeError(name)
+
+    def _settings(self) -> dict:
+        return {
+            "acks": self.req_acks,
+            "ack_timeout_ms": self.ack_timeout,
+            "codec": self.codec,
+            "codec_level": self.codec_compresslevel,
+            "async_send": self.async_send,
+            "batch_n": self.batch_send_every_n,
+            "batch_t": self.batch_send_every_t,
+            "retry_limit": self.async_retry_limit,
+            "retry_backoff_ms": self.async_retry_backoff_ms,
+            "retry_on_timeouts": self.async_retry_on_timeouts,
+            "log_messages_on_error": self.async_log_messages_on_error,
+            "queue_maxsize": self.async_queue_maxsize,
+            "stop_timeout_s": self.async_stop_timeout,
+            "pid": os.getpid(),
+        }
+
+    def _get_session(self):
+        pid = os.getpid()
+        session = self._session
+        if session is not None and self._session_pid == pid:
+            return session
+        if self._lock_pid != pid:       # forked: the parent's lock may be held forever
+            self._session_lock = threading.Lock()
+            self._lock_pid = pid
+        with self._session_lock:
+            if self._session is None or self._session_pid != pid:
+                link = self.client._link
+                session = _linkmod._Session(
+                    link, self._settings(), maxsize=self.async_queue_maxsize,
+                    put_timeout=self.async_queue_put_timeout,
+                    log_messages=self.async_log_messages_on_error,
+                    label=f"{type(self).__name__}@{id(self):x} (pid {pid})")
+                link.add_session(session)
+                self._session, self._session_pid = session, pid
+                if self.stopped:            # a stopped producer copied into a child is usable there
+                    self.stopped = False
+        return self._session
+
+    def send_messages(self, topic, partition, *msg):
+        """Send `msg` payloads (bytes or None) to `topic`/`partition`; see the class doc."""
+        topic = _check_topic(topic)
+        if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition <= 2**31 - 1:
+            raise TypeError(f"partition must be an int >= 0, not {partition!r}")
+        return self._send_messages(topic, partition, *msg)
+
+    def _send_messages(self, topic, partition, *msg, key=None):
+        values = _check_payloads(msg, key)
+        if self.stopped and self._session_pid == os.getpid():
+            raise IllegalStateError(f"{type(self).__name__} is stopped")
+        keys = None if key is None else [key] * len(values)
+        session = self._get_session()
+        if self.async_send:
+            session.send_async(topic, partition, keys, values)
+            return []
+        return self._send_sync(session, topic, partition, keys, values)
+
+    def _send_sync(self, session, topic, partition, keys, values):
+        import time
+        ts = int(time.time() * 1000)
+        reply = session.link.request(
+            lambda rid: schema.encode([schema.SEND_SYNC, session.session_id, rid, topic, partition,
+                                       ts, keys, values]),
+            session, self.client.timeout, result_timeout=_linkmod.RESULT_TIMEOUT_S)
+        _, _, part, error, offset = reply[:5]
+        if error:
+            if error in (3, 6):
+                _linkmod.get_link(self.client.endpoint).on_unknown_partition(topic)
+            if self.sync_fail_on_error:
+                raise for_code(error)(f"producing {len(values)} message(s) to {topic}[{part}] failed")
+            return [ProduceResponsePayload(topic, part, error, -1)]
+        if self.req_acks == 0:
+            return []
+        return [ProduceResponsePayload(topic, part, 0, offset)]
+
+    def stop(self, timeout=None):
+        """Wait up to `timeout` (default async_stop_timeout) for this producer's
+        messages, log those not delivered, and end the session. A second call
+        does nothing."""
+        if self.stopped:
+            return
+        self.stopped = True
+        _linkmod.forget_at_exit(self)
+        session = self._session
+        if session is None or self._session_pid != os.getpid():
+            return
+        wait = self.async_stop_timeout if timeout is None else timeout
+        left = session.wait_drained(wait) if self.async_send else []
+        if left:
+            count = sum(len(e[5]) for e in left)
+            log.error("%s stopped with %d message(s) not delivered after %gs:", session.label, count, wait)
+            for entry in left:
+                _linkmod.report_failure(session, entry, 0, len(entry[5]), 7)
+        try:
+            session.link.request(
+                lambda rid: schema.encode([schema.UNREGISTER, rid, session.session_id]),
+                None, min(self.client.timeout, 1.0))
+        except Exception as exc:  # the daemon being gone must not break stop()
+            log.debug("client_shim: unregister of %s failed: %s", session.label, exc)
+        session.link.remove_session(session)
+
+    def __repr__(self) -> str:
+        mode = "async" if self.async_send else "sync"
+        return f"<{type(self).__name__} {mode} client={self.client!r}>"
+
+
+class SimpleProducer(Producer):
+    """Round-robin over the topic's partitions; all messages of one call go to one partition.
+
+    random_start: begin at a random partition (True, default) or at the first.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.random_start = kwargs.pop("random_start", True)
+        super().__init__(*args, **kwargs)
+        self._cycles: dict[str, tuple[list, int]] = {}
+        self._cycle_lock = threading.Lock()
+
+    def _next_partition(self, topic: str) -> int:
+        parts = self.client.partitions_for(topic)
+        with self._cycle_lock:
+            known = self._cycles.get(topic)
+            if known is None or known[0] != parts:
+                start = random.randrange(len(parts)) if self.random_start else 0
+                known = (parts, start)
+            self._cycles[topic] = (parts, (known[1] + 1) % len(parts))
+            return parts[known[1]]
+
+    def send_messages(self, topic, *msg):
+        topic = _check_topic(topic)
+        _check_payloads(msg, None)
+        return self._send_messages(topic, self._next_partition(topic), *msg)
+
+
+class KeyedProducer(Producer):
+    """Chooses the partition with `partitioner` (a Partitioner subclass; default HashedPartitioner)."""
+
+    def __init__(self, *args, **kwargs):
+        partitioner = kwargs.pop("partitioner", None) or HashedPartitioner
+        if not (isinstance(partitioner, type) and issubclass(partitioner, Partitioner)):
+            raise TypeError(f"partitioner must be a Partitioner subclass, not {partitioner!r}")
+        self.partitioner_class = partitioner
+        self.partitioners: dict[str, Partitioner] = {}
+        super().__init__(*args, **kwargs)
+
+    def _next_partition(self, topic: str, key) -> int:
+        parts = self.client.partitions_for(topic)
+        p = self.partitioners.get(topic)
+        if p is None:
+            p = self.partitioners[topic] = self.partitioner_class(parts)
+        return p.partition(key, parts)
+
+    def send_messages(self, topic, key, *msg):
+        topic = _check_topic(topic)
+        _check_payloads(msg, key)
+        return self._send_messages(topic, self._next_partition(topic, key), *msg, key=key)
+
+    def send(self, topic, key, msg):
+        """Deprecated alias of send_messages(topic, key, msg)."""
+        warnings.warn("KeyedProducer.send is deprecated, use send_messages", DeprecationWarning, stacklevel=2)
+        return self.send_messages(topic, key, msg)
+
+    def __repr__(self) -> str:
+        return f"<KeyedProducer {'async' if self.async_send else 'sync'} partitioner={self.partitioner_class.__name__}>"

@@ -1,0 +1,267 @@
+"""The frames on the shim <-> kafkad link: one versioned definition for both sides.
+
+Transport: ZeroMQ DEALER (each shim process) to ROUTER (the daemon). Every
+ZeroMQ message is one frame (the ROUTER adds the peer's routing id in front):
+a msgpack array whose first element is the kind, then the kind's fields in the
+order listed in `FIELDS`. docs/ipc-schema.md describes the same thing for
+people; this module is what both sides run.
+
+Versioning: `SCHEMA_VERSION` travels in HELLO and REGISTER. A daemon answers
+a version it does not speak with ERROR(BAD_VERSION). Within one version a
+sender may append fields at the end of a frame and a receiver ignores fields
+beyond those it knows (`decode` allows it); anything else (removing,
+reordering, changing a field's meaning or type) needs a new version.
+
+The module is pure (stdlib + msgpack): the daemon imports it, the shim owns
+it, and it never imports either side.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+# --- kinds: shim -> daemon -------------------------------------------------
+HELLO = 1         # [HELLO, version, req_id]
+REGISTER = 2      # [REGISTER, version, req_id, session_id, first_seq, settings]
+SEND = 3          # [SEND, session_id, entries]; entry = [first_seq, topic, partition, ts_ms, keys|None, values]
+SEND_SYNC = 4     # [SEND_SYNC, session_id, req_id, topic, partition, ts_ms, keys|None, values]
+METADATA = 5      # [METADATA, req_id, topic]
+UNREGISTER = 6    # [UNREGISTER, req_id, session_id]
+STATS = 7         # [STATS, req_id]
+
+# --- kinds: daemon -> shim -------------------------------------------------
+HELLO_OK = 64     # [HELLO_OK, req_id, version, instance_id, limits]
+REGISTERED = 65   # [REGISTERED, req_id, session_id, next_seq, instance_id]
+RESULT = 66       # [RESULT, req_id, partition, error, base_offset]
+ACK = 67          # [ACK, session_id, [first_seq, ...]]  (whole SEND entries delivered)
+FAILED = 68       # [FAILED, session_id, [[first_seq, [[index, count, error], ...]], ...]]
+REJECTED = 69     # [REJECTED, session_id, from_seq, code, message]  (async entries from from_seq not taken)
+PARTITIONS = 70   # [PARTITIONS, req_id, error, [partition ids]]
+STATS_REPLY = 71  # [STATS_REPLY, req_id, {stats}]
+ERROR = 72        # [ERROR, req_id|None, code, message, session_id|None]
+UNREGISTERED = 73  # [UNREGISTERED, req_id, undelivered_count]
+
+KIND_NAMES = {v: k for k, v in dict(globals()).items()
+              if k.isupper() and isinstance(v, int) and 1 <= v < 128 and k not in ("SCHEMA_VERSION",)}
+
+# --- link-level error codes (ERROR and REJECTED frames; not Kafka codes) ----
+E_MALFORMED = 1          # not msgpack, not an array, wrong field types or counts
+E_UNKNOWN_KIND = 2
+E_TOO_LARGE = 3          # frame over max_frame_bytes, or a field over its limit
+E_BAD_VERSION = 4
+E_UNKNOWN_SESSION = 5    # SEND/SEND_SYNC/UNREGISTER for a session never registered (or evicted)
+E_QUEUE_FULL = 6         # the daemon's queue (or this session's share of it) is full
+E_STOPPING = 7           # the daemon is shutting down and takes no new messages
+E_OUT_OF_ORDER = 8       # a SEND entry skipped sequence numbers (an earlier one was not taken)
+E_TOO_MANY_SESSIONS = 9
+E_INVALID = 10           # well-formed but invalid values (settings, topic name, partition)
+E_INTERNAL = 11
+
+ERROR_NAMES = {v: k[2:] for k, v in dict(globals()).items() if k.startswith("E_")}
+
+# --- limits ----------------------------------------------------------------
+MAX_TOPIC_LEN = 249
+SESSION_ID_LEN = 16
+MAX_REQ_ID = 2**63 - 1
+MAX_SEQ = 2**63 - 1
+MAX_PARTITION = 2**31 - 1
+# The shim cuts SEND frames at about this size (many entries per frame); the
+# daemon's own cap ([ipc] max_frame_bytes) is what it enforces.
+TARGET_FRAME_BYTES = 256 * 1024
+
+SETTINGS_FIELDS = {
+    # name: (types, required)
+    "acks": (int, True),
+    "ack_timeout_ms": (int, True),
+    "codec": (int, True),
+    "codec_level": ((int, type(None)), True),
+    "async_send": (bool, True),
+    "batch_n": (int, True),
+    "batch_t": ((int, float), True),
+    "retry_limit": ((int, type(None)), True),
+    "retry_backoff_ms": ((int, float), True),
+    "retry_on_timeouts": (bool, True),
+    "log_messages_on_error": (bool, True),
+    "queue_maxsize": (int, False),
+    "stop_timeout_s": ((int, float), False),
+    "pid": (int, False),
+}
+
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
+
+
+class SchemaError(ValueError):
+    """A frame that does not follow this schema; `code` is an E_* value."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def topic_problem(topic) -> str | None:
+    """Why `topic` is not a valid Kafka topic name, or None if it is."""
+    if not isinstance(topic, str):
+        return f"must be a str, not {type(topic).__name__}"
+    if topic in (".", ".."):
+        return f"{topic!r} is not allowed"
+    if not _TOPIC_RE.match(topic):
+        return (f"{topic!r} is not a legal name: 1-249 characters of "
+                "ASCII letters, digits, '.', '_' and '-'")
+    return None
+
+
+def encode(frame: list) -> bytes:
+    return msgpack.packb(frame, use_bin_type=True)
+
+
+# --- decoding (used by the daemon on untrusted input, and by the shim) -----
+
+def _int(lo: int, hi: int):
+    def check(v, name):
+        if type(v) is not int or not lo <= v <= hi:
+            raise SchemaError(E_MALFORMED, f"{name} must be an int in [{lo}, {hi}]")
+        return v
+    return check
+
+
+def _session_id(v, name):
+    if type(v) is not bytes or len(v) != SESSION_ID_LEN:
+        raise SchemaError(E_MALFORMED, f"{name} must be {SESSION_ID_LEN} bytes")
+    return v
+
+
+def _topic(v, name):
+    problem = topic_problem(v)
+    if problem:
+        raise SchemaError(E_INVALID, f"{name} {problem}")
+    return v
+
+
+def _blobs(v, name, *, optional=False):
+    if v is None and optional:
+        return v
+    if type(v) is not list:
+        raise SchemaError(E_MALFORMED, f"{name} must be a list")
+    for item in v:
+        if item is not None and type(item) is not bytes:
+            raise SchemaError(E_MALFORMED, f"{name} items must be bytes or nil")
+    return v
+
+
+def _values(v, name):
+    _blobs(v, name)
+    if not v:
+        raise SchemaError(E_INVALID, f"{name} must hold at least one message")
+    return v
+
+
+def _keys(v, name):
+    return _blobs(v, name, optional=True)
+
+
+def _settings(v, name):
+    if type(v) is not dict:
+        raise SchemaError(E_MALFORMED, f"{name} must be a map")
+    for key, (types, required) in SETTINGS_FIELDS.items():
+        if key not in v:
+            if required:
+                raise SchemaError(E_MALFORMED, f"{name}.{key} is missing")
+            continue
+        val = v[key]
+        if isinstance(val, bool) and types is not bool and bool not in (
+                types if isinstance(types, tuple) else (types,)):
+            raise SchemaError(E_MALFORMED, f"{name}.{key} must not be a bool")
+        if not isinstance(val, types):
+            raise SchemaError(E_MALFORMED, f"{name}.{key} has the wrong type")
+    return v
+
+
+def _entries(v, name):
+    if type(v) is not list or not v:
+        raise SchemaError(E_MALFORMED, f"{name} must be a non-empty list")
+    seq = _int(0, MAX_SEQ)
+    part = _int(0, MAX_PARTITION)
+    ts = _int(-1, 2**63 - 1)
+    for e in v:
+        if type(e) is not list or len(e) < 6:
+            raise SchemaError(E_MALFORMED, f"{name} items must be [first_seq, topic, partition, ts_ms, keys, values]")
+        seq(e[0], "first_seq")
+        _topic(e[1], "topic")
+        part(e[2], "partition")
+        ts(e[3], "timestamp_ms")
+        _keys(e[4], "keys")
+        _values(e[5], "values")
+        if e[4] is not None and len(e[4]) != len(e[5]):
+            raise SchemaError(E_MALFORMED, "keys and values must have the same length")
+    return v
+
+
+def _any(v, name):
+    return v
+
+
+_req = _int(0, MAX_REQ_ID)
+_version = _int(0, 2**31 - 1)
+
+# Client -> daemon frames: the daemon checks every field with these.
+FIELDS = {
+    HELLO: (("version", _version), ("req_id", _req)),
+    REGISTER: (("version", _version), ("req_id", _req), ("session_id", _session_id),
+               ("first_seq", _int(0, MAX_SEQ)), ("settings", _settings)),
+    SEND: (("session_id", _session_id), ("entries", _entries)),
+    SEND_SYNC: (("session_id", _session_id), ("req_id", _req), ("topic", _topic),
+                ("partition", _int(0, MAX_PARTITION)), ("timestamp_ms", _int(-1, 2**63 - 1)),
+                ("keys", _keys), ("values", _values)),
+    METADATA: (("req_id", _req), ("topic", _topic)),
+    UNREGISTER: (("req_id", _req), ("session_id", _session_id)),
+    STATS: (("req_id", _req),),
+}
+
+
+def decode_request(frame: bytes, max_bytes: int) -> tuple[int, list]:
+    """Unpack and check a client frame: (kind, fields). Raises SchemaError.
+
+    Safe on hostile input: the size is checked before unpacking, msgpack's
+    own limits are bounded by the frame length, and every field is checked
+    for type and range (extra trailing fields are ignored, per the version rule).
+    """
+    if len(frame) > max_bytes:
+        raise SchemaError(E_TOO_LARGE, f"frame of {len(frame)} bytes is over the {max_bytes}-byte limit")
+    try:
+        msg = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise SchemaError(E_MALFORMED, f"not a msgpack frame ({type(exc).__name__})") from None
+    if type(msg) is not list or not msg:
+        raise SchemaError(E_MALFORMED, "a frame must be a non-empty msgpack array")
+    kind = msg[0]
+    if type(kind) is not int:
+        raise SchemaError(E_MALFORMED, "the first element of a frame must be the kind (int)")
+    spec = FIELDS.get(kind)
+    if spec is None:
+        raise SchemaError(E_UNKNOWN_KIND, f"unknown frame kind {kind!r}")
+    if len(msg) - 1 < len(spec):
+        raise SchemaError(E_MALFORMED, f"{KIND_NAMES[kind]} needs {len(spec)} fields, got {len(msg) - 1}")
+    fields = msg[1:len(spec) + 1]
+    for value, (name, check) in zip(fields, spec):
+        check(value, name)
+    return kind, fields
+
+
+def decode_reply(frame: bytes) -> list:
+    """Unpack a daemon frame for the shim (a trusted peer): the raw array."""
+    msg = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=False)
+    if type(msg) is not list or not msg or type(msg[0]) is not int:
+        raise SchemaError(E_MALFORMED, "reply is not a frame")
+    return msg
+
+
+def req_id_of(frame_fields: list, kind: int):
+    """The req_id of a decoded client frame, or None for kinds that have none."""
+    for (name, _), value in zip(FIELDS[kind], frame_fields):
+        if name == "req_id":
+            return value
+    return None
