@@ -20,12 +20,11 @@ behaves like a Kafka broker's SASL listener (KIP-43, KIP-152):
 - Any other request before authentication closes the connection (as Kafka
   does); once authenticated, bytes flow to and from Tansu untouched.
 
-Framing: the gateway is the *server* side, which needs request decoding and
-response encoding. kafkad.protocol is the client side (``encode_request``,
-``decode_response``), so the few server-side structures needed here (request
-header v1/v2, the SaslHandshake/SaslAuthenticate request bodies and
-responses, the ApiVersions response's api_keys array) are read and written
-by the small helpers in this file, following the Kafka JSON schemas.
+Framing: the gateway is the *server* side; it decodes requests and encodes
+responses with kafkad.protocol's broker-side helpers (``decode_request``,
+``encode_response``), and reads Tansu's ApiVersions answer with
+``decode_response``. Only the api key and version are peeked by hand, to
+refuse requests kafkad.protocol has no class for without decoding them.
 
 What happened is recorded for assertions: `authenticated` holds
 (mechanism, username) per successful login, `failures` a reason per failed
@@ -36,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -43,6 +43,15 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from kafkad.protocol import (
+    ApiVersionsResponse,
+    ProtocolError,
+    SaslAuthenticateResponse,
+    SaslHandshakeResponse,
+    decode_request,
+    decode_response,
+    encode_response,
+)
 from kafkad.protocol.sasl import parse_scram_attributes, saslname_unescape, scram_salted_password
 
 from .tlsproxy import LoopServer, splice
@@ -54,9 +63,7 @@ SASL_AUTHENTICATE = 36
 GATEWAY_APIS = {SASL_HANDSHAKE: (0, 1), SASL_AUTHENTICATE: (0, 2)}
 
 UNSUPPORTED_SASL_MECHANISM = 33
-ILLEGAL_SASL_STATE = 34
 SASL_AUTHENTICATION_FAILED = 58
-UNSUPPORTED_VERSION = 35
 
 SCRAM_HASHES = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512", "SCRAM-SHA-1": "sha1"}
 MAX_FRAME = 1 << 20  # SASL-phase frames are tiny; anything bigger is a confused client
@@ -198,140 +205,35 @@ class ScramServer:
         return b"v=" + base64.b64encode(server_signature)
 
 
-# --- minimal server-side Kafka framing (see module docstring) ------------------------------
-
-
-class _Reader:
-    """Reads Kafka primitives from one frame; IndexError/struct.error if it runs short."""
-
-    def __init__(self, buf: bytes, pos: int = 0) -> None:
-        self.buf, self.pos = buf, pos
-
-    def _take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.buf):
-            raise ValueError("frame ends early")
-        out = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def int16(self) -> int:
-        return struct.unpack(">h", self._take(2))[0]
-
-    def int32(self) -> int:
-        return struct.unpack(">i", self._take(4))[0]
-
-    def uvarint(self) -> int:
-        shift = value = 0
-        while True:
-            b = self._take(1)[0]
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return value
-            shift += 7
-            if shift > 28:
-                raise ValueError("varint too long")
-
-    def string(self) -> str | None:
-        n = self.int16()
-        return None if n < 0 else self._take(n).decode()
-
-    def bytes_(self, compact: bool) -> bytes:
-        n = self.uvarint() - 1 if compact else self.int32()
-        return self._take(max(n, 0))
-
-    def skip_tagged_fields(self) -> None:
-        for _ in range(self.uvarint()):
-            self.uvarint()
-            self._take(self.uvarint())
-
-    def rest(self) -> bytes:
-        return self.buf[self.pos:]
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _is_flexible(api_key: int, version: int) -> bool:
-    return (api_key == SASL_AUTHENTICATE and version >= 2) or (api_key == API_VERSIONS and version >= 3)
-
-
-@dataclass(frozen=True)
-class RequestHeader:
-    api_key: int
-    api_version: int
-    correlation_id: int
-    client_id: str | None
-    body: _Reader
-
-
-def parse_request(frame: bytes) -> RequestHeader:
-    r = _Reader(frame)
-    api_key, version, corr = r.int16(), r.int16(), r.int32()
-    client_id = r.string()
-    if _is_flexible(api_key, version):
-        r.skip_tagged_fields()
-    return RequestHeader(api_key, version, corr, client_id, r)
+# --- framing: kafkad.protocol's broker-side helpers ---------------------------------------
 
 
 def _frame(payload: bytes) -> bytes:
     return struct.pack(">i", len(payload)) + payload
 
 
-def handshake_response(corr: int, error: int, mechanisms: Iterable[str]) -> bytes:
-    mechs = [m.encode() for m in mechanisms]
-    body = struct.pack(">ihi", corr, error, len(mechs))
-    body += b"".join(struct.pack(">h", len(m)) + m for m in mechs)
-    return _frame(body)
+def peek_api(frame: bytes) -> tuple[int, int]:
+    """(api_key, api_version) of a request frame, without decoding the rest."""
+    if len(frame) < 4:
+        raise ProtocolError(f"request frame of {len(frame)} bytes has no header")
+    return struct.unpack_from(">hh", frame)
 
 
-def authenticate_response(corr: int, version: int, error: int, message: str | None,
-                          auth_bytes: bytes) -> bytes:
-    msg = None if message is None else message.encode()
-    if version >= 2:  # flexible: response header v1, compact types, tagged fields
-        out = struct.pack(">i", corr) + b"\0" + struct.pack(">h", error)
-        out += b"\0" if msg is None else _uvarint(len(msg) + 1) + msg
-        out += _uvarint(len(auth_bytes) + 1) + auth_bytes
-        out += struct.pack(">q", 0) + b"\0"
-        return _frame(out)
-    out = struct.pack(">ih", corr, error)
-    out += struct.pack(">h", -1) if msg is None else struct.pack(">h", len(msg)) + msg
-    out += struct.pack(">i", len(auth_bytes)) + auth_bytes
-    if version >= 1:
-        out += struct.pack(">q", 0)  # session_lifetime_ms: no re-authentication
-    return _frame(out)
-
-
-def patch_api_versions(version: int, payload: bytes) -> bytes:
-    """Add (or replace) SaslHandshake and SaslAuthenticate in an ApiVersions response frame.
-
-    ApiVersions responses always use response header v0 (KIP-511), so the
-    correlation id is followed directly by the body. Error answers (e.g. 35
-    with a v0 body) pass unchanged: the client retries with an older version.
-    """
-    r = _Reader(payload)
-    corr, error = r.int32(), r.int16()
-    if error:
-        return _frame(payload)
-    flexible = version >= 3
-    count = r.uvarint() - 1 if flexible else r.int32()
-    apis: dict[int, tuple[int, int]] = {}
-    for _ in range(count):
-        key, lo, hi = r.int16(), r.int16(), r.int16()
-        if flexible:
-            r.skip_tagged_fields()
-        apis[key] = (lo, hi)
-    apis.update(GATEWAY_APIS)
-    out = struct.pack(">ih", corr, error)
-    out += _uvarint(len(apis) + 1) if flexible else struct.pack(">i", len(apis))
-    for key in sorted(apis):
-        out += struct.pack(">hhh", key, *apis[key]) + (b"\0" if flexible else b"")
-    return _frame(out + r.rest())  # throttle_time_ms and tagged fields as the broker sent them
+def patch_api_versions(version: int, response_frame: bytes) -> bytes:
+    """Tansu's ApiVersions answer (frame without size prefix) with SaslHandshake and
+    SaslAuthenticate added, as a whole frame. Error answers (35 with a v0 body:
+    the client retries with an older version) and versions kafkad.protocol
+    does not implement pass unchanged."""
+    if not ApiVersionsResponse.MIN_VERSION <= version <= ApiVersionsResponse.MAX_VERSION:
+        return _frame(response_frame)
+    corr, resp = decode_response(ApiVersionsResponse, version, response_frame)
+    if resp.error_code:
+        return _frame(response_frame)
+    apis = {a.api_key: a for a in resp.api_keys}
+    for key, (lo, hi) in GATEWAY_APIS.items():
+        apis[key] = ApiVersionsResponse.ApiVersion(api_key=key, min_version=lo, max_version=hi)
+    patched = dataclasses.replace(resp, api_keys=tuple(apis[k] for k in sorted(apis)))
+    return encode_response(patched, version, corr)
 
 
 async def read_frame(reader: asyncio.StreamReader) -> bytes:
@@ -389,60 +291,61 @@ class SaslGateway(LoopServer):
         mech_server: PlainServer | ScramServer | None = None
         while True:
             frame = await read_frame(reader)
-            req = parse_request(frame)
-            if req.api_key == API_VERSIONS:
+            api_key, api_version = peek_api(frame)
+            if api_key == API_VERSIONS:
                 if upstream is None:
                     upstream = await asyncio.open_connection(*self.upstream)
                 upstream[1].write(_frame(frame))
                 await upstream[1].drain()
                 answer = await read_frame(upstream[0])
-                writer.write(patch_api_versions(req.api_version, answer))
+                writer.write(patch_api_versions(api_version, answer))
                 await writer.drain()
                 continue
-            if req.api_key == SASL_HANDSHAKE and mech_server is None:
-                if req.api_version > 1:
-                    self.failures.append(f"SaslHandshake v{req.api_version} unsupported")
-                    return self._close_upstream(upstream)
-                mechanism = req.body.string() or ""
-                if mechanism not in self.mechanisms:
-                    writer.write(handshake_response(req.correlation_id, UNSUPPORTED_SASL_MECHANISM,
-                                                    self.mechanisms))
+            if api_key not in (SASL_HANDSHAKE, SASL_AUTHENTICATE) or (
+                    (api_key == SASL_HANDSHAKE) != (mech_server is None)):
+                # Anything else before authentication, or SASL requests out of
+                # order: a Kafka broker hangs up.
+                self.refused.append(api_key)
+                return self._close_upstream(upstream)
+            try:
+                header, request = decode_request(frame)
+            except ProtocolError as exc:
+                self.failures.append(f"undecodable request: {exc}")
+                return self._close_upstream(upstream)
+            corr, version = header.correlation_id, header.api_version
+            if api_key == SASL_HANDSHAKE:
+                if request.mechanism not in self.mechanisms:
+                    writer.write(encode_response(SaslHandshakeResponse(
+                        error_code=UNSUPPORTED_SASL_MECHANISM, mechanisms=self.mechanisms),
+                        version, corr))
                     await writer.drain()
-                    self.failures.append(f"unsupported mechanism {mechanism!r}")
+                    self.failures.append(f"unsupported mechanism {request.mechanism!r}")
                     return self._close_upstream(upstream)
-                writer.write(handshake_response(req.correlation_id, 0, self.mechanisms))
+                writer.write(encode_response(SaslHandshakeResponse(
+                    error_code=0, mechanisms=self.mechanisms), version, corr))
                 await writer.drain()
-                mech_server = self._mechanism_server(mechanism)
-                if req.api_version == 0:
-                    ok = await self._raw_tokens(reader, writer, mech_server)
-                    if not ok:
+                mech_server = self._mechanism_server(request.mechanism)
+                if version == 0:
+                    if not await self._raw_tokens(reader, writer, mech_server):
                         return self._close_upstream(upstream)
                     break
                 continue
-            if req.api_key == SASL_AUTHENTICATE and mech_server is not None:
-                if req.api_version > 2:
-                    self.failures.append(f"SaslAuthenticate v{req.api_version} unsupported")
-                    return self._close_upstream(upstream)
-                token = req.body.bytes_(compact=req.api_version >= 2)
-                try:
-                    reply, done = mech_server.respond(token)
-                except AuthFailed as exc:
-                    self.failures.append(str(exc))
-                    writer.write(authenticate_response(
-                        req.correlation_id, req.api_version, SASL_AUTHENTICATION_FAILED,
-                        f"Authentication failed: invalid credentials for SASL mechanism "
-                        f"{self._mechanism_name(mech_server)}", b""))
-                    await writer.drain()
-                    return self._close_upstream(upstream)
-                writer.write(authenticate_response(req.correlation_id, req.api_version, 0,
-                                                   None, reply))
+            try:
+                reply, done = mech_server.respond(request.auth_bytes)
+            except AuthFailed as exc:
+                self.failures.append(str(exc))
+                writer.write(encode_response(SaslAuthenticateResponse(
+                    error_code=SASL_AUTHENTICATION_FAILED,
+                    error_message=f"Authentication failed: invalid credentials for SASL "
+                                  f"mechanism {self._mechanism_name(mech_server)}",
+                    auth_bytes=b""), version, corr))
                 await writer.drain()
-                if done:
-                    break
-                continue
-            # Anything else before authentication: a Kafka broker hangs up.
-            self.refused.append(req.api_key)
-            return self._close_upstream(upstream)
+                return self._close_upstream(upstream)
+            writer.write(encode_response(SaslAuthenticateResponse(error_code=0, auth_bytes=reply),
+                                         version, corr))
+            await writer.drain()
+            if done:
+                break
         assert mech_server is not None and mech_server.username is not None
         self.authenticated.append((self._mechanism_name(mech_server), mech_server.username))
         if upstream is None:
