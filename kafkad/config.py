@@ -16,11 +16,13 @@ DEFAULT_ENDPOINT = "ipc:///run/kafkad/kafkad.sock"
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
+    # Used with security_protocol SSL / SASL_SSL (kafkad.broker.security.make_ssl_context).
+    # The broker's certificate chain is always verified; TLS 1.2 is the oldest version offered.
     ca_file: str = ""          # empty: the system trust store
     cert_file: str = ""        # client certificate (mutual TLS), optional
-    key_file: str = ""
-    key_password_file: str = ""
-    check_hostname: bool = True
+    key_file: str = ""         # private key (PEM) of cert_file
+    key_password_file: str = ""  # password of an encrypted key_file (the only source for it)
+    check_hostname: bool = True  # false skips only the host name check, never the chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +30,9 @@ class SaslConfig:
     mechanism: str = "PLAIN"   # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
     username: str = ""
     password: str = field(default="", repr=False)
-    password_file: str = ""    # read at start and on reload; wins over password_env
+    # Read at each authentication (a rotated password is used on the next
+    # connection); wins over password_env. Final line break removed.
+    password_file: str = ""
     password_env: str = ""     # name of an environment variable holding the password
 
 
@@ -74,6 +78,12 @@ class IpcConfig:
     socket_group: str = ""       # empty: the daemon's primary group
     max_frame_bytes: int = 16 * 1024 * 1024
     max_sessions: int = 10_000
+    # One producer session's share of the daemon queue: past this many of its
+    # messages in flight its SENDs are refused (the shim backs off and
+    # replays), so one flooding process cannot starve the others.
+    max_inflight_per_session: int = 200_000
+    # How long a METADATA question from a shim may wait for the cluster.
+    metadata_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
