@@ -13,6 +13,7 @@ docs/protocol.md describes versions and framing choices.
 """
 
 from .codecs import CODEC_NAMES
+from .errors import ERRORS, ErrorInfo, error_info
 from .framing import (
     API_VERSIONS_SUPPORTED,
     UNSUPPORTED_VERSION,
@@ -52,7 +53,8 @@ from .records import (
 from .schema import decode_body, encode_body
 
 __all__ = [
-    "API_VERSIONS_SUPPORTED", "BATCH_OVERHEAD", "CODEC_NAMES", "UNSUPPORTED_VERSION",
+    "API_VERSIONS_SUPPORTED", "BATCH_OVERHEAD", "CODEC_NAMES", "ERRORS", "ErrorInfo",
+    "UNSUPPORTED_VERSION", "error_info",
     "ApiVersionsRequest", "ApiVersionsResponse", "FrameReader", "InitProducerIdRequest",
     "InitProducerIdResponse", "MetadataRequest", "MetadataResponse", "ProduceRequest",
     "ProduceResponse", "ProtocolError", "Record", "RecordBatch", "RequestHeader",

@@ -21,6 +21,9 @@ from kafkad.protocol.records import encode_records
 
 from .strategies import FAST
 
+# kafka-python 3 loads its schemas with a deprecated importlib API.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 blobs = st.one_of(st.none(), st.binary(max_size=300))
 header_lists = st.lists(st.tuples(st.text(max_size=8), st.one_of(st.none(), st.binary(max_size=20))),
                         max_size=3)
