@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from kafkad.config import Config
 
-__all__ = ["ConfigError", "Problem", "load_config", "locate_keys", "parse_config", "validate"]
+__all__ = ["ConfigError", "Problem", "changed_keys", "load_config", "locate_keys", "parse_config", "validate"]
 
 KeyPath = tuple  # a dotted key as a tuple: ("kafka", "tls", "ca_file"); array items add ints
 
@@ -706,6 +706,23 @@ def parse_config(text: str, path: str = "<config>", *, check_files: bool = True,
         cfg = dataclasses.replace(cfg, logging=dataclasses.replace(
             cfg.logging, level=cfg.logging.level.upper()))
     return cfg
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose value differs between two configs, in declaration order (for reload)."""
+    a, b = _flatten(old), _flatten(new)
+    return [k for k in a if a[k] != b[k]]
 
 
 def load_config(path: str | os.PathLike[str], *, check_files: bool = True,

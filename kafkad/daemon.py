@@ -37,18 +37,18 @@ import logging
 import os
 import signal
 from collections import Counter
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from kafkad.broker import BrokerProducer
 from kafkad.config import Config
-from kafkad.configfile import ConfigError, load_config
+from kafkad.configfile import ConfigError, changed_keys, load_config
 from kafkad.engine.types import Outcome, Submission
 from kafkad.ipc import EndpointInUse, IpcServer
 from kafkad.logs import event, set_level
 from kafkad.stats import PrometheusServer, StatsCollector, status_line
 from kafkad.systemd import Notifier
 
-__all__ = ["Daemon", "StartupError", "State", "changed_keys"]
+__all__ = ["Daemon", "StartupError", "State"]
 
 log = logging.getLogger("kafkad.daemon")
 
@@ -79,23 +79,6 @@ _TRANSITIONS: dict[State, frozenset[State]] = {
 
 class StartupError(Exception):
     """The daemon could not start (endpoint in use, address taken...); the message says why."""
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(_flatten(value, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = value
-    return out
-
-
-def changed_keys(old: Config, new: Config) -> list[str]:
-    """Dotted keys whose value differs between two configs, in declaration order."""
-    a, b = _flatten(old), _flatten(new)
-    return [k for k in a if a[k] != b[k]]
 
 
 class Daemon:

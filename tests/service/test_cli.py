@@ -1,0 +1,145 @@
+"""The `kafkad` command line as a person meets it: help, version, check-config, mistakes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import kafkad
+from tests.service.conftest import ROOT, kafkad_cmd
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(kafkad_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=env)
+
+
+def no_traceback(r: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"kafkad {kafkad.__version__}"
+
+
+def test_help_lists_every_command_with_examples():
+    r = run("--help")
+    assert r.returncode == 0
+    for command in ("run", "check-config", "stats", "dev"):
+        assert f"\n    {command}" in r.stdout
+    assert "kafkad check-config /etc/kafkad/kafkad.toml" in r.stdout
+    assert "SIGHUP" in r.stdout
+
+
+@pytest.mark.parametrize("command,expected", [
+    ("run", "--config PATH"),
+    ("check-config", "PATH"),
+    ("stats", "--json"),
+    ("dev", "Ctrl-C"),
+])
+def test_each_command_has_help(command, expected):
+    r = run(command, "--help")
+    assert r.returncode == 0
+    assert f"usage: kafkad {command}" in r.stdout
+    assert expected in r.stdout
+
+
+def test_no_command_is_a_usage_error():
+    r = run()
+    assert r.returncode == 2
+    assert "usage: kafkad" in r.stderr
+    no_traceback(r)
+
+
+def test_check_config_ok(tmp_path):
+    path = tmp_path / "k.toml"
+    path.write_text('[kafka]\nbootstrap_servers = ["127.0.0.1:9092"]\n')
+    r = run("check-config", str(path))
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{path}: OK\n", "")
+
+
+def test_check_config_example_ok():
+    r = run("check-config", str(ROOT / "kafkad.toml.example"))
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_config_reports_every_problem_and_exits_2(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[kafka]\nrequest_timeout_ms = -1\nsecurity_protocol = "TLS"\n\n[ipc]\nsocketmode = "0660"\n')
+    r = run("check-config", str(path))
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.splitlines() == [
+        f"{path}:2: kafka.request_timeout_ms: must be between 1 and 2147483647, not -1",
+        f"{path}:3: kafka.security_protocol: must be one of 'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT', "
+        "'SASL_SSL', not 'TLS'",
+        f"{path}:6: ipc.socketmode: unknown key in [ipc] (did you mean 'socket_mode'?)",
+    ]
+    no_traceback(r)
+
+
+def test_check_config_syntax_error(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[kafka\n")
+    r = run("check-config", str(path))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"{path}:1: invalid TOML: ")
+    no_traceback(r)
+
+
+def test_check_config_no_file_checks(tmp_path):
+    path = tmp_path / "tls.toml"
+    path.write_text('[kafka]\nsecurity_protocol = "SSL"\n[kafka.tls]\nca_file = "/nonexistent/ca.pem"\n')
+    r = run("check-config", str(path))
+    assert r.returncode == 2
+    assert r.stderr == f"{path}:4: kafka.tls.ca_file: cannot read '/nonexistent/ca.pem': No such file or directory\n"
+    assert run("check-config", "--no-file-checks", str(path)).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["check-config", "run --config"])
+def test_missing_config_file(tmp_path, command):
+    missing = tmp_path / "missing.toml"
+    r = run(*command.split(), str(missing))
+    assert r.returncode == 2
+    assert r.stderr == f"{missing}: file: cannot read: No such file or directory\n"
+    no_traceback(r)
+
+
+def test_run_with_a_bad_config_exits_2_before_starting(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[shutdown]\ndrain_timeout_s = \"long\"\n")
+    r = run("run", "--config", str(path))
+    assert r.returncode == 2
+    assert r.stderr == f"{path}:2: shutdown.drain_timeout_s: must be a number, not a string\n"
+
+
+def test_stats_without_a_daemon_says_so(tmp_path):
+    endpoint = f"ipc://{tmp_path}/nobody.sock"
+    r = run("stats", "--endpoint", endpoint, "--timeout", "0.5")
+    assert r.returncode == 1
+    assert f"no answer from a daemon at {endpoint}" in r.stderr
+    no_traceback(r)
+
+
+def test_stats_endpoint_from_config_and_environment(tmp_path):
+    path = tmp_path / "k.toml"
+    endpoint = f"ipc://{tmp_path}/from-config.sock"
+    path.write_text(f'[ipc]\nendpoint = "{endpoint}"\n')
+    r = run("stats", "--config", str(path), "--timeout", "0.3")
+    assert r.returncode == 1 and endpoint in r.stderr
+    env = dict(os.environ, KAFKAD_ENDPOINT=f"ipc://{tmp_path}/from-env.sock")
+    r = run("stats", "--timeout", "0.3", env=env)
+    assert r.returncode == 1 and "from-env.sock" in r.stderr
+
+
+def test_entry_point_script_matches_module():
+    script = os.path.join(os.path.dirname(sys.executable), "kafkad")
+    if not os.path.exists(script):
+        pytest.skip(f"no kafkad console script beside {sys.executable} (package not installed with pip -e)")
+    r = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == f"kafkad {kafkad.__version__}"
