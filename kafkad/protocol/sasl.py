@@ -291,6 +291,7 @@ class ScramClient:
         proof = bytes(a ^ b for a, b in zip(client_key, client_signature))
         server_key = self._hmac(salted, b"Server Key")
         self._server_signature = self._hmac(server_key, auth_message)
+        self._password = ""  # not needed any more; do not keep it around
         self._state = target
         return without_proof + b",p=" + base64.b64encode(proof)
 
