@@ -1,0 +1,152 @@
+"""A test double for the BrokerProducer seam, and a thread that hosts an IpcServer.
+
+`FakeProducer` implements what IpcServer uses (`submit`, `partitions_for`,
+`fetch_partitions`) and delivers each submission on the loop, with offsets
+counted per partition, unless told to hold, fail or refuse. It is a double
+for the seam (DESIGN.md), for unit tests of the link; the end-to-end tests
+use the real daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import tempfile
+import threading
+
+from kafkad.config import IpcConfig
+from kafkad.engine.types import Outcome, QueueFull
+from kafkad.ipc import IpcServer
+
+
+class FakeProducer:
+    def __init__(self, partitions=(0, 1, 2)):
+        self.partitions = list(partitions)
+        self.submissions = []
+        self.offsets = collections.Counter()
+        self.hold = False            # keep submissions without outcomes
+        self.fail_with = 0           # deliver with this error code instead
+        self.refuse = 0              # refuse the next N submissions with QueueFull
+        self.held = []
+        self.on_outcomes = None
+        self.loop = None
+
+    def partitions_for(self, topic):
+        return list(self.partitions)
+
+    async def fetch_partitions(self, topic, timeout):
+        return 0, list(self.partitions)
+
+    def submit(self, sub):
+        if self.refuse:
+            self.refuse -= 1
+            raise QueueFull("fake queue full")
+        self.submissions.append(sub)
+        if self.hold:
+            self.held.append(sub)
+        else:
+            self.loop.call_soon(self.complete, [sub])
+
+    def complete(self, subs, error=None):
+        outs = []
+        for sub in subs:
+            err = self.fail_with if error is None else error
+            n = len(sub.values)
+            if err:
+                outs.append(Outcome(sub.token, sub.topic, sub.partition, err, -1, 0, n))
+            else:
+                key = (sub.topic, sub.partition)
+                base = self.offsets[key]
+                self.offsets[key] += n
+                outs.append(Outcome(sub.token, sub.topic, sub.partition, 0,
+                                    -1 if sub.settings.acks == 0 else base, n, 0))
+        self.on_outcomes(outs)
+
+    def release(self, error=None):
+        subs, self.held = self.held, []
+        self.loop.call_soon_threadsafe(self.complete, subs, error)
+
+    def messages(self):
+        """Every value taken, in submission order, as (topic, partition, key, value)."""
+        out = []
+        for sub in self.submissions:
+            for k, v in zip(sub.keys, sub.values):
+                out.append((sub.topic, sub.partition, k, v))
+        return out
+
+
+class ServerThread:
+    """An asyncio loop in a thread running IpcServer over a FakeProducer."""
+
+    def __init__(self, endpoint=None, producer=None, **cfg):
+        self.tmp = tempfile.mkdtemp(prefix="kafkad-ipc-")
+        self.endpoint = endpoint or f"ipc://{self.tmp}/kafkad.sock"
+        self.cfg = IpcConfig(endpoint=self.endpoint, **cfg)
+        self.producer = producer or FakeProducer()
+        self.loop = asyncio.new_event_loop()
+        self.server = None
+        self._thread = None
+        self.stats_calls = 0
+
+    def _stats(self):
+        self.stats_calls += 1
+        return {"ipc": self.server.stats(), "answer": 42}
+
+    def start(self):
+        started = threading.Event()
+        failure = []
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.producer.loop = self.loop
+            self.server = IpcServer(self.cfg, self.producer, stats_provider=self._stats)
+            self.producer.on_outcomes = self.server.on_outcomes
+            try:
+                self.loop.run_until_complete(self.server.start())
+            except BaseException as exc:  # reported to the starting thread
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            self.loop.run_forever()
+            self.loop.run_until_complete(self.server.close())
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        started.wait(10)
+        if failure:
+            raise failure[0]
+        return self
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the server's loop and return its result."""
+        done = threading.Event()
+        box = []
+
+        def run():
+            box.append(fn(*args))
+            done.set()
+
+        self.loop.call_soon_threadsafe(run)
+        done.wait(5)
+        return box[0]
+
+    def stop(self):
+        if self._thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self._thread = None
+            self.loop.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def short_tmp_endpoint(name="kafkad.sock"):
+    """An ipc:// endpoint in a fresh temp dir (short enough for the 107-byte socket path limit)."""
+    d = tempfile.mkdtemp(prefix="kd-")
+    return f"ipc://{os.path.join(d, name)}"
