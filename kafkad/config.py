@@ -84,12 +84,6 @@ class IpcConfig:
     max_inflight_per_session: int = 200_000
     # How long a METADATA question from a shim may wait for the cluster.
     metadata_timeout_s: float = 5.0
-    # One producer session's share of the daemon queue: past this many of its
-    # messages in flight its SENDs are refused (the shim backs off and
-    # replays), so one flooding process cannot starve the others.
-    max_inflight_per_session: int = 200_000
-    # How long a METADATA question from a shim may wait for the cluster.
-    metadata_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
