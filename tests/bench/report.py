@@ -34,6 +34,8 @@ def _ratio(a, b) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
+    if not rows:
+        return ["_No figures (see the notes below)._", ""]
     align = align or "l" + "r" * (len(header) - 1)
     sep = ["---:" if a == "r" else "---" for a in align]
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
@@ -207,6 +209,10 @@ def _footprint(res: dict) -> list[str]:
              _mib(row.get("first_message")), _mib(row.get("anon_first_message"))]
             for row in sec["rows"]]
     lines += _table(["Client", "Import", "+ producer", "+ first message", "Anonymous at the end"], rows)
+    daemon = res.get("daemon_rss_kib")
+    if daemon:
+        lines += [f"kafkad's daemon itself (one per host, not per worker) held {_mib(daemon.get('VmRSS'))} MiB "
+                  f"resident ({_mib(daemon.get('RssAnon'))} MiB anonymous) at the end of the run.", ""]
     return lines + _errors(sec.get("errors", {}), "footprint")
 
 

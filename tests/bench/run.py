@@ -36,7 +36,7 @@ import traceback
 from . import report
 from .common import (CONFLUENT, CONTENDERS, KAFKA_PYTHON, KAFKAD, REPO_ROOT, BenchContext,
                      Contest, DaemonUnavailable, KafkadDaemon, Log, create_topic, delete_topic,
-                     importable, machine_info, make_workdir, new_topic_name, remove_workdir)
+                     importable, machine_info, make_workdir, new_topic_name, remove_workdir, rss_kib)
 
 SECTIONS = ("footprint", "caller_cost", "latency", "throughput", "batching", "profile", "external")
 EXTERNAL = ("bench_protocol", "bench_engine", "bench_shim", "bench_spool")
@@ -308,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             results["section_seconds"][name] = round(time.monotonic() - t0, 1)
             _save(results, args.out)
         if daemon is not None:
+            try:
+                results["daemon_rss_kib"] = rss_kib(daemon.pid)
+            except OSError:
+                pass
             results["daemon_exit_status"] = daemon.stop()
             daemon = None
     finally:
