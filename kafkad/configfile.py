@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import grp
 import ipaddress
 import os
 import re
@@ -576,8 +577,9 @@ def validate(cfg: Config, *, check_files: bool = True,
     """Every rule that relates two or more settings, in one place.
 
     Returns (key path, problem) pairs; empty when the config is consistent.
-    `check_files`: also check that the files named by the config can be read
-    (TLS material, SASL password file) by this process. `environ`: when given,
+    `check_files`: also check what the config names on this machine: files
+    that must be readable by this process (TLS material, SASL password file)
+    and the socket group. `environ`: when given,
     check that `kafka.sasl.password_env` names a variable that is set in it
     (`kafkad run` passes its own environment; `check-config` does not, since
     the service's environment may differ from the shell's).
@@ -651,6 +653,14 @@ def validate(cfg: Config, *, check_files: bool = True,
         problems.append((("kafka", "max_in_flight_per_connection"),
                          "must be <= 5 when idempotence is on (brokers keep the order of "
                          f"5 batches per producer), not {k.max_in_flight_per_connection}"))
+
+    if check_files and cfg.ipc.socket_group:
+        try:
+            grp.getgrnam(cfg.ipc.socket_group)
+        except KeyError:
+            problems.append((("ipc", "socket_group"),
+                             f"no group named {cfg.ipc.socket_group!r} on this machine "
+                             "(create it, e.g. with systemd/kafkad.sysusers)"))
 
     sp = cfg.spool
     if sp.max_bytes < sp.segment_bytes:

@@ -39,6 +39,8 @@ import signal
 from collections import Counter
 from typing import Callable, Iterable
 
+import zmq
+
 from kafkad.broker import BrokerProducer
 from kafkad.config import Config
 from kafkad.configfile import ConfigError, changed_keys, load_config
@@ -166,6 +168,9 @@ class Daemon:
                 await self._ipc.start()
             except EndpointInUse as exc:
                 raise StartupError(str(exc)) from None
+            except (OSError, ValueError, zmq.ZMQError) as exc:
+                # A socket directory that is missing or not ours, an unknown socket group...
+                raise StartupError(f"cannot serve {cfg.ipc.endpoint}: {exc}") from None
             if cfg.stats.prometheus_listen:
                 self._prometheus = await self._start_prometheus(cfg.stats.prometheus_listen)
         except BaseException:
