@@ -60,6 +60,10 @@ class KafkaConfig:
     linger_ms: float = 2.0
     batch_max_bytes: int = 1_048_576     # one RecordBatch, before compression
     request_max_bytes: int = 1_048_576   # one Produce request
+    # How long records for a topic the cluster says does not exist wait (for
+    # auto-creation or a topic just created elsewhere) before they fail with
+    # UnknownTopicOrPartitionError.
+    unknown_topic_wait_ms: int = 3_000
     tls: TlsConfig = TlsConfig()
     sasl: SaslConfig = SaslConfig()
 

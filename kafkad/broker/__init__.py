@@ -1,20 +1,39 @@
-"""kafkad.broker: the asyncio driver around the sans-IO engine.
+"""kafkad.broker: the asyncio driver around the sans-IO producer engine.
 
 `BrokerProducer` is the whole interface the rest of the daemon uses (see
-DESIGN.md, "engine and its I/O driver"). This first version fixes the
-interface so the IPC and daemon layers can code against it; it queues what it
-is given (honouring the global caps) and hands it back on drain, while the
-engine that talks to brokers lands behind the same methods.
+DESIGN.md, "engine and its I/O driver"). It owns the sockets
+(`BrokerConnection`, one per broker node), the timer and the event loop
+callbacks; every decision is the engine's (`kafkad.engine.engine.Engine`).
+
+The loop: every event (a submission, a connection up or down, an answer, a
+timer) changes the engine and asks for one `poll`, scheduled with
+`call_soon` so that a burst of events (many submissions from many workers in
+one loop iteration) is looked at once and shares requests. `poll` returns
+what to do; the driver does it and arms one timer for the engine's next
+deadline. Nothing polls on a fixed interval.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import ssl
 from typing import Callable
 
+from kafkad import __version__
+from kafkad.broker.connection import BrokerConnection
 from kafkad.config import KafkaConfig, QueueConfig
+from kafkad.engine.engine import Engine
 from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission
 
 __all__ = ["BrokerProducer", "Outcome", "QueueFull", "SessionSettings", "Submission"]
+
+log = logging.getLogger("kafkad.broker")
+
+REQUEST_TIMED_OUT = 7
+# Never re-arm the timer closer than this: a deadline already past is served
+# by the poll that is about to run, not by a spinning timer.
+_MIN_TIMER_S = 0.0005
 
 
 class BrokerProducer:
@@ -22,54 +41,210 @@ class BrokerProducer:
 
     def __init__(self, kafka: KafkaConfig, queue: QueueConfig, *,
                  on_outcomes: Callable[[list[Outcome]], None]) -> None:
-        self._kafka = kafka
-        self._queue_cfg = queue
+        if not callable(on_outcomes):
+            raise TypeError("on_outcomes: expected a callable taking a list of Outcome")
+        self.kafka = kafka
+        self.engine = Engine(kafka, queue, client_version=__version__)
         self._on_outcomes = on_outcomes
-        self._queued: list[Submission] = []
-        self._messages = 0
-        self._bytes = 0
-        self._accepted = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ssl_context: ssl.SSLContext | None = None
+        self._conns: dict[int, BrokerConnection] = {}
+        self._poll_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._topic_waiters: dict[str, list[asyncio.Future]] = {}
+        self._idle_waiters: list[asyncio.Future] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<BrokerProducer {self.engine!r} connections={sorted(self._conns)}>"
+
+    # ------------------------------------------------------------------ the seam
 
     async def start(self) -> None:
         """Start connecting in the background; returns at once (brokers may be down)."""
+        self.loop = asyncio.get_running_loop()
+        if self.kafka.security_protocol in ("SSL", "SASL_SSL"):
+            from kafkad.broker.security import make_ssl_context
+
+            self.ssl_context = make_ssl_context(self.kafka)
+        self.wake()
 
     def submit(self, sub: Submission) -> None:
-        """Take a submission, or raise QueueFull (nothing taken) when the caps would be exceeded."""
-        n = len(sub.values)
-        size = sum(len(v) for v in sub.values if v) + sum(len(k) for k in sub.keys if k)
-        if (self._messages + n > self._queue_cfg.max_messages
-                or self._bytes + size > self._queue_cfg.max_bytes):
-            raise QueueFull(f"queue full: {self._messages} messages / {self._bytes} bytes queued")
-        self._queued.append(sub)
-        self._messages += n
-        self._bytes += size
-        self._accepted += n
+        """Take a submission, or raise QueueFull (nothing taken). Never blocks."""
+        if self.loop is None:
+            raise RuntimeError("BrokerProducer.submit: await start() first")
+        if self._closed:
+            raise RuntimeError("BrokerProducer.submit: the producer is closed")
+        self.engine.submit(sub, self.loop.time())
+        self.wake()
 
     def partitions_for(self, topic: str) -> list[int] | None:
         """Partition ids of `topic` from the metadata cache, or None when not known yet."""
-        return None
+        return self.engine.partitions_for(topic)
 
     async def fetch_partitions(self, topic: str, timeout: float) -> tuple[int, list[int]]:
-        """(error_code, partition ids) of `topic`, asking the cluster if needed."""
-        return 5, []  # LEADER_NOT_AVAILABLE until the engine is connected
+        """(error_code, partition ids) of `topic`, asking the cluster when the cache has none.
+
+        On timeout: the topic's last error if the cluster gave one, else
+        REQUEST_TIMED_OUT (7).
+        """
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"topic: expected a topic name, got {topic!r}")
+        known = self.engine.partitions_for(topic)
+        if known is not None:
+            return 0, list(known)
+        self.engine.want_topic(topic)
+        fut = self.loop.create_future()
+        self._topic_waiters.setdefault(topic, []).append(fut)
+        self.wake()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            info = self.engine.metadata.topics.get(topic)
+            return (info.error if info is not None and info.error else REQUEST_TIMED_OUT), []
+        finally:
+            waiters = self._topic_waiters.get(topic)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._topic_waiters[topic]
 
     async def drain(self, deadline: float) -> list[Submission]:
-        """Send what is queued until `deadline` (loop clock); return what was not delivered."""
-        left, self._queued = self._queued, []
-        self._messages = self._bytes = 0
+        """Send everything until `deadline` (loop clock); return exactly what was not delivered."""
+        engine = self.engine
+        engine.start_drain()
+        self.wake()
+        if not engine.idle:
+            fut = self.loop.create_future()
+            self._idle_waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, max(0.0, deadline - self.loop.time()))
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                if fut in self._idle_waiters:
+                    self._idle_waiters.remove(fut)
+        left = engine.take_undelivered()
+        self._poll()  # report what finished while draining
         return left
 
     async def close(self) -> None:
-        """Close every connection; undelivered messages stay counted as queued."""
+        """Close every connection. Call drain() first: records still queued stay counted."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        conns = list(self._conns.values())
+        self._conns.clear()
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            await conn.wait_closed()
+        for waiters in list(self._topic_waiters.values()) + [self._idle_waiters]:
+            for fut in waiters:
+                if not fut.done():
+                    fut.cancel()
 
     def reload(self, kafka: KafkaConfig, queue: QueueConfig) -> list[str]:
-        """Apply new settings; return the names of settings that need a restart."""
-        self._queue_cfg = queue
-        return []
+        """Apply new settings now; return the settings that need a restart to apply."""
+        need = self.engine.reconfigure(kafka, queue)
+        self.kafka = self.engine.kafka
+        if self.loop is not None:
+            self.wake()
+        return need
 
     def stats(self) -> dict:
-        """A plain-dict snapshot of the counters."""
-        return {"accepted": self._accepted, "queued_messages": self._messages,
-                "queued_bytes": self._bytes, "in_flight": 0, "delivered": 0,
-                "failed": 0, "retried": 0, "dropped": 0, "requests": 0,
-                "brokers": {}, "topics": {}}
+        """A plain-dict snapshot: counters, gauges, per-broker latency, per-topic counts."""
+        out = self.engine.stats()
+        out["connections"] = len(self._conns)
+        return out
+
+    # ------------------------------------------------------------------ driving the engine
+
+    def wake(self) -> None:
+        """Ask for one engine poll soon (collapses with other requests in this loop turn)."""
+        if not self._poll_scheduled and not self._closed and self.loop is not None:
+            self._poll_scheduled = True
+            self.loop.call_soon(self._poll)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        self._poll()
+
+    def _poll(self) -> None:
+        self._poll_scheduled = False
+        if self._closed:
+            return
+        loop = self.loop
+        now = loop.time()
+        act = self.engine.poll(now)
+        for node in act.closes:
+            conn = self._conns.pop(node, None)
+            if conn is not None:
+                conn.close()
+        for node, host, port in act.connects:
+            old = self._conns.pop(node, None)
+            if old is not None:
+                old.close()
+            self._conns[node] = BrokerConnection(self, node, host, port)
+        for req in act.sends:
+            self._conns[req.node].send(req)
+        for node in act.authenticate:
+            self._conns[node].start_auth()
+        if act.outcomes:
+            try:
+                self._on_outcomes(act.outcomes)
+            except Exception:  # noqa: BLE001 - the engine must keep running
+                log.exception("on_outcomes callback failed for %d outcomes", len(act.outcomes))
+        deadline = act.deadline
+        if deadline is not None:
+            deadline = max(deadline, now + _MIN_TIMER_S)
+            if deadline < self._timer_at - 1e-4 or self._timer is None:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(deadline, self._on_timer)
+                self._timer_at = deadline
+        if self._topic_waiters:
+            for topic, waiters in list(self._topic_waiters.items()):
+                result = self.engine.topic_result(topic, now)
+                if result is not None:
+                    for fut in waiters:
+                        if not fut.done():
+                            fut.set_result(result)
+        if self._idle_waiters and self.engine.idle:
+            for fut in self._idle_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def conn_event(self, conn: BrokerConnection, what: str, reason: str) -> None:
+        """A connection's news, passed to the engine unless the engine already let it go."""
+        if self._conns.get(conn.node) is not conn:
+            return
+        engine = self.engine
+        now = self.loop.time()
+        if what == "connected":
+            engine.connected(conn.node, now)
+        elif what == "connect_failed":
+            del self._conns[conn.node]
+            engine.connect_failed(conn.node, now, reason)
+        elif what == "disconnected":
+            del self._conns[conn.node]
+            engine.disconnected(conn.node, now, reason)
+        elif what == "authenticated":
+            engine.authenticated(conn.node, now)
+        elif what == "auth_failed":
+            del self._conns[conn.node]
+            conn.close()
+            engine.auth_failed(conn.node, now, reason)
+        self.wake()
+
+    def describe_connect_error(self, conn: BrokerConnection, exc: BaseException) -> str:
+        """A sentence for a failed connection attempt (TLS failures say what to check)."""
+        if isinstance(exc, asyncio.TimeoutError):
+            return f"no connection within {self.kafka.connect_timeout_ms} ms"
+        if isinstance(exc, ssl.SSLError) or isinstance(getattr(exc, "__cause__", None), ssl.SSLError):
+            from kafkad.broker.security import describe_tls_error
+
+            return describe_tls_error(exc, f"{conn.host}:{conn.port}", self.kafka)
+        return f"{type(exc).__name__}: {exc}"

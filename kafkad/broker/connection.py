@@ -1,0 +1,201 @@
+"""One broker connection: an asyncio stream, its frames and its correlation ids.
+
+A `BrokerConnection` is created when the engine asks for a connection to a
+node and lives until the socket closes or the engine asks to close it. It
+writes requests in the order the engine hands them over, reads whole frames
+with `FrameReader`, checks that each answer's correlation id is the oldest one
+outstanding (Kafka answers in order on a connection) and hands the decoded
+answer to the engine. It also runs the SASL exchange when the engine asks for
+it. Everything it learns goes to its owner (`BrokerProducer`) as calls; it
+keeps no producer state of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from kafkad.protocol import FrameReader, ProtocolError, encode_request, peek_correlation_id
+from kafkad.protocol.messages import RESPONSE_FOR
+
+if TYPE_CHECKING:
+    from kafkad.broker import BrokerProducer
+    from kafkad.engine.engine import Request
+
+log = logging.getLogger("kafkad.broker")
+
+_READ_CHUNK = 256 * 1024
+# Largest answer accepted from a broker (Metadata of a very large cluster fits).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+class _Exchange:
+    """A request sent outside the engine (SASL), answered through a future."""
+
+    __slots__ = ("response_cls", "version", "future")
+
+    def __init__(self, response_cls, version: int, future: asyncio.Future) -> None:
+        self.response_cls = response_cls
+        self.version = version
+        self.future = future
+
+
+class BrokerConnection:
+    """The socket to one broker node, driven by its owner's event loop."""
+
+    def __init__(self, owner: "BrokerProducer", node: int, host: str, port: int) -> None:
+        self.owner = owner
+        self.node = node
+        self.host = host
+        self.port = port
+        self.closed = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: deque[tuple[int, Any]] = deque()
+        self._corr = 0
+        self._frames = FrameReader(MAX_RESPONSE_BYTES)
+        self._client_id = owner.kafka.client_id
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"kafkad-broker-{node}")
+        self._auth_task: asyncio.Task | None = None
+
+    def __repr__(self) -> str:
+        return f"<BrokerConnection node={self.node} {self.host}:{self.port} pending={len(self._pending)}>"
+
+    # ------------------------------------------------------------------ writing
+
+    def send(self, req: "Request") -> None:
+        """Write one engine request (the engine already counts it as in flight)."""
+        corr = self._next_corr()
+        data = encode_request(req.msg, req.version, corr, self._client_id)
+        if req.expects_response:
+            self._pending.append((corr, req))
+        self._writer.write(data)
+
+    async def exchange(self, msg, version: int):
+        """Send `msg` outside the engine and await its answer (used by SASL)."""
+        if self.closed or self._writer is None:
+            raise ConnectionError(f"connection to broker {self.node} is closed")
+        corr = self._next_corr()
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((corr, _Exchange(RESPONSE_FOR[type(msg)], version, fut)))
+        self._writer.write(encode_request(msg, version, corr, self._client_id))
+        return await asyncio.wait_for(fut, self.owner.kafka.request_timeout_ms / 1000.0)
+
+    def _next_corr(self) -> int:
+        self._corr = (self._corr + 1) & 0x7FFFFFFF
+        return self._corr
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start_auth(self) -> None:
+        self._auth_task = asyncio.get_running_loop().create_task(
+            self._authenticate(), name=f"kafkad-sasl-{self.node}")
+
+    async def _authenticate(self) -> None:
+        from kafkad.broker import security
+
+        engine = self.owner.engine
+        try:
+            await security.authenticate(self.exchange, self.owner.kafka, engine.versions(self.node))
+        except asyncio.CancelledError:
+            raise
+        except security.AuthenticationError as exc:
+            if not self.closed:
+                self.owner.conn_event(self, "auth_failed", str(exc))
+            return
+        except (OSError, asyncio.TimeoutError, ProtocolError, ValueError) as exc:
+            if not self.closed:
+                self.owner.conn_event(self, "auth_failed", f"{type(exc).__name__}: {exc}")
+            return
+        if not self.closed:
+            self.owner.conn_event(self, "authenticated", "")
+
+    async def _run(self) -> None:
+        owner = self.owner
+        try:
+            ctx = owner.ssl_context
+            timeout = owner.kafka.connect_timeout_ms / 1000.0
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=ctx,
+                                        server_hostname=self.host if ctx else None,
+                                        limit=_READ_CHUNK),
+                timeout)
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            if not self.closed:
+                owner.conn_event(self, "connect_failed", owner.describe_connect_error(self, exc))
+            return
+        if self.closed:
+            writer.close()
+            return
+        self._writer = writer
+        owner.conn_event(self, "connected", "")
+        try:
+            await self._read_loop(reader)
+            reason = "closed by the broker"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure ends this connection
+            reason = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (OSError, ProtocolError, ssl.SSLError)):
+                log.exception("broker %s: unexpected error on the connection", self.node)
+        finally:
+            writer.close()
+        self._fail_exchanges(reason)
+        if not self.closed:
+            self.closed = True
+            owner.conn_event(self, "disconnected", reason)
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        owner = self.owner
+        engine = owner.engine
+        pending = self._pending
+        while True:
+            data = await reader.read(_READ_CHUNK)
+            if not data:
+                return
+            frames = self._frames.feed(data)
+            if not frames or self.closed:
+                continue
+            now = owner.loop.time()
+            for frame in frames:
+                corr = peek_correlation_id(frame)
+                if not pending or pending[0][0] != corr:
+                    expected = pending[0][0] if pending else None
+                    raise ProtocolError(f"answer with correlation id {corr}, expected {expected}")
+                _, req = pending.popleft()
+                if isinstance(req, _Exchange):
+                    if not req.future.done():
+                        from kafkad.protocol import decode_response
+                        req.future.set_result(decode_response(req.response_cls, req.version, frame)[1])
+                    continue
+                engine.response(req, engine.decode(req, frame), now)
+            owner.wake()
+
+    def _fail_exchanges(self, reason: str) -> None:
+        for _, req in self._pending:
+            if isinstance(req, _Exchange) and not req.future.done():
+                req.future.set_exception(ConnectionError(reason))
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Close at the engine's request (the engine already settled what was in flight)."""
+        self.closed = True
+        self._fail_exchanges("closed")
+        if self._writer is not None:
+            self._writer.close()
+        for task in (self._task, self._auth_task):
+            if task is not None and not task.done():
+                task.cancel()
+
+    async def wait_closed(self) -> None:
+        for task in (self._task, self._auth_task):
+            if task is not None:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass

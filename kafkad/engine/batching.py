@@ -1,0 +1,222 @@
+"""Records on their way: chunks, per-session holds, batches and lanes.
+
+* A `Chunk` is a contiguous run `[lo, hi)` of one `Submission`'s messages. The
+  engine never copies messages: holds, batches and retries move chunks, and a
+  chunk is split only where a hold releases `batch_n` messages or a batch
+  reaches its size cap.
+* A `SessionHold` keeps an async session's chunks until the session's release
+  rule fires (`batch_n` messages held, or the oldest held for `batch_t`).
+* A `Lane` is one partition as written with one set of batch settings
+  (acks, ack timeout, codec, level): an ordered deque of `Batch`es, the last
+  one OPEN for new records. With idempotence it also owns the partition's
+  sequence numbers under its group's producer id.
+* A `Batch` becomes one RecordBatch on the wire; once it has a sequence
+  number its records never change order or move to another batch, except
+  when records are failed out of it (see `Lane.remove_sequence_gap`).
+
+Sizes are upper bounds of the encoded record sizes (`record_size_upper_bound`
+summed), so a batch never exceeds its cap once encoded, before compression.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from kafkad.engine.states import BatchState, advance
+from kafkad.engine.types import Submission
+
+SEQ_MODULO = 2**31  # sequence numbers are int32 and wrap to 0
+
+
+class Chunk:
+    """Messages `[lo, hi)` of `sub`; `nbytes` is their encoded size bound."""
+
+    __slots__ = ("sub", "lo", "hi", "nbytes", "accepted_at", "deadline", "sync")
+
+    def __init__(self, sub: Submission, lo: int, hi: int, nbytes: int,
+                 accepted_at: float, deadline: float, sync: bool) -> None:
+        self.sub = sub
+        self.lo = lo
+        self.hi = hi
+        self.nbytes = nbytes
+        self.accepted_at = accepted_at
+        self.deadline = deadline
+        self.sync = sync
+
+    def __repr__(self) -> str:
+        return (f"<Chunk {self.sub.topic}[{self.sub.partition}] {self.lo}:{self.hi} "
+                f"{self.nbytes}B{' sync' if self.sync else ''}>")
+
+    @property
+    def count(self) -> int:
+        return self.hi - self.lo
+
+    def split(self, k: int, left_bytes: int) -> "Chunk":
+        """Cut off and return the first `k` messages (of size `left_bytes`); keep the rest."""
+        head = Chunk(self.sub, self.lo, self.lo + k, left_bytes, self.accepted_at,
+                     self.deadline, self.sync)
+        self.lo += k
+        self.nbytes -= left_bytes
+        return head
+
+
+class SessionHold:
+    """An async session's held chunks, oldest first."""
+
+    __slots__ = ("key", "chunks", "count", "batch_n", "batch_t")
+
+    def __init__(self, key, batch_n: int, batch_t: float) -> None:
+        self.key = key
+        self.chunks: deque[Chunk] = deque()
+        self.count = 0
+        self.batch_n = batch_n
+        self.batch_t = batch_t
+
+    def __repr__(self) -> str:
+        return f"<SessionHold {self.key!r} held={self.count} n={self.batch_n} t={self.batch_t}>"
+
+    @property
+    def due(self) -> float:
+        """When the oldest held chunk must go (infinity when nothing is held)."""
+        return self.chunks[0].accepted_at + self.batch_t if self.chunks else float("inf")
+
+    def add(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        self.count += chunk.count
+
+    def release(self, now: float, everything: bool, sizer) -> list[Chunk]:
+        """Chunks to send now, oldest first: groups of `batch_n`, or all when due.
+
+        `sizer(chunk, k)` gives the size bound of a chunk's first k messages
+        (used only when a chunk must be cut to make a group of exactly batch_n).
+        """
+        if everything or (self.chunks and now >= self.due):
+            out = list(self.chunks)
+            self.chunks.clear()
+            self.count = 0
+            return out
+        out: list[Chunk] = []
+        n = self.batch_n
+        while self.count >= n:
+            need = n
+            while need:
+                head = self.chunks[0]
+                if head.count <= need:
+                    self.chunks.popleft()
+                    out.append(head)
+                    need -= head.count
+                    self.count -= head.count
+                else:
+                    out.append(head.split(need, sizer(head, need)))
+                    self.count -= need
+                    need = 0
+        return out
+
+
+class Batch:
+    """Records of one lane that travel as one RecordBatch."""
+
+    __slots__ = ("lane", "state", "chunks", "count", "nbytes", "created_at", "sync",
+                 "seq", "sent_seq", "attempts", "retry_at", "maybe_written", "wire",
+                 "wire_key", "sent_at", "node")
+
+    def __init__(self, lane: "Lane", created_at: float, overhead: int) -> None:
+        self.lane = lane
+        self.state = BatchState.OPEN
+        self.chunks: list[Chunk] = []
+        self.count = 0
+        self.nbytes = overhead
+        self.created_at = created_at
+        self.sync = False
+        self.seq = -1            # base sequence (-1: none given yet / not idempotent)
+        self.sent_seq = -1       # the base sequence of the copy now on the wire
+        self.attempts = 0        # sends so far
+        self.retry_at = 0.0
+        self.maybe_written = False  # a send's fate is unknown (timeout or lost connection)
+        self.wire: bytes | None = None  # encoded RecordBatch, reused while wire_key holds
+        self.wire_key: tuple | None = None
+        self.sent_at = 0.0
+        self.node = -1
+
+    def __repr__(self) -> str:
+        return (f"<Batch {self.lane.topic}[{self.lane.partition}] {self.state.name} "
+                f"n={self.count} {self.nbytes}B seq={self.seq} attempts={self.attempts}>")
+
+    def add(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        self.count += chunk.count
+        self.nbytes += chunk.nbytes
+        if chunk.sync:
+            self.sync = True
+
+    def oldest_deadline(self) -> float:
+        return min(c.deadline for c in self.chunks) if self.chunks else float("inf")
+
+    def advance(self, new: BatchState) -> None:
+        advance(self, new)
+
+
+class Lane:
+    """One partition under one set of batch settings: an ordered deque of batches."""
+
+    __slots__ = ("topic", "partition", "group", "batches", "inflight", "next_seq",
+                 "acked_seq", "node", "queued", "key")
+
+    def __init__(self, key, topic: str, partition: int, group) -> None:
+        self.key = key
+        self.topic = topic
+        self.partition = partition
+        self.group = group
+        self.batches: deque[Batch] = deque()
+        self.inflight = 0        # batches of this lane on the wire
+        self.next_seq = 0        # the sequence the next new batch gets
+        self.acked_seq = 0       # the sequence after the last acknowledged batch
+        self.node = -1           # the node the in-flight batches went to
+        self.queued = 0          # records in batches not on the wire
+
+    def __repr__(self) -> str:
+        states = ",".join(b.state.name for b in self.batches)
+        return (f"<Lane {self.topic}[{self.partition}] {self.group.key} [{states}] "
+                f"inflight={self.inflight} seq={self.acked_seq}..{self.next_seq}>")
+
+    def open_batch(self, now: float, overhead: int) -> Batch:
+        """The batch taking new records (a fresh one if the last is closed)."""
+        if self.batches:
+            last = self.batches[-1]
+            if last.state is BatchState.OPEN:
+                return last
+        b = Batch(self, now, overhead)
+        self.batches.append(b)
+        return b
+
+    def assign_sequence(self, batch: Batch) -> None:
+        batch.seq = self.next_seq
+        self.next_seq = (self.next_seq + batch.count) % SEQ_MODULO
+
+    def remove_sequence_gap(self, after: Batch, removed: int) -> None:
+        """`removed` records holding sequences in `after` were failed and never written.
+
+        The broker still expects the first of them next, so every later batch
+        (and the next new one) moves down by `removed`. Later batches already
+        on the wire carry the old numbers; the broker answers them with
+        OUT_OF_ORDER_SEQUENCE_NUMBER and they are resent with the new ones.
+        """
+        if removed == 0:
+            return
+        seen = False
+        for b in self.batches:
+            if b is after:
+                seen = True
+                continue
+            if seen and b.seq >= 0:
+                b.seq = (b.seq - removed) % SEQ_MODULO
+        self.next_seq = (self.next_seq - removed) % SEQ_MODULO
+
+    def resequence(self) -> None:
+        """After a new producer id or epoch: every unacknowledged batch renumbered from 0."""
+        self.acked_seq = 0
+        self.next_seq = 0
+        for b in self.batches:
+            if b.seq >= 0:
+                self.assign_sequence(b)
+                b.maybe_written = False  # under the new epoch it was never sent

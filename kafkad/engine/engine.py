@@ -1,0 +1,1275 @@
+"""The producer engine: every piece of producer state, no I/O, no clock.
+
+`Engine` turns accepted `Submission`s into Produce requests and broker
+answers into `Outcome`s. It never touches a socket or reads a clock: the
+driver (`kafkad.broker`) calls it with events and the current time (`now`,
+seconds on any monotonic clock) and, after every batch of events, calls
+`poll(now)`, which returns an `Actions`: connections to open or close,
+requests to write (in order, per node), connections that need SASL, outcomes
+to report, and the time by which `poll` must run again.
+
+How records move (docs/engine.md has the full rules):
+
+    submit -> [SessionHold: async sessions wait for batch_n / batch_t]
+           -> Lane (topic, partition, acks, ack timeout, codec, level)
+              -> OPEN batch -> READY (sync record, full, linger_ms, drain)
+              -> IN_FLIGHT (one batch per partition per request, one request
+                 per broker and acks/timeout group, <= max in flight)
+              -> DONE (acked: delivered outcome; failed: failed outcome)
+                 or RETRY (backoff, resent in order with the same sequence)
+
+Idempotence: each settings group with acks != 0 gets its own producer id
+(InitProducerId) so each lane's sequence numbers are its own. Sequence
+numbers are given when a batch is first sent and kept across retries. A
+sequence the broker lost (OUT_OF_ORDER_SEQUENCE_NUMBER on the oldest
+unacknowledged batch, UNKNOWN_PRODUCER_ID, INVALID_PRODUCER_EPOCH) bumps the
+epoch as KIP-360 clients do: stop sending for the group, let in-flight
+requests settle, InitProducerId with the current id and epoch (v3+; older
+brokers hand out a new id), then renumber every unacknowledged batch from 0
+and resend in the original order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import deque
+from dataclasses import replace
+from typing import Any, Callable
+
+from kafkad.engine.batching import SEQ_MODULO, Batch, Chunk, Lane, SessionHold
+from kafkad.engine.metadata import MetadataCache
+from kafkad.engine.states import BatchState, ConnState, PidState, advance
+from kafkad.engine.types import Outcome, QueueFull, Submission
+from kafkad.protocol import (
+    API_VERSIONS_SUPPORTED,
+    BATCH_OVERHEAD,
+    UNSUPPORTED_VERSION,
+    ApiVersionsRequest,
+    ApiVersionsResponse,
+    InitProducerIdRequest,
+    InitProducerIdResponse,
+    MetadataRequest,
+    MetadataResponse,
+    ProduceRequest,
+    ProduceResponse,
+    decode_response,
+    encode_record_batch,
+    pick_version,
+    record_size_upper_bound,
+)
+from kafkad.protocol.errors import error_info
+
+log = logging.getLogger("kafkad.engine")
+
+# Error codes the engine acts on by number.
+UNKNOWN_SERVER_ERROR = -1
+UNKNOWN_TOPIC_OR_PARTITION = 3
+MESSAGE_TOO_LARGE = 10
+REQUEST_TIMED_OUT = 7
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+DUPLICATE_SEQUENCE_NUMBER = 46
+INVALID_PRODUCER_EPOCH = 47
+UNKNOWN_PRODUCER_ID = 59
+PRODUCER_FENCED = 90
+SEQUENCE_LOST = frozenset({OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID, INVALID_PRODUCER_EPOCH})
+
+API_PRODUCE, API_METADATA, API_VERSIONS, API_INIT_PID = 0, 3, 18, 22
+
+# Fewest seconds between two Metadata requests (refreshes asked for by many
+# errors at once collapse into one request).
+METADATA_MIN_INTERVAL = 0.1
+# Only ApiVersions 0 is certain to be understood; its body lists the others.
+_RECORD_OVERHEAD = record_size_upper_bound(None, None)
+# Upper bounds of a Produce request's bytes around its batches.
+_REQUEST_OVERHEAD = 128
+_PARTITION_OVERHEAD = 32
+_INF = float("inf")
+_LATENCY_SAMPLES = 1024
+_LOG_VALUE_CHARS = 100
+_LOG_MESSAGES_MAX = 20
+
+
+class Actions:
+    """What the driver must do after `Engine.poll`, in this order: close, connect, send."""
+
+    __slots__ = ("closes", "connects", "sends", "authenticate", "outcomes", "deadline")
+
+    def __init__(self) -> None:
+        self.closes: list[int] = []
+        self.connects: list[tuple[int, str, int]] = []
+        self.sends: list[Request] = []
+        self.authenticate: list[int] = []
+        self.outcomes: list[Outcome] = []
+        self.deadline: float | None = None
+
+    def __repr__(self) -> str:
+        return (f"<Actions close={self.closes} connect={[c[0] for c in self.connects]} "
+                f"send={self.sends} auth={self.authenticate} outcomes={len(self.outcomes)} "
+                f"deadline={self.deadline}>")
+
+
+class Request:
+    """One request handed to the driver: write `msg` at `version` to `node`.
+
+    `expects_response` is False only for acks=0 Produce requests. The driver
+    passes the same object back to `Engine.response` with the decoded answer.
+    """
+
+    __slots__ = ("node", "msg", "version", "expects_response", "sent_at", "batches", "group",
+                 "response_cls")
+
+    def __init__(self, node: int, msg, version: int, response_cls, now: float,
+                 expects_response: bool = True, batches: list[Batch] | None = None,
+                 group: "Group | None" = None) -> None:
+        self.node = node
+        self.msg = msg
+        self.version = version
+        self.response_cls = response_cls
+        self.expects_response = expects_response
+        self.sent_at = now
+        self.batches = batches
+        self.group = group
+
+    @property
+    def api_key(self) -> int:
+        return self.msg.API_KEY
+
+    def __repr__(self) -> str:
+        extra = f" batches={len(self.batches)}" if self.batches else ""
+        return f"<Request {type(self.msg).__name__} v{self.version} node={self.node}{extra}>"
+
+
+class Conn:
+    """One broker node's connection as the engine sees it (the driver owns the socket)."""
+
+    __slots__ = ("node", "host", "port", "state", "inflight", "versions", "retry_at",
+                 "failures", "bootstrap", "api_versions_version")
+
+    def __init__(self, node: int, host: str, port: int, bootstrap: bool = False) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self.state = ConnState.DOWN
+        self.inflight: deque[Request] = deque()
+        self.versions: dict[int, tuple[int, int]] = {}
+        self.retry_at = 0.0
+        self.failures = 0
+        self.bootstrap = bootstrap
+        self.api_versions_version = API_VERSIONS_SUPPORTED[API_VERSIONS][1]
+
+    def __repr__(self) -> str:
+        return (f"<Conn node={self.node} {self.host}:{self.port} {self.state.name} "
+                f"inflight={len(self.inflight)}>")
+
+    def version(self, api_key: int) -> int | None:
+        rng = self.versions.get(api_key)
+        return None if rng is None else pick_version(api_key, rng[0], rng[1])
+
+
+class Group:
+    """Lanes sharing batch settings; with acks != 0 and idempotence, one producer id."""
+
+    __slots__ = ("key", "acks", "timeout_ms", "codec", "level", "state", "producer_id",
+                 "epoch", "inflight", "retry_at", "lanes", "fresh_id")
+
+    def __init__(self, key: tuple, idempotent: bool) -> None:
+        self.key = key
+        self.acks, self.timeout_ms, self.codec, self.level = key
+        self.state = PidState.NONE if idempotent else PidState.DISABLED
+        self.producer_id = -1
+        self.epoch = -1
+        self.inflight = 0          # batches of this group on the wire
+        self.retry_at = 0.0
+        self.lanes: list[Lane] = []
+        self.fresh_id = False      # the next InitProducerId must ask for a new id, not a bump
+
+    def __repr__(self) -> str:
+        return (f"<Group acks={self.acks} timeout={self.timeout_ms} codec={self.codec} "
+                f"{self.state.name} pid={self.producer_id}/{self.epoch} inflight={self.inflight}>")
+
+    @property
+    def idempotent(self) -> bool:
+        return self.state is not PidState.DISABLED
+
+
+class _TopicWait:
+    __slots__ = ("since", "error")
+
+    def __init__(self, since: float, error: int) -> None:
+        self.since = since
+        self.error = error
+
+
+class Engine:
+    """All producer state. `kafka` and `queue` are kafkad.config KafkaConfig / QueueConfig."""
+
+    def __init__(self, kafka, queue, *, rng: random.Random | None = None,
+                 client_version: str = "") -> None:
+        self.kafka = kafka
+        self.queue = queue
+        self._rng = rng or random.Random()
+        self._client_version = client_version
+        self._sasl = kafka.security_protocol.startswith("SASL")
+        self.metadata = MetadataCache()
+        self.conns: dict[int, Conn] = {}
+        for i, addr in enumerate(kafka.bootstrap_servers):
+            host, port = _split_hostport(addr)
+            self.conns[-1 - i] = Conn(-1 - i, host, port, bootstrap=True)
+        self._bootstrap_cursor = 0
+        self.groups: dict[tuple, Group] = {}
+        self.lanes: dict[tuple, Lane] = {}
+        self._active: dict[Lane, None] = {}      # lanes with batches, in insertion order
+        self.holds: dict[tuple, SessionHold] = {}
+        self._hold_due = _INF
+        self._outcomes: list[Outcome] = []
+        self._auth: list[int] = []
+        self._closes: list[int] = []
+        self._sends: list[Request] = []
+        self._want_connect: set[int] = set()
+        # metadata
+        self._wanted: set[str] = set()
+        self._meta_inflight = False
+        self._meta_needed = True
+        self._meta_next = 0.0
+        self._topic_wait: dict[str, _TopicWait] = {}
+        self.draining = False
+        # counters (messages unless named otherwise)
+        self.accepted = 0
+        self.delivered = 0
+        self.failed = 0
+        self.retried = 0
+        self.dropped = 0
+        self.requests = 0
+        self.queued = 0            # held + in lanes, not on the wire
+        self.queued_bytes = 0      # size bound of everything accepted and not finished
+        self.held = 0
+        self.in_flight = 0
+        self._latency: dict[int, deque[float]] = {}
+        self._topic_stats: dict[str, list[int]] = {}   # topic -> [delivered, bytes, failed]
+        self._errors: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return (f"<Engine conns={len(self.conns)} lanes={len(self._active)}/{len(self.lanes)} "
+                f"queued={self.queued} in_flight={self.in_flight}>")
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, sub: Submission, now: float) -> None:
+        """Take `sub` or raise QueueFull (nothing taken). Problems found now become Outcomes."""
+        values = sub.values
+        n = len(values)
+        if len(sub.keys) != n:
+            raise ValueError(f"sub.keys: {len(sub.keys)} keys for {n} values")
+        if n == 0:
+            raise ValueError("sub.values: a submission needs at least one message")
+        payload = sum(map(len, filter(None, values))) + sum(map(len, filter(None, sub.keys)))
+        nbytes = payload + n * _RECORD_OVERHEAD
+        q = self.queue
+        live = self.queued + self.in_flight
+        if live + n > q.max_messages or self.queued_bytes + nbytes > q.max_bytes:
+            raise QueueFull(f"queue full: {live} messages ({self.queued_bytes} bytes) queued; "
+                            f"caps are {q.max_messages} messages and {q.max_bytes} bytes")
+        self.accepted += n
+        self.queued += n
+        self.queued_bytes += nbytes
+        deadline = now + self.kafka.delivery_timeout_ms / 1000.0
+        chunk = Chunk(sub, 0, n, nbytes, now, deadline, not sub.settings.async_send)
+        cap = self._batch_cap()
+        if nbytes + BATCH_OVERHEAD > cap and self._largest_record(sub) + BATCH_OVERHEAD > cap:
+            self._fail_chunk(chunk, MESSAGE_TOO_LARGE, "a record is larger than the batch cap")
+            return
+        topic = sub.topic
+        known = self.metadata.partitions(topic)
+        if known is not None and sub.partition not in known:
+            self._fail_chunk(chunk, UNKNOWN_TOPIC_OR_PARTITION,
+                             f"topic {topic!r} has partitions {known[0]}..{known[-1]}")
+            return
+        if topic not in self._wanted:
+            self._wanted.add(topic)
+            self._meta_needed = True
+        if chunk.sync:
+            self._enqueue(chunk, now)
+            return
+        s = sub.settings
+        key = (sub.session_id, s)
+        hold = self.holds.get(key)
+        if hold is None:
+            hold = self.holds[key] = SessionHold(key, s.batch_n, s.batch_t)
+        hold.add(chunk)
+        self.held += n
+        if hold.count >= hold.batch_n:
+            self._release(hold, now, everything=False)
+        else:
+            due = hold.due
+            if due < self._hold_due:
+                self._hold_due = due
+
+    def _largest_record(self, sub: Submission) -> int:
+        return max(record_size_upper_bound(len(k) if k else 0, len(v) if v else 0)
+                   for k, v in zip(sub.keys, sub.values))
+
+    def _batch_cap(self) -> int:
+        # A request carries its header and the topic and partition headers besides the batch.
+        return min(self.kafka.batch_max_bytes,
+                   self.kafka.request_max_bytes - _REQUEST_OVERHEAD - _PARTITION_OVERHEAD - 255)
+
+    def _chunk_prefix_bytes(self, chunk: Chunk, k: int) -> int:
+        sub = chunk.sub
+        lo, hi = chunk.lo, chunk.lo + k
+        return (sum(map(len, filter(None, sub.values[lo:hi])))
+                + sum(map(len, filter(None, sub.keys[lo:hi]))) + k * _RECORD_OVERHEAD)
+
+    def _release(self, hold: SessionHold, now: float, everything: bool) -> None:
+        chunks = hold.release(now, everything, self._chunk_prefix_bytes)
+        for c in chunks:
+            self.held -= c.count
+            self._enqueue(c, now)
+
+    def _enqueue(self, chunk: Chunk, now: float) -> None:
+        s = chunk.sub.settings
+        gkey = (s.acks, s.ack_timeout_ms, s.codec, s.codec_level)
+        key = (chunk.sub.topic, chunk.sub.partition, gkey)
+        lane = self.lanes.get(key)
+        if lane is None:
+            group = self.groups.get(gkey)
+            if group is None:
+                group = self.groups[gkey] = Group(gkey, self.kafka.idempotence and s.acks != 0)
+            lane = self.lanes[key] = Lane(key, chunk.sub.topic, chunk.sub.partition, group)
+            group.lanes.append(lane)
+        cap = self._batch_cap()
+        batch = lane.open_batch(now, BATCH_OVERHEAD)
+        while batch.nbytes + chunk.nbytes > cap:
+            room = cap - batch.nbytes
+            k = self._records_fitting(chunk, room)
+            if k == 0 and batch.count == 0:
+                k = 1  # caps lowered by a reload below a record already accepted
+            if k:
+                batch.add(chunk.split(k, self._chunk_prefix_bytes(chunk, k)))
+            if batch.count:
+                batch.advance(BatchState.READY)
+            batch = lane.open_batch(now, BATCH_OVERHEAD)
+        batch.add(chunk)
+        lane.queued += chunk.count
+        self._active[lane] = None
+
+    def _records_fitting(self, chunk: Chunk, room: int) -> int:
+        """How many of the chunk's first records fit in `room` bytes (size bound)."""
+        sub = chunk.sub
+        keys, values = sub.keys, sub.values
+        used = 0
+        k = 0
+        for i in range(chunk.lo, chunk.hi):
+            key, val = keys[i], values[i]
+            size = _RECORD_OVERHEAD + (len(key) if key else 0) + (len(val) if val else 0)
+            if used + size > room:
+                break
+            used += size
+            k += 1
+        return k
+
+    # ------------------------------------------------------------------ topics
+
+    def partitions_for(self, topic: str) -> list[int] | None:
+        return self.metadata.partitions(topic)
+
+    def want_topic(self, topic: str) -> None:
+        """Ask for `topic`'s metadata at the next chance (for fetch_partitions)."""
+        self._wanted.add(topic)
+        self._meta_needed = True
+        self._meta_next = 0.0
+        info = self.metadata.topics.get(topic)
+        if info is not None and info.error:
+            del self.metadata.topics[topic]
+            self._topic_wait.pop(topic, None)
+
+    def topic_result(self, topic: str, now: float) -> tuple[int, list[int]] | None:
+        """(0, partitions) or (error, []) once the answer is final; None while waiting."""
+        info = self.metadata.topics.get(topic)
+        if info is None:
+            return None
+        if info.error == 0:
+            return 0, list(info.partitions)
+        wait = self._topic_wait.get(topic)
+        if wait is not None and now - wait.since < self.kafka.unknown_topic_wait_ms / 1000.0:
+            return None
+        if error_info(info.error).retriable:
+            return None
+        return info.error, []
+
+    # ------------------------------------------------------------------ connection events
+
+    def connected(self, node: int, now: float) -> None:
+        conn = self.conns[node]
+        advance(conn, ConnState.NEGOTIATING)
+        self._send_api_versions(conn, now)
+
+    def connect_failed(self, node: int, now: float, reason: str) -> None:
+        conn = self.conns.get(node)
+        if conn is None or conn.state in (ConnState.DOWN, ConnState.BACKOFF):
+            return
+        log.warning("kafka broker %s (%s:%s): connection failed: %s",
+                    node, conn.host, conn.port, reason)
+        self._lost(conn, now, timed_out=None)
+
+    def disconnected(self, node: int, now: float, reason: str) -> None:
+        conn = self.conns.get(node)
+        if conn is None or conn.state in (ConnState.DOWN, ConnState.BACKOFF):
+            return
+        log.warning("kafka broker %s (%s:%s): connection lost: %s (%d requests in flight)",
+                    node, conn.host, conn.port, reason, len(conn.inflight))
+        self._lost(conn, now, timed_out=None)
+
+    def authenticated(self, node: int, now: float) -> None:
+        conn = self.conns[node]
+        advance(conn, ConnState.READY)
+        conn.failures = 0
+
+    def auth_failed(self, node: int, now: float, reason: str) -> None:
+        conn = self.conns.get(node)
+        if conn is None or conn.state is not ConnState.AUTHENTICATING:
+            return
+        log.error("kafka broker %s (%s:%s): authentication failed: %s",
+                  node, conn.host, conn.port, reason)
+        conn.failures = max(conn.failures, 30)  # permanent: the longest backoff
+        self._lost(conn, now, timed_out=None)
+
+    def versions(self, node: int) -> dict[int, tuple[int, int]]:
+        """The API version ranges broker `node` announced ({api_key: (min, max)})."""
+        return dict(self.conns[node].versions)
+
+    def _lost(self, conn: Conn, now: float, timed_out: Request | None) -> None:
+        """The connection is gone: settle everything that was on it, then back off."""
+        reqs = list(conn.inflight)
+        conn.inflight.clear()
+        if conn.state is not ConnState.CONNECTING:
+            self._meta_needed = True  # a lost broker often means moved leaders
+        advance(conn, ConnState.BACKOFF)
+        conn.failures += 1
+        base = self.kafka.reconnect_backoff_ms / 1000.0
+        cap = self.kafka.reconnect_backoff_max_ms / 1000.0
+        conn.retry_at = now + self._jitter(min(cap, base * 2 ** min(conn.failures - 1, 30)))
+        rt = self.kafka.request_timeout_ms / 1000.0
+        for req in reqs:
+            key = req.api_key
+            if key == API_PRODUCE:
+                timed = req is timed_out or now - req.sent_at >= rt
+                for b in req.batches:
+                    b.maybe_written = True
+                    self._batch_failed(b, REQUEST_TIMED_OUT if timed else UNKNOWN_SERVER_ERROR,
+                                       now, timeout=timed, lost=True)
+            elif key == API_METADATA:
+                self._meta_inflight = False
+            elif key == API_INIT_PID:
+                group = req.group
+                advance(group, PidState.NONE)
+                group.retry_at = now + self._jitter(0.1)
+
+    # ------------------------------------------------------------------ responses
+
+    def decode(self, req: Request, frame: bytes) -> Any:
+        """Decode the answer to `req` (raises kafkad.protocol.ProtocolError)."""
+        return decode_response(req.response_cls, req.version, frame)[1]
+
+    def response(self, req: Request, msg, now: float) -> None:
+        """The decoded answer to `req` (the oldest request in flight on its connection)."""
+        conn = self.conns[req.node]
+        if not conn.inflight or conn.inflight[0] is not req:
+            raise AssertionError(f"{req!r} answered out of order on {conn!r}")
+        conn.inflight.popleft()
+        lat = self._latency.get(req.node)
+        if lat is None:
+            lat = self._latency[req.node] = deque(maxlen=_LATENCY_SAMPLES)
+        lat.append(now - req.sent_at)
+        key = req.api_key
+        if key == API_PRODUCE:
+            self._on_produce(req, msg, now)
+        elif key == API_METADATA:
+            self._on_metadata(msg, now)
+        elif key == API_INIT_PID:
+            self._on_init_pid(req, msg, now)
+        elif key == API_VERSIONS:
+            self._on_api_versions(conn, msg, now)
+
+    def _on_api_versions(self, conn: Conn, msg, now: float) -> None:
+        if msg.error_code == UNSUPPORTED_VERSION:
+            theirs = [k for k in msg.api_keys if k.api_key == API_VERSIONS]
+            cur = conn.api_versions_version
+            if theirs:
+                nxt = pick_version(API_VERSIONS, theirs[0].min_version, theirs[0].max_version)
+            else:
+                nxt = cur - 1
+            if nxt is None or nxt >= cur or nxt < 0:
+                self._protocol_failure(conn, now, "broker refused every ApiVersions version")
+                return
+            conn.api_versions_version = nxt
+            self._send_api_versions(conn, now)
+            return
+        if msg.error_code:
+            self._protocol_failure(conn, now, f"ApiVersions answered {_err_name(msg.error_code)}")
+            return
+        conn.versions = {k.api_key: (k.min_version, k.max_version) for k in msg.api_keys}
+        missing = [k for k in (API_PRODUCE, API_METADATA) if conn.version(k) is None]
+        if missing:
+            self._protocol_failure(conn, now, f"no common version for APIs {missing} "
+                                   f"(broker offers {conn.versions})")
+            return
+        if self._sasl:
+            advance(conn, ConnState.AUTHENTICATING)
+            self._auth.append(conn.node)
+        else:
+            advance(conn, ConnState.READY)
+            conn.failures = 0
+
+    def _protocol_failure(self, conn: Conn, now: float, why: str) -> None:
+        log.error("kafka broker %s (%s:%s): %s", conn.node, conn.host, conn.port, why)
+        self._closes.append(conn.node)
+        conn.failures = max(conn.failures, 30)
+        self._lost(conn, now, timed_out=None)
+
+    def _send_api_versions(self, conn: Conn, now: float) -> None:
+        v = conn.api_versions_version
+        msg = ApiVersionsRequest(client_software_name="kafkad",
+                                 client_software_version=self._client_version or "0")
+        self._push(conn, Request(conn.node, msg, v, ApiVersionsResponse, now))
+
+    def _on_metadata(self, msg, now: float) -> None:
+        self._meta_inflight = False
+        self._meta_needed = False
+        self.metadata.update(msg, now)
+        for node, (host, port) in self.metadata.brokers.items():
+            conn = self.conns.get(node)
+            if conn is None:
+                self.conns[node] = Conn(node, host, port)
+            elif (conn.host, conn.port) != (host, port) and conn.state is ConnState.DOWN:
+                conn.host, conn.port = host, port
+        for t in msg.topics:
+            name = t.name
+            if t.error_code == 0:
+                self._topic_wait.pop(name, None)
+                parts = self.metadata.partitions(name) or []
+                self._fail_missing_partitions(name, set(parts), now)
+                if any(self.metadata.leader(name, p) < 0 for p in parts):
+                    self._meta_needed = True
+            elif name is not None:
+                self._meta_needed = True
+                wait = self._topic_wait.get(name)
+                if wait is None:
+                    self._topic_wait[name] = _TopicWait(now, t.error_code)
+                else:
+                    wait.error = t.error_code
+
+    def _fail_missing_partitions(self, topic: str, parts: set[int], now: float) -> None:
+        for lane in list(self._active):
+            if lane.topic == topic and lane.partition not in parts:
+                self._fail_lane(lane, UNKNOWN_TOPIC_OR_PARTITION, now,
+                                f"topic {topic!r} has no partition {lane.partition}")
+
+    def _on_init_pid(self, req: Request, msg, now: float) -> None:
+        group = req.group
+        code = msg.error_code
+        if code == 0:
+            group.producer_id = msg.producer_id
+            group.epoch = msg.producer_epoch
+            group.fresh_id = False
+            advance(group, PidState.READY)
+            for lane in group.lanes:
+                lane.resequence()
+            return
+        info = error_info(code)
+        if info.retriable:
+            advance(group, PidState.NONE)
+            group.retry_at = now + self._jitter(0.1)
+        elif code in (INVALID_PRODUCER_EPOCH, PRODUCER_FENCED) and group.producer_id >= 0:
+            # The bump was refused: start over with a new producer id.
+            log.warning("producer id %d epoch %d cannot be bumped (%s); asking for a new id",
+                        group.producer_id, group.epoch, _err_name(code))
+            group.fresh_id = True
+            advance(group, PidState.NONE)
+        else:
+            log.error("InitProducerId failed with %s: sending acks=%d batches without "
+                      "idempotence (retries may then duplicate records)",
+                      _err_name(code), group.acks)
+            advance(group, PidState.DISABLED)
+            for lane in group.lanes:
+                for b in lane.batches:
+                    b.seq = -1
+
+    def _on_produce(self, req: Request, msg, now: float) -> None:
+        answers = {}
+        for t in msg.responses:
+            for p in t.partition_responses:
+                answers[(t.name, p.index)] = p
+        for b in req.batches:
+            lane = b.lane
+            p = answers.get((lane.topic, lane.partition))
+            if p is None:
+                self._batch_failed(b, UNKNOWN_SERVER_ERROR, now, timeout=False, lost=False)
+                continue
+            code = p.error_code
+            if code == 0 or code == DUPLICATE_SEQUENCE_NUMBER:
+                self._delivered(b, p.base_offset, now)
+            else:
+                self._batch_failed(b, code, now, timeout=False, lost=False, answer=p)
+
+    # ------------------------------------------------------------------ batch results
+
+    def _off_wire(self, b: Batch) -> None:
+        lane = b.lane
+        if lane.group.acks != 0:
+            lane.inflight -= 1
+            lane.group.inflight -= 1
+        self.in_flight -= b.count
+
+    def _delivered(self, b: Batch, base_offset: int, now: float) -> None:
+        lane = b.lane
+        self._off_wire(b)
+        if b.sent_seq >= 0:
+            lane.acked_seq = (b.sent_seq + b.count) % SEQ_MODULO
+        self._finish(b)
+        off = base_offset
+        topic = lane.topic
+        ts = self._topic_stats.get(topic)
+        if ts is None:
+            ts = self._topic_stats[topic] = [0, 0, 0]
+        for c in b.chunks:
+            n = c.hi - c.lo
+            self._outcomes.append(Outcome(c.sub.token, topic, lane.partition, 0,
+                                          off if off >= 0 else -1, n, 0))
+            if off >= 0:
+                off += n
+            ts[1] += c.nbytes - n * _RECORD_OVERHEAD
+            self.queued_bytes -= c.nbytes
+        ts[0] += b.count
+        self.delivered += b.count
+
+    def _finish(self, b: Batch) -> None:
+        lane = b.lane
+        advance(b, BatchState.DONE)
+        lane.batches.remove(b)
+        if not lane.batches:
+            self._active.pop(lane, None)
+
+    def _batch_failed(self, b: Batch, code: int, now: float, *, timeout: bool, lost: bool,
+                      answer=None) -> None:
+        """A send of `b` failed with `code` (or was lost): retry what may be retried, in order."""
+        lane = b.lane
+        group = lane.group
+        self._off_wire(b)
+        lane.queued += b.count
+        self.queued += b.count
+        advance(b, BatchState.RETRY)
+        info = error_info(code)
+        if info.invalid_metadata:
+            self.metadata.forget_leader(lane.topic, lane.partition)
+            self._meta_needed = True
+            hint = getattr(answer, "current_leader", None)
+            if hint is not None and hint.leader_id >= 0:
+                self._meta_next = 0.0
+        collateral = False
+        if code in SEQUENCE_LOST and group.state is PidState.READY:
+            if code == OUT_OF_ORDER_SEQUENCE_NUMBER and b.sent_seq != lane.acked_seq:
+                collateral = True   # an earlier batch failed first; resend in order
+            else:
+                log.warning("%s[%d]: broker lost producer %d's sequence (%s): bumping the epoch",
+                            lane.topic, lane.partition, group.producer_id, _err_name(code))
+                group.fresh_id = code == INVALID_PRODUCER_EPOCH
+                advance(group, PidState.BUMP_PENDING)
+            retriable = True
+        elif code in SEQUENCE_LOST:
+            retriable = True         # sent before a bump already under way
+            collateral = True
+        elif code == MESSAGE_TOO_LARGE and b.count > 1:
+            self._split(b)
+            retriable = True
+            collateral = True
+        else:
+            retriable = timeout or lost or info.retriable
+        self._retry_or_fail(b, code, now, retriable=retriable, timeout=timeout,
+                            counts=not collateral)
+
+    def _split(self, b: Batch) -> None:
+        """The broker's batch limit is smaller than ours: halve `b` (same sequence range)."""
+        lane = b.lane
+        half = b.count // 2
+        first = Batch(lane, b.created_at, BATCH_OVERHEAD)
+        moved = 0
+        keep: list[Chunk] = []
+        for c in b.chunks:
+            if moved >= half:
+                keep.append(c)
+            elif moved + c.count <= half:
+                first.add(c)
+                moved += c.count
+            else:
+                k = half - moved
+                first.add(c.split(k, self._chunk_prefix_bytes(c, k)))
+                moved += k
+                keep.append(c)
+        b.chunks = keep
+        b.count -= first.count
+        b.nbytes = BATCH_OVERHEAD + sum(c.nbytes for c in keep)
+        first.state = BatchState.RETRY   # born a copy of b's state, not a transition
+        first.attempts = b.attempts
+        first.maybe_written = b.maybe_written
+        if b.seq >= 0:
+            first.seq = b.seq
+            b.seq = (b.seq + first.count) % SEQ_MODULO
+        b.wire = None
+        idx = lane.batches.index(b)
+        lane.batches.insert(idx, first)
+        self._cap_warning_once(lane)
+
+    def _cap_warning_once(self, lane: Lane) -> None:
+        log.warning("%s[%d]: broker refused a batch as too large; sending smaller batches "
+                    "(lower [kafka] batch_max_bytes to match the topic's max.message.bytes)",
+                    lane.topic, lane.partition)
+
+    def _retry_or_fail(self, b: Batch, code: int, now: float, *, retriable: bool,
+                       timeout: bool, counts: bool) -> None:
+        lane = b.lane
+        keep: list[Chunk] = []
+        failed: list[tuple[Chunk, int]] = []
+        retries = b.attempts  # failures so far, this one included
+        for c in b.chunks:
+            s = c.sub.settings
+            if not retriable:
+                failed.append((c, code))
+            elif now >= c.deadline:
+                failed.append((c, REQUEST_TIMED_OUT))
+            elif timeout and not s.retry_on_timeouts:
+                failed.append((c, REQUEST_TIMED_OUT))
+            elif (counts and s.async_send and s.retry_limit is not None
+                  and retries > s.retry_limit):
+                failed.append((c, code))
+            else:
+                keep.append(c)
+        if failed:
+            self._drop_from_batch(b, keep, failed, now)
+            if not keep:
+                return
+        b.retry_at = now + (self._backoff(b) if counts else 0.0)
+        if counts:
+            self.retried += b.count
+
+    def _drop_from_batch(self, b: Batch, keep: list[Chunk], failed: list[tuple[Chunk, int]],
+                         now: float) -> None:
+        """Fail `failed` chunks out of `b` (state RETRY or not yet sent), fixing sequences."""
+        lane = b.lane
+        group = lane.group
+        removed = sum(c.count for c, _ in failed)
+        if b.seq >= 0:
+            if b.maybe_written and group.state is PidState.READY:
+                # Unknown whether the broker wrote them: only a new epoch makes the
+                # remaining sequence numbers safe again.
+                advance(group, PidState.BUMP_PENDING)
+            elif group.state is PidState.READY:
+                lane.remove_sequence_gap(b, removed)
+        lane.queued -= removed
+        self.queued -= removed
+        for c, code in failed:
+            self._fail_chunk(c, code, None, lane=lane)
+        if keep:
+            b.chunks = keep
+            b.count -= removed
+            b.nbytes = BATCH_OVERHEAD + sum(c.nbytes for c in keep)
+            b.wire = None
+        else:
+            self._finish(b)
+
+    def _fail_lane(self, lane: Lane, code: int, now: float, why: str) -> None:
+        """Fail every record of `lane` that is not on the wire."""
+        for b in list(lane.batches):
+            if b.state is BatchState.IN_FLIGHT:
+                continue
+            self._drop_from_batch(b, [], [(c, code) for c in b.chunks], now)
+        if why:
+            log.debug("%s[%d]: %s", lane.topic, lane.partition, why)
+
+    def _fail_chunk(self, c: Chunk, code: int, why: str | None, lane: Lane | None = None) -> None:
+        """Report `c` failed with `code`: one outcome, one log line, counted."""
+        sub = c.sub
+        n = c.hi - c.lo
+        if lane is None:      # failed before it joined a lane: still counted as queued
+            self.queued -= n
+        self.queued_bytes -= c.nbytes
+        self.failed += n
+        self._errors[code] = self._errors.get(code, 0) + n
+        ts = self._topic_stats.get(sub.topic)
+        if ts is None:
+            ts = self._topic_stats[sub.topic] = [0, 0, 0]
+        ts[2] += n
+        self._outcomes.append(Outcome(sub.token, sub.topic, sub.partition, code, -1, 0, n))
+        log.warning("failed to deliver %d message(s) to %s[%d]: %s%s; %s", n, sub.topic,
+                    sub.partition, _err_name(code), f" ({why})" if why else "",
+                    _describe(sub, c.lo, c.hi))
+
+    def _backoff(self, b: Batch) -> float:
+        s = b.chunks[0].sub.settings
+        base = s.retry_backoff_ms / 1000.0
+        cap = self.kafka.retry_backoff_max_ms / 1000.0
+        return self._jitter(min(cap, base * 2 ** min(b.attempts - 1, 30)))
+
+    def _jitter(self, t: float) -> float:
+        return t * (0.8 + 0.4 * self._rng.random())
+
+    # ------------------------------------------------------------------ poll
+
+    def poll(self, now: float) -> Actions:
+        """Everything due at `now`: timers, releases, expiry, new requests. See `Actions`."""
+        act = Actions()
+        deadline = _INF
+        rt = self.kafka.request_timeout_ms / 1000.0
+        # 1. request timeouts and reconnect backoffs
+        for conn in list(self.conns.values()):
+            if conn.inflight:
+                first = conn.inflight[0]
+                if now - first.sent_at >= rt:
+                    log.warning("kafka broker %s (%s:%s): no answer to %r within %d ms; "
+                                "closing the connection", conn.node, conn.host, conn.port,
+                                first, self.kafka.request_timeout_ms)
+                    self._closes.append(conn.node)
+                    self._lost(conn, now, timed_out=first)
+                else:
+                    deadline = min(deadline, first.sent_at + rt)
+            if conn.state is ConnState.BACKOFF:
+                if now >= conn.retry_at:
+                    advance(conn, ConnState.DOWN)
+                else:
+                    deadline = min(deadline, conn.retry_at)
+        # 2. session holds
+        if self.draining or now >= self._hold_due:
+            due = _INF
+            for key, hold in list(self.holds.items()):
+                if self.draining or now >= hold.due:
+                    self._release(hold, now, everything=True)
+                if hold.count == 0:
+                    del self.holds[key]
+                else:
+                    due = min(due, hold.due)
+            self._hold_due = due
+        deadline = min(deadline, self._hold_due)
+        # 3. metadata
+        deadline = min(deadline, self._poll_metadata(now, act))
+        # 4. producer ids
+        for group in self.groups.values():
+            deadline = min(deadline, self._poll_group(group, now, act))
+        # 5. lanes: expiry, readiness, what can be sent where
+        deadline = min(deadline, self._poll_lanes(now, act))
+        act.closes, self._closes = self._closes, []
+        act.authenticate, self._auth = self._auth, []
+        act.outcomes, self._outcomes = self._outcomes, []
+        for conn in self.conns.values():
+            if conn.state is ConnState.DOWN and conn.node in self._want_connect:
+                advance(conn, ConnState.CONNECTING)
+                act.connects.append((conn.node, conn.host, conn.port))
+        self._want_connect.clear()
+        act.sends, self._sends = self._sends, []
+        act.deadline = None if deadline == _INF else deadline
+        return act
+
+    def _push(self, conn: Conn, req: Request) -> None:
+        if req.expects_response:
+            conn.inflight.append(req)
+        self.requests += 1
+        self._sends.append(req)
+
+    def _ready_conn(self) -> Conn | None:
+        best = None
+        for conn in self.conns.values():
+            if conn.state is ConnState.READY and (best is None or
+                                                  len(conn.inflight) < len(best.inflight)):
+                best = conn
+        return best
+
+    def _connect_some(self, now: float) -> None:
+        """No connection is ready: open one to a known broker or a bootstrap address."""
+        if any(c.state in (ConnState.CONNECTING, ConnState.NEGOTIATING, ConnState.AUTHENTICATING)
+               for c in self.conns.values()):
+            return
+        candidates = [c for c in self.conns.values() if c.state is ConnState.DOWN]
+        if not candidates:
+            return
+        self._bootstrap_cursor = (self._bootstrap_cursor + 1) % len(candidates)
+        self._want_connect.add(candidates[self._bootstrap_cursor].node)
+
+    def _poll_metadata(self, now: float, act: Actions) -> float:
+        md = self.metadata
+        if md.updated_at is not None and now - md.updated_at >= self.kafka.metadata_max_age_ms / 1000.0:
+            self._meta_needed = True
+        # records of topics the cluster says do not exist: fail them after the wait
+        wait_s = self.kafka.unknown_topic_wait_ms / 1000.0
+        deadline = _INF
+        for name, wait in list(self._topic_wait.items()):
+            info = md.topics.get(name)
+            if info is None or info.error == 0:
+                continue
+            if now - wait.since >= wait_s and not error_info(info.error).retriable:
+                for lane in list(self._active):
+                    if lane.topic == name:
+                        self._fail_lane(lane, info.error, now, "")
+                # stop asking about it until someone sends to it again
+                self._wanted.discard(name)
+                del self._topic_wait[name]
+            elif now - wait.since < wait_s:
+                deadline = min(deadline, wait.since + wait_s)
+        if md.updated_at is not None and not self._meta_needed:
+            deadline = min(deadline, md.updated_at + self.kafka.metadata_max_age_ms / 1000.0)
+        if not self._meta_needed or self._meta_inflight:
+            return deadline
+        if now < self._meta_next:
+            return min(deadline, self._meta_next)
+        conn = self._ready_conn()
+        if conn is None:
+            self._connect_some(now)
+            return deadline
+        v = conn.version(API_METADATA)
+        topics = [MetadataRequest.MetadataRequestTopic(name=t) for t in sorted(self._wanted)]
+        msg = MetadataRequest(topics=topics,
+                              allow_auto_topic_creation=self.kafka.allow_auto_create_topics)
+        self._push(conn, Request(conn.node, msg, v, MetadataResponse, now))
+        self._meta_inflight = True
+        self._meta_next = now + METADATA_MIN_INTERVAL
+        return deadline
+
+    def _poll_group(self, group: Group, now: float, act: Actions) -> float:
+        st = group.state
+        if st is PidState.BUMP_PENDING:
+            if group.inflight:
+                return _INF
+        elif st is not PidState.NONE:
+            return _INF
+        if not any(lane.batches for lane in group.lanes):
+            return _INF
+        if now < group.retry_at:
+            return group.retry_at
+        conn = self._ready_conn()
+        if conn is None:
+            self._connect_some(now)
+            return _INF
+        rng = conn.versions.get(API_INIT_PID)
+        v = None if rng is None else pick_version(API_INIT_PID, rng[0], rng[1])
+        if v is None:
+            log.error("broker %s does not offer InitProducerId: sending without idempotence",
+                      conn.node)
+            if st is PidState.BUMP_PENDING:
+                advance(group, PidState.INITIALIZING)
+            advance(group, PidState.DISABLED)
+            for lane in group.lanes:
+                for b in lane.batches:
+                    b.seq = -1
+            return _INF
+        bump = (st is PidState.BUMP_PENDING and v >= 3 and group.producer_id >= 0
+                and not group.fresh_id)
+        msg = InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000,
+                                    producer_id=group.producer_id if bump else -1,
+                                    producer_epoch=group.epoch if bump else -1)
+        advance(group, PidState.INITIALIZING)
+        self._push(conn, Request(conn.node, msg, v, InitProducerIdResponse, now, group=group))
+        return _INF
+
+    def _poll_lanes(self, now: float, act: Actions) -> float:
+        deadline = _INF
+        linger = self.kafka.linger_ms / 1000.0
+        draining = self.draining
+        md = self.metadata
+        conns = self.conns
+        buckets: dict[tuple, list[list[Batch]]] = {}
+        for lane in list(self._active):
+            group = lane.group
+            # expiry of records not on the wire
+            for b in list(lane.batches):
+                if b.state is BatchState.IN_FLIGHT:
+                    continue
+                expired = [c for c in b.chunks if now >= c.deadline]
+                if expired:
+                    keep = [c for c in b.chunks if now < c.deadline]
+                    self._drop_from_batch(b, keep, [(c, REQUEST_TIMED_OUT) for c in expired], now)
+                else:
+                    deadline = min(deadline, b.chunks[0].deadline)
+                    break
+            if not lane.batches:
+                continue
+            # readiness
+            waiting_retry = False
+            for b in lane.batches:
+                st = b.state
+                if st is BatchState.OPEN:
+                    if b.sync or draining or now >= b.created_at + linger:
+                        advance(b, BatchState.READY)
+                    else:
+                        deadline = min(deadline, b.created_at + linger)
+                elif st is BatchState.RETRY:
+                    if lane.inflight or waiting_retry:
+                        waiting_retry = True
+                    elif now >= b.retry_at:
+                        advance(b, BatchState.READY)
+                    else:
+                        deadline = min(deadline, b.retry_at)
+                        waiting_retry = True
+            if group.state is not PidState.READY and group.idempotent:
+                continue
+            leader = md.leader(lane.topic, lane.partition)
+            if leader < 0:
+                self._meta_needed = True
+                continue
+            if lane.inflight and lane.node != leader:
+                continue  # the leader moved: let the old leader's answers settle first
+            conn = conns.get(leader)
+            if conn is None:
+                host_port = md.brokers.get(leader)
+                if host_port is None:
+                    self._meta_needed = True
+                    continue
+                conn = conns[leader] = Conn(leader, *host_port)
+            if conn.state is not ConnState.READY:
+                if conn.state is ConnState.DOWN:
+                    self._want_connect.add(leader)
+                continue
+            if group.acks == 0:
+                limit = _INF
+            elif group.idempotent:
+                limit = self.kafka.max_in_flight_per_connection
+            else:
+                limit = 1   # without sequence numbers only one at a time keeps the order
+            picked: list[Batch] = []
+            n_inflight = lane.inflight
+            for b in lane.batches:
+                st = b.state
+                if st is BatchState.IN_FLIGHT:
+                    continue
+                if st is not BatchState.READY or n_inflight + len(picked) >= limit:
+                    break
+                picked.append(b)
+            if picked:
+                bkey = (leader, group.acks, group.timeout_ms)
+                buckets.setdefault(bkey, []).append(picked)
+        for (node, acks, timeout_ms), lanes in buckets.items():
+            self._build_requests(conns[node], acks, timeout_ms, lanes, now)
+        return deadline
+
+    def _build_requests(self, conn: Conn, acks: int, timeout_ms: int,
+                        lanes: list[list[Batch]], now: float) -> None:
+        """Produce requests for `conn`: each takes at most one batch per partition, in lane order."""
+        cap = self.kafka.request_max_bytes
+        max_inflight = self.kafka.max_in_flight_per_connection
+        queues = [deque(picked) for picked in lanes]
+        while queues:
+            if acks != 0 and len(conn.inflight) >= max_inflight:
+                return
+            batches: list[Batch] = []
+            tps: set[tuple[str, int]] = set()
+            size = _REQUEST_OVERHEAD
+            for q in queues:
+                b = q[0]
+                lane = b.lane
+                tp = (lane.topic, lane.partition)
+                if tp in tps:
+                    continue   # same partition under other batch settings: next request
+                need = len(self._encode(b)) + len(lane.topic) + _PARTITION_OVERHEAD
+                if batches and size + need > cap:
+                    continue
+                size += need
+                tps.add(tp)
+                batches.append(q.popleft())
+            self._send_produce(conn, acks, timeout_ms, batches, now)
+            queues = [q for q in queues if q]
+
+    def _encode(self, b: Batch) -> bytes:
+        lane = b.lane
+        group = lane.group
+        if b.seq < 0 and group.idempotent and group.state is PidState.READY:
+            lane.assign_sequence(b)
+        if group.idempotent and b.seq >= 0:
+            wkey = (group.producer_id, group.epoch, b.seq)
+        else:
+            wkey = (-1, -1, -1)
+        if b.wire is not None and b.wire_key == wkey:
+            return b.wire
+        chunks = b.chunks
+        if len(chunks) == 1:
+            c = chunks[0]
+            sub = c.sub
+            if c.lo == 0 and c.hi == len(sub.values):
+                keys, values = sub.keys, sub.values
+            else:
+                keys, values = sub.keys[c.lo:c.hi], sub.values[c.lo:c.hi]
+            stamps = [sub.timestamp_ms] * (c.hi - c.lo)
+        else:
+            keys, values, stamps = [], [], []
+            for c in chunks:
+                sub = c.sub
+                keys += sub.keys[c.lo:c.hi]
+                values += sub.values[c.lo:c.hi]
+                stamps += [sub.timestamp_ms] * (c.hi - c.lo)
+        b.wire = encode_record_batch(keys, values, stamps, producer_id=wkey[0],
+                                     producer_epoch=wkey[1], base_sequence=wkey[2],
+                                     codec=group.codec, level=group.level)
+        b.wire_key = wkey
+        return b.wire
+
+    def _send_produce(self, conn: Conn, acks: int, timeout_ms: int, batches: list[Batch],
+                      now: float) -> None:
+        by_topic: dict[str, list] = {}
+        PPD = ProduceRequest.PartitionProduceData
+        for b in batches:
+            lane = b.lane
+            by_topic.setdefault(lane.topic, []).append(PPD(index=lane.partition, records=b.wire))
+        TPD = ProduceRequest.TopicProduceData
+        msg = ProduceRequest(transactional_id=None, acks=acks, timeout_ms=timeout_ms,
+                             topic_data=[TPD(name=t, partition_data=p) for t, p in by_topic.items()])
+        v = conn.version(API_PRODUCE)
+        req = Request(conn.node, msg, v, ProduceResponse, now, expects_response=acks != 0,
+                      batches=batches)
+        for b in batches:
+            lane = b.lane
+            advance(b, BatchState.IN_FLIGHT)
+            b.attempts += 1
+            b.sent_seq = b.seq
+            b.sent_at = now
+            b.node = conn.node
+            lane.queued -= b.count
+            self.queued -= b.count
+            self.in_flight += b.count
+            if acks != 0:
+                lane.inflight += 1
+                lane.node = conn.node
+                lane.group.inflight += 1
+        self._push(conn, req)
+        if acks == 0:
+            for b in batches:
+                self._delivered(b, -1, now)
+
+    # ------------------------------------------------------------------ drain
+
+    def start_drain(self) -> None:
+        """From now on: release every hold and send every batch without lingering."""
+        self.draining = True
+        self._hold_due = 0.0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing accepted is still queued, held or on the wire."""
+        return self.queued == 0 and self.in_flight == 0
+
+    def take_undelivered(self) -> list[Submission]:
+        """Give up on everything not delivered yet; return it as Submissions (or parts).
+
+        Records on the wire are included: their fate is unknown, so whoever
+        takes them over (the spool) may write some twice but loses none.
+        """
+        out: list[Submission] = []
+
+        def part(c: Chunk) -> Submission:
+            sub = c.sub
+            if c.lo == 0 and c.hi == len(sub.values):
+                return sub
+            return replace(sub, keys=sub.keys[c.lo:c.hi], values=sub.values[c.lo:c.hi])
+
+        for hold in self.holds.values():
+            out.extend(part(c) for c in hold.chunks)
+            hold.chunks.clear()
+            hold.count = 0
+        self.holds.clear()
+        for lane in list(self._active):
+            for b in list(lane.batches):
+                out.extend(part(c) for c in b.chunks)
+                b.state = BatchState.DONE
+            lane.batches.clear()
+            lane.inflight = 0
+            lane.queued = 0
+        self._active.clear()
+        for group in self.groups.values():
+            group.inflight = 0
+        for conn in self.conns.values():
+            for req in conn.inflight:
+                if req.api_key == API_PRODUCE:
+                    req.batches = []
+        n = sum(len(s.values) for s in out)
+        self.dropped += n
+        self.queued = self.held = self.in_flight = 0
+        self.queued_bytes = 0
+        if n:
+            log.warning("drain deadline reached: %d message(s) in %d submission(s) not delivered",
+                        n, len(out))
+        return out
+
+    # ------------------------------------------------------------------ config and stats
+
+    RESTART_KEYS = ("bootstrap_servers", "client_id", "security_protocol", "idempotence",
+                    "tls", "sasl", "max_in_flight_per_connection")
+
+    def reconfigure(self, kafka, queue) -> list[str]:
+        """Take new settings; return the `[kafka]` keys that only a restart applies."""
+        need = [f"kafka.{k}" for k in self.RESTART_KEYS
+                if getattr(kafka, k) != getattr(self.kafka, k)]
+        keep = {k: getattr(self.kafka, k) for k in self.RESTART_KEYS}
+        self.kafka = replace(kafka, **keep)
+        self.queue = queue
+        return need
+
+    def stats(self) -> dict:
+        """A plain-dict snapshot (all counts are messages unless named bytes)."""
+        brokers = {}
+        for node, lat in self._latency.items():
+            if not lat:
+                continue
+            xs = sorted(lat)
+            conn = self.conns.get(node)
+            brokers[str(node)] = {
+                "address": f"{conn.host}:{conn.port}" if conn else "",
+                "state": conn.state.value if conn else "unknown",
+                "latency_p50_ms": round(xs[len(xs) // 2] * 1000, 3),
+                "latency_p99_ms": round(xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000, 3),
+                "in_flight_requests": len(conn.inflight) if conn else 0,
+            }
+        return {
+            "accepted": self.accepted,
+            "queued": self.queued,
+            "queued_bytes": self.queued_bytes,
+            "held": self.held,
+            "in_flight": self.in_flight,
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "retried": self.retried,
+            "dropped": self.dropped,
+            "requests": self.requests,
+            "errors": {_err_name(k): v for k, v in self._errors.items()},
+            "brokers": brokers,
+            "topics": {t: {"delivered": v[0], "delivered_bytes": v[1], "failed": v[2]}
+                       for t, v in self._topic_stats.items()},
+            "producer_ids": {f"acks={g.acks},codec={g.codec}": g.state.value
+                             for g in self.groups.values()},
+        }
+
+
+def _split_hostport(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"bootstrap_servers: {addr!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _err_name(code: int) -> str:
+    try:
+        info = error_info(code)
+        return f"{info.name} ({code})"
+    except (KeyError, ValueError):
+        return f"error {code}"
+
+
+def _describe(sub: Submission, lo: int, hi: int) -> str:
+    """The failed messages for the log: truncated reprs, or only hashes."""
+    values = sub.values[lo:hi]
+    if not sub.settings.log_messages_on_error:
+        h = hashlib.sha256()
+        for v in values:
+            h.update(b"\x00" if v is None else len(v).to_bytes(4, "big") + v)
+        return f"contents sha256={h.hexdigest()[:32]} (message logging off)"
+    shown = []
+    for v in values[:_LOG_MESSAGES_MAX]:
+        r = repr(v)
+        shown.append(r if len(r) <= _LOG_VALUE_CHARS else r[:_LOG_VALUE_CHARS] + "...")
+    more = len(values) - len(shown)
+    return "messages: " + ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
