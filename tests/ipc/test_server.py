@@ -1,0 +1,411 @@
+"""IpcServer against raw ZeroMQ peers: the schema, sessions, replays, refusals, hostile input.
+
+The server runs on its own loop in a thread over `FakeProducer` (a double of
+the BrokerProducer seam); the peers are plain DEALER sockets speaking the
+frames of client_shim.schema by hand, so every check is on the wire format.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+import msgpack
+import pytest
+import zmq
+
+from client_shim import schema
+from kafkad.engine.types import Outcome
+from kafkad.ipc import EndpointInUse, IpcServer
+from tests.ipc.fakes import FakeProducer, ServerThread
+
+SETTINGS = {"acks": 1, "ack_timeout_ms": 1000, "codec": 0, "codec_level": None, "async_send": True,
+            "batch_n": 20, "batch_t": 20.0, "retry_limit": None, "retry_backoff_ms": 100,
+            "retry_on_timeouts": True, "log_messages_on_error": True}
+
+
+class Peer:
+    """A raw DEALER talking to the server."""
+
+    def __init__(self, endpoint):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.sid = os.urandom(16)
+
+    def send(self, frame):
+        self.sock.send(frame if isinstance(frame, bytes) else schema.encode(frame))
+
+    def recv(self, timeout=5.0):
+        assert self.sock.poll(int(timeout * 1000)), "no reply from the server"
+        return msgpack.unpackb(self.sock.recv(), raw=False, strict_map_key=False)
+
+    def quiet(self, timeout=0.2):
+        """True if nothing arrives within `timeout` (used only to show a reply is *not* sent)."""
+        return not self.sock.poll(int(timeout * 1000))
+
+    def register(self, first_seq=0, settings=None, rid=1):
+        self.send([schema.REGISTER, schema.SCHEMA_VERSION, rid, self.sid, first_seq, settings or SETTINGS])
+        reply = self.recv()
+        assert reply[0] == schema.REGISTERED, reply
+        return reply
+
+    def close(self):
+        self.ctx.destroy(0)
+
+
+@pytest.fixture
+def server():
+    st = ServerThread().start()
+    yield st
+    st.stop()
+
+
+@pytest.fixture
+def peer(server):
+    p = Peer(server.endpoint)
+    yield p
+    p.close()
+
+
+def entry(seq, value=b"v", topic="t", partition=0, n=1):
+    return [seq, topic, partition, 1_700_000_000_000, None, [value] * n]
+
+
+def test_hello_answers_version_and_instance(server, peer):
+    peer.send([schema.HELLO, schema.SCHEMA_VERSION, 77])
+    kind, rid, version, instance, limits = peer.recv()
+    assert (kind, rid, version) == (schema.HELLO_OK, 77, schema.SCHEMA_VERSION)
+    assert instance == server.server.instance_id
+    assert limits["max_frame_bytes"] == server.cfg.max_frame_bytes
+
+
+def test_send_becomes_submission_and_is_acknowledged(server, peer):
+    peer.register(first_seq=10)
+    settings = dict(SETTINGS, acks=-1, ack_timeout_ms=2500, codec=1, codec_level=4, batch_n=7,
+                    batch_t=0.5, retry_limit=3, retry_backoff_ms=250, retry_on_timeouts=False,
+                    log_messages_on_error=False)
+    peer.register(first_seq=10, settings=settings, rid=2)
+    peer.send([schema.SEND, peer.sid, [entry(10, b"a", partition=1), entry(11, b"b", partition=2, n=2)]])
+    acked = []
+    while len(acked) < 2:
+        reply = peer.recv()
+        assert reply[0] == schema.ACK and reply[1] == peer.sid
+        acked += reply[2]
+    assert sorted(acked) == [10, 11]
+    subs = server.producer.submissions
+    assert [(s.partition, s.values) for s in subs] == [(1, [b"a"]), (2, [b"b", b"b"])]
+    st = subs[0].settings
+    assert (st.acks, st.ack_timeout_ms, st.codec, st.codec_level, st.batch_n, st.batch_t, st.retry_limit,
+            st.retry_backoff_ms, st.retry_on_timeouts, st.log_messages_on_error, st.async_send) == \
+        (-1, 2500, 1, 4, 7, 0.5, 3, 250, False, False, True)
+    assert subs[0].session_id == peer.sid and subs[0].timestamp_ms == 1_700_000_000_000
+
+
+def test_replayed_entries_are_dropped_and_finished_ones_acknowledged_again(server, peer):
+    server.producer.hold = True
+    peer.register()
+    peer.send([schema.SEND, peer.sid, [entry(0), entry(1)]])
+    peer.register(rid=2)                            # a reconnect: the session is known
+    peer.send([schema.SEND, peer.sid, [entry(0), entry(1), entry(2)]])
+    assert peer.quiet()                             # in flight: no answer for 0 and 1 yet
+    server.producer.release()
+    acked = set()
+    while len(acked) < 3:
+        acked |= set(peer.recv()[2])
+    assert len(server.producer.submissions) == 3    # 0 and 1 were not taken twice
+    peer.send([schema.SEND, peer.sid, [entry(1)]])  # finished already: acknowledged again
+    assert peer.recv()[:3] == [schema.ACK, peer.sid, [1]]
+    assert server.server.stats()["duplicates_dropped"] == 3
+
+
+def test_a_gap_is_refused_once_until_the_replay_fills_it(server, peer):
+    peer.register(first_seq=5)
+    peer.send([schema.SEND, peer.sid, [entry(7)]])
+    kind, sid, from_seq, code, _ = peer.recv()
+    assert (kind, from_seq, code) == (schema.REJECTED, 5, schema.E_OUT_OF_ORDER)
+    peer.send([schema.SEND, peer.sid, [entry(8)]])
+    assert peer.quiet()                                       # one refusal per gap
+    peer.send([schema.SEND, peer.sid, [entry(5, n=2), entry(7), entry(8)]])
+    acked = set()
+    while len(acked) < 3:
+        acked |= set(peer.recv()[2])
+    assert acked == {5, 7, 8}
+    assert [s.values for s in server.producer.submissions] == [[b"v", b"v"], [b"v"], [b"v"]]
+
+
+def test_queue_full_refuses_from_that_entry_and_keeps_order(server, peer):
+    peer.register()
+    server.producer.refuse = 1
+    peer.send([schema.SEND, peer.sid, [entry(0, b"first"), entry(1, b"second")]])
+    kind, _, from_seq, code, text = peer.recv()
+    assert (kind, from_seq, code) == (schema.REJECTED, 0, schema.E_QUEUE_FULL)
+    assert "queue full" in text
+    assert server.producer.submissions == []          # 'second' was not taken out of order
+    peer.send([schema.SEND, peer.sid, [entry(0, b"first"), entry(1, b"second")]])
+    acked = set()
+    while len(acked) < 2:
+        acked |= set(peer.recv()[2])
+    assert [s.values[0] for s in server.producer.submissions] == [b"first", b"second"]
+    assert server.server.stats()["rejected"]["queue_full"] == 1
+
+
+def test_one_session_cannot_take_more_than_its_share():
+    with ServerThread(max_inflight_per_session=3) as st:
+        st.producer.hold = True
+        greedy, other = Peer(st.endpoint), Peer(st.endpoint)
+        try:
+            greedy.register()
+            other.register()
+            greedy.send([schema.SEND, greedy.sid, [entry(0, n=3), entry(3)]])
+            kind, _, from_seq, code, _ = greedy.recv()
+            assert (kind, from_seq, code) == (schema.REJECTED, 3, schema.E_QUEUE_FULL)
+            other.send([schema.SEND, other.sid, [entry(0, n=3)]])
+            assert other.quiet()                      # taken (held), not refused
+            assert [len(s.values) for s in st.producer.submissions] == [3, 3]
+        finally:
+            greedy.close()
+            other.close()
+
+
+def test_stopping_refuses_new_messages_but_answers_the_rest(server, peer):
+    peer.register()
+    server.call(server.server.stop_accepting)
+    peer.send([schema.SEND, peer.sid, [entry(0)]])
+    assert peer.recv()[:4] == [schema.REJECTED, peer.sid, 0, schema.E_STOPPING]
+    peer.send([schema.SEND_SYNC, peer.sid, 9, "t", 0, 0, None, [b"x"]])
+    reply = peer.recv()
+    assert reply[:3] == [schema.ERROR, 9, schema.E_STOPPING]
+    peer.send([schema.STATS, 3])
+    assert peer.recv()[0] == schema.STATS_REPLY
+    assert server.producer.submissions == []
+
+
+def test_sync_send_result_carries_partition_error_and_first_offset(server, peer):
+    peer.register(settings=dict(SETTINGS, async_send=False))
+    for rid in (1, 2):
+        peer.send([schema.SEND_SYNC, peer.sid, rid, "t", 2, 0, [b"k", b"k"], [b"a", b"b"]])
+        assert peer.recv() == [schema.RESULT, rid, 2, 0, (rid - 1) * 2]
+    server.producer.fail_with = 10
+    peer.send([schema.SEND_SYNC, peer.sid, 3, "t", 1, 0, None, [b"a"]])
+    assert peer.recv() == [schema.RESULT, 3, 1, 10, -1]
+    assert server.producer.submissions[0].keys == [b"k", b"k"]
+    peer.send([schema.SEND_SYNC, peer.sid, 4, "t", 9, 0, None, [b"a"]])   # not a partition of t
+    assert peer.recv() == [schema.RESULT, 4, 9, 3, -1]
+
+
+def test_partial_failure_is_reported_by_run(server, peer, caplog):
+    server.producer.hold = True
+    peer.register(settings=dict(SETTINGS, log_messages_on_error=False))
+    peer.send([schema.SEND, peer.sid, [entry(0, b"secret", n=4)]])
+    assert peer.quiet(0.1)
+    sub = server.producer.held.pop()
+    outs = [Outcome(sub.token, "t", 0, 0, 100, 2, 0), Outcome(sub.token, "t", 0, 7, -1, 0, 2)]
+    with caplog.at_level("ERROR", logger="kafkad.ipc"):
+        server.call(server.server.on_outcomes, outs)
+        reply = peer.recv()
+    assert reply == [schema.FAILED, peer.sid, [[0, [[2, 2, 7]]]]]
+    assert "failed with error 7" in caplog.text and "hashes" in caplog.text
+    assert "secret" not in caplog.text                      # log_messages_on_error=False
+
+
+HOSTILE = [
+    (b"\xc1\xc1 not msgpack", schema.E_MALFORMED),
+    (msgpack.packb({"kind": 3}), schema.E_MALFORMED),
+    (msgpack.packb([]), schema.E_MALFORMED),
+    (msgpack.packb(["SEND"]), schema.E_MALFORMED),
+    (msgpack.packb([99, 1, 2]), schema.E_UNKNOWN_KIND),
+    (msgpack.packb([schema.SEND, b"short", []]), schema.E_MALFORMED),
+    (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, None, ["text, not bytes"]]]]), schema.E_MALFORMED),
+    (msgpack.packb([schema.SEND, b"x" * 16, [[0, "bad topic!", 0, 0, None, [b"v"]]]]), schema.E_INVALID),
+    (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", -1, 0, None, [b"v"]]]]), schema.E_MALFORMED),
+    (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, [b"k"], [b"v", b"w"]]]]), schema.E_MALFORMED),
+    (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, None, [b"v"]]]]), schema.E_UNKNOWN_SESSION),
+    (msgpack.packb([schema.REGISTER, 999, 5, b"x" * 16, 0, SETTINGS]), schema.E_BAD_VERSION),
+    (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, dict(SETTINGS, acks=5)]), schema.E_INVALID),
+    (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, {"acks": 1}]), schema.E_MALFORMED),
+    (msgpack.packb([schema.METADATA, 5, "." ]), schema.E_INVALID),
+    (msgpack.packb([schema.STATS, -5]), schema.E_MALFORMED),
+    (b"\xdd\xff\xff\xff\xff", schema.E_MALFORMED),                 # claims a 4G-element array
+]
+
+
+@pytest.mark.parametrize("frame,code", HOSTILE, ids=[f"{i}-{schema.ERROR_NAMES[c]}" for i, (_, c) in enumerate(HOSTILE)])
+def test_hostile_frame_gets_an_error_reply_and_a_counter(server, peer, frame, code):
+    peer.send(frame)
+    reply = peer.recv()
+    assert reply[0] == schema.ERROR and reply[2] == code, reply
+    stats = server.server.stats()
+    assert stats["bad_frames_total"] == 1
+    assert stats["bad_frames"] == {schema.ERROR_NAMES[code].lower(): 1}
+
+
+def test_oversized_frame_and_multipart_are_refused(tmp_path):
+    with ServerThread(max_frame_bytes=1024) as st:
+        p = Peer(st.endpoint)
+        try:
+            p.send(schema.encode([schema.STATS, 1, b"x" * 2000]))
+            assert p.recv()[2] == schema.E_TOO_LARGE
+            p.sock.send_multipart([schema.encode([schema.STATS, 2]), b"extra"])
+            assert p.recv()[2] == schema.E_MALFORMED
+            p.send([schema.STATS, 3, "trailing fields are ignored"])
+            assert p.recv()[:2] == [schema.STATS_REPLY, 3]
+        finally:
+            p.close()
+
+
+def test_hostile_flood_does_not_harm_a_good_client(server):
+    """A raw socket floods garbage while a shim producer sends; the producer is unaffected."""
+    import client_shim
+
+    bad = Peer(server.endpoint)
+    try:
+        for i in range(3000):
+            bad.send(b"\x93garbage" + i.to_bytes(4, "big"))
+        good = client_shim.SimpleProducer(client_shim.DaemonClient(server.endpoint), random_start=False)
+        results = [good.send_messages("t", b"m%d" % i) for i in range(30)]
+        assert all(r[0].error == 0 for r in results)
+        assert [v for _, _, _, v in server.producer.messages()] == [b"m%d" % i for i in range(30)]
+        good.stop()
+        stats = server.server.stats()
+        assert stats["bad_frames_total"] == 3000
+        assert stats["error_replies_suppressed"] > 0     # the flooder's error budget ran out
+    finally:
+        bad.close()
+
+
+def test_unregister_forgets_the_session(server, peer):
+    peer.register()
+    peer.send([schema.UNREGISTER, 4, peer.sid])
+    assert peer.recv() == [schema.UNREGISTERED, 4, 0]
+    peer.send([schema.SEND, peer.sid, [entry(0)]])
+    reply = peer.recv()
+    assert reply[0] == schema.ERROR and reply[2] == schema.E_UNKNOWN_SESSION and reply[4] == peer.sid
+
+
+def test_too_many_sessions_evicts_an_idle_one_or_refuses():
+    with ServerThread(max_sessions=1) as st:
+        st.producer.hold = True
+        a, b, c = Peer(st.endpoint), Peer(st.endpoint), Peer(st.endpoint)
+        try:
+            a.register()
+            b.register()                                   # a was idle: evicted
+            assert st.server.stats()["sessions_evicted"] == 1
+            b.send([schema.SEND, b.sid, [entry(0)]])       # b now has a message in flight
+            c.send([schema.REGISTER, 1, 1, c.sid, 0, SETTINGS])
+            assert c.recv()[2] == schema.E_TOO_MANY_SESSIONS
+        finally:
+            for p in (a, b, c):
+                p.close()
+
+
+def test_metadata_and_stats(server, peer):
+    peer.send([schema.METADATA, 8, "t"])
+    assert peer.recv() == [schema.PARTITIONS, 8, 0, [0, 1, 2]]
+    peer.send([schema.STATS, 9])
+    kind, rid, data = peer.recv()
+    assert (kind, rid, data["answer"]) == (schema.STATS_REPLY, 9, 42)
+    assert data["ipc"]["frames_in"] == 2
+
+
+# --- binding ------------------------------------------------------------------------
+
+
+def test_socket_file_mode_and_group(tmp_path):
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    with ServerThread(socket_mode=0o600, socket_group=group) as st:
+        st_ = os.stat(st.endpoint[len("ipc://"):])
+        assert stat.S_ISSOCK(st_.st_mode)
+        assert stat.S_IMODE(st_.st_mode) == 0o600
+        assert st_.st_gid == os.getgid()
+    with ServerThread(socket_mode=0o666) as st:
+        assert stat.S_IMODE(os.stat(st.endpoint[len("ipc://"):]).st_mode) == 0o666
+
+
+def test_socket_file_permissions_keep_other_users_out():
+    """Access is governed by the socket file: a user without write permission cannot connect."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the client as another user (uid 65534)")
+    import shutil
+    import subprocess
+
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("needs a system python3 that uid 65534 may run (the venv lives under /root)")
+    with ServerThread(socket_mode=0o600) as st:
+        path = st.endpoint[len("ipc://"):]
+        os.chmod(os.path.dirname(path), 0o755)
+        probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+                 "try:\n s.connect(sys.argv[1]); print('connected')\n"
+                 "except PermissionError: print('denied')\n")
+
+        def as_nobody():
+            os.setgid(65534)
+            os.setuid(65534)
+
+        out = subprocess.run([python, "-c", probe, path], preexec_fn=as_nobody,
+                             capture_output=True, text=True, timeout=20)
+        assert out.stdout.strip() == "denied", out.stderr
+        os.chmod(path, 0o666)
+        out = subprocess.run([python, "-c", probe, path], preexec_fn=as_nobody,
+                             capture_output=True, text=True, timeout=20)
+        assert out.stdout.strip() == "connected", out.stderr
+
+
+def test_stale_socket_file_is_replaced(tmp_path):
+    st = ServerThread()
+    path = st.endpoint[len("ipc://"):]
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(path)                 # a socket file nobody listens on: what a crash leaves
+    dead.close()
+    with st:
+        p = Peer(st.endpoint)
+        try:
+            p.send([schema.HELLO, 1, 1])
+            assert p.recv()[0] == schema.HELLO_OK
+        finally:
+            p.close()
+    assert not os.path.exists(path)            # close() removes the file it created
+
+
+def test_a_live_daemon_on_the_endpoint_is_not_replaced(server):
+    second = ServerThread(endpoint=server.endpoint)
+    with pytest.raises(EndpointInUse, match="another kafkad is serving"):
+        second.start()
+    second.stop()
+    p = Peer(server.endpoint)                  # the first one still serves
+    try:
+        p.send([schema.HELLO, 1, 1])
+        assert p.recv()[0] == schema.HELLO_OK
+    finally:
+        p.close()
+
+
+def test_a_regular_file_on_the_path_is_not_removed(tmp_path):
+    path = tmp_path / "k.sock"
+    path.write_text("precious")
+    st = ServerThread(endpoint=f"ipc://{path}")
+    with pytest.raises(EndpointInUse, match="not a socket"):
+        st.start()
+    st.stop()
+    assert path.read_text() == "precious"
+
+
+def test_tcp_endpoint_in_use_raises_endpoint_in_use():
+    from tests.support.net import free_port
+
+    port = free_port()
+    with ServerThread(endpoint=f"tcp://127.0.0.1:{port}"):
+        second = ServerThread(endpoint=f"tcp://127.0.0.1:{port}")
+        with pytest.raises(EndpointInUse, match="already in use"):
+            second.start()
+        second.stop()
+
+
+def test_repr_shows_state():
+    srv = IpcServer(ServerThread().cfg, FakeProducer(), stats_provider=dict)
+    assert "new" in repr(srv)
