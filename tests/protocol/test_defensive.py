@@ -46,9 +46,10 @@ def test_every_truncation_of_a_response_is_a_protocol_error(cls, version):
         frame = encode_response(msg, version, 1)[4:]
         for cut in range(len(frame)):
             with pytest.raises(ProtocolError):
-                decode_response(cls, version, frame[:cut])
+                decode_response(cls, version, frame[:cut], strict=True)
         with pytest.raises(ProtocolError, match="left over"):
-            decode_response(cls, version, frame + b"\x00")
+            decode_response(cls, version, frame + b"\x00", strict=True)
+        assert decode_response(cls, version, frame + b"\x00")[1] == msg  # lenient by default
     check()
 
 

@@ -79,7 +79,7 @@ def test_api_versions_response_v3_header_v0():
         "00000000"      # throttle_time_ms 0
         "01" "01" "08" "0000000000000005"  # 1 tagged field: tag 1 (finalized_features_epoch), 8 bytes: 5
     )
-    cid, msg = decode_response(ApiVersionsResponse, 3, frame)
+    cid, msg = decode_response(ApiVersionsResponse, 3, frame, strict=True)
     assert cid == 11
     assert msg.api_keys == (ApiVersionsResponse.ApiVersion(api_key=0, min_version=3, max_version=11),)
     assert msg.finalized_features_epoch == 5 and msg.supported_features == ()
@@ -105,7 +105,7 @@ def test_produce_response_v10_with_current_leader():
         "01" "00" "0e"  # tag 0 node_endpoints, 14 bytes:
         "02" "00000003" "03" "6233" "00002384" "00" "00"  # 1 endpoint: id 3, "b3", 9092, rack null
     )
-    cid, msg = decode_response(ProduceResponse, 10, frame)
+    cid, msg = decode_response(ProduceResponse, 10, frame, strict=True)
     P = ProduceResponse
     assert cid == 9
     part = msg.responses[0].partition_responses[0]

@@ -70,7 +70,7 @@ def test_response_frame_round_trip(cls, version):
         if cls is ApiVersionsResponse and msg.error_code == 35:
             msg = type(msg)(error_code=0)
         frame = encode_response(msg, version, cid)
-        assert decode_response(cls, version, frame[4:]) == (cid, msg)
+        assert decode_response(cls, version, frame[4:], strict=True) == (cid, msg)
     check()
 
 
