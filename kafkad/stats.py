@@ -68,24 +68,26 @@ def _number(value: Any) -> bool:
 class RateTracker:
     """Per-second rates of counters, from samples over a sliding window of `window` seconds."""
 
+    MAX_SAMPLES = 1024   # frequent scrapes cannot grow the history without bound
+
     def __init__(self, window: float = RATE_WINDOW_S) -> None:
         self.window = window
-        self._samples: deque[tuple[float, dict[str, float]]] = deque()
+        self._samples: deque[tuple[float, dict[str, float]]] = deque(maxlen=self.MAX_SAMPLES)
 
     def update(self, now: float, counters: Mapping[str, float]) -> dict[str, float]:
-        """Record `counters` at `now`; return {name: per-second rate} (0.0 until there is history)."""
+        """Record `counters` at `now`; return {name: per-second rate} (0.0 until there is history).
+
+        A counter missing from the oldest sample in the window (a topic seen
+        for the first time) counted 0 then.
+        """
         self._samples.append((now, dict(counters)))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
             self._samples.popleft()
         then, old = self._samples[0]
         dt = now - then
-        rates = {}
-        for name, value in counters.items():
-            if dt > 0 and name in old:
-                rates[name] = max(0.0, (value - old[name]) / dt)
-            else:
-                rates[name] = 0.0
-        return rates
+        if dt <= 0:
+            return {name: 0.0 for name in counters}
+        return {name: max(0.0, (value - old.get(name, 0)) / dt) for name, value in counters.items()}
 
 
 class StatsCollector:
@@ -172,13 +174,17 @@ def _human_duration(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
+def _rate(value: float) -> str:
+    return f"{value:.1f}/s"
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".") if not value.is_integer() else f"{value:.0f}"
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     if isinstance(value, Mapping):
-        return " ".join(f"{k}={_cell(v)}" for k, v in value.items())
+        return " ".join(f"{k}={_cell(v)}" for k, v in value.items()) or "none"
     return str(value)
 
 
@@ -202,9 +208,9 @@ def render_table(snap: Mapping[str, Any]) -> str:
     lines = [f"kafkad {snap.get('version', '?')}  pid {snap.get('pid', '?')}  "
              f"{snap.get('state', '?')}  up {_human_duration(snap.get('uptime_s', 0))}", ""]
     msg_rows = [
-        ("accepted", snap.get("accepted", 0), f"{snap.get('accepted_per_s', 0):g}/s"),
-        ("delivered", snap.get("delivered", 0), f"{snap.get('delivered_per_s', 0):g}/s"),
-        ("failed", snap.get("failed", 0), f"{snap.get('failed_per_s', 0):g}/s"),
+        ("accepted", snap.get("accepted", 0), _rate(snap.get("accepted_per_s", 0))),
+        ("delivered", snap.get("delivered", 0), _rate(snap.get("delivered_per_s", 0))),
+        ("failed", snap.get("failed", 0), _rate(snap.get("failed_per_s", 0))),
         ("dropped", snap.get("dropped", 0), ""),
         ("queued", snap.get("queued_messages", 0), _human_bytes(snap.get("queued_bytes", 0))),
         ("in flight", snap.get("in_flight", 0), ""),
@@ -224,9 +230,10 @@ def render_table(snap: Mapping[str, Any]) -> str:
     for title in ("ipc", "spool"):
         section = snap.get(title)
         if section:
+            width = max(len(str(k)) for k in section)
             lines.append("")
             lines.append(title)
-            lines += [f"  {k:<20} {_cell(v)}" for k, v in section.items()]
+            lines += [f"  {k:<{width}}  {_cell(v)}" for k, v in section.items()]
     return "\n".join(lines)
 
 
@@ -235,7 +242,7 @@ def status_line(snap: Mapping[str, Any]) -> str:
     parts = [
         f"queued {snap.get('queued_messages', 0)} ({_human_bytes(snap.get('queued_bytes', 0))})",
         f"in flight {snap.get('in_flight', 0)}",
-        f"delivered {snap.get('delivered', 0)} ({snap.get('delivered_per_s', 0):g}/s)",
+        f"delivered {snap.get('delivered', 0)} ({_rate(snap.get('delivered_per_s', 0))})",
         f"failed {snap.get('failed', 0)}",
         f"dropped {snap.get('dropped', 0)}",
     ]
@@ -259,6 +266,16 @@ _HELP = {
     "in_flight": ("gauge", "in_flight_messages", "Messages in requests awaiting a broker's answer."),
     "unaccounted": ("gauge", "unaccounted_messages", "Accepted messages in no state (always 0)."),
     "uptime_s": ("gauge", "uptime_seconds", "Seconds since the daemon started."),
+}
+
+
+# Per-broker, per-topic, ipc and spool fields that only ever grow (Prometheus counters);
+# every other numeric field is exported as a gauge.
+_COUNTER_FIELDS = frozenset(COUNTERS) | {
+    "accepted_bytes", "delivered_bytes", "failed_bytes", "dropped_bytes",
+    "frames_in", "frames_out", "messages_in", "duplicates_dropped",
+    "replies_dropped_peer_gone", "replies_dropped_peer_full", "error_replies_suppressed",
+    "sessions_evicted", "connects", "disconnects", "errors",
 }
 
 
@@ -310,8 +327,10 @@ def render_prometheus(snap: Mapping[str, Any]) -> str:
                 if _number(value):
                     fields.setdefault(field_name, []).append((labels, value))
         for field_name, samples in fields.items():
-            counter = field_name in COUNTERS and not field_name.endswith("_per_s")
-            name = f"{prefix}_{_metric_name(field_name)}" + ("_total" if counter else "")
+            counter = field_name in _COUNTER_FIELDS or field_name.endswith("_total")
+            name = f"{prefix}_{_metric_name(field_name)}"
+            if counter and not name.endswith("_total"):
+                name += "_total"
             family(name, "counter" if counter else "gauge",
                    f"{field_name} per {label}" if label else f"{section} {field_name}", samples)
     return "\n".join(out) + "\n"

@@ -129,7 +129,7 @@ def test_under_systemd_detection(tmp_path):
 PRODUCER = {"accepted": 100, "delivered": 90, "failed": 3, "dropped": 1, "retried": 4,
             "queued_messages": 4, "queued_bytes": 2048, "in_flight": 2, "requests": 12,
             "brokers": {1: {"host": "b1:9092", "latency_p50_ms": 1.5, "latency_p99_ms": 9.25}},
-            "topics": {"orders": {"accepted": 60, "delivered": 55}}}
+            "topics": {"orders": {"accepted": 60, "delivered": 55, "delivered_bytes": 5500}}}
 
 
 def _collector(producer=PRODUCER, clock=None):
@@ -169,6 +169,15 @@ def test_rates_over_time():
     assert snap["topics"]["orders"]["delivered_per_s"] == 20.0
 
 
+def test_a_topic_seen_for_the_first_time_counts_from_zero():
+    counts = dict(PRODUCER, topics={})
+    c, t = _collector(counts)
+    c.snapshot()
+    t[0] = 4.0
+    counts["topics"] = {"new": {"delivered": 100}}
+    assert c.snapshot()["topics"]["new"]["delivered_per_s"] == 25.0
+
+
 def test_rate_tracker_window_forgets_old_samples():
     r = RateTracker(window=10)
     r.update(0, {"x": 0})
@@ -186,7 +195,7 @@ def test_table_and_status_line():
     header = next(line for line in table.splitlines() if line.startswith("broker"))
     assert header.split() == ["broker", "host", "latency_p50_ms", "latency_p99_ms"]
     assert "orders" in table
-    assert status_line(snap) == ("queued 4 (2.0 KiB), in flight 2, delivered 90 (0/s), "
+    assert status_line(snap) == ("queued 4 (2.0 KiB), in flight 2, delivered 90 (0.0/s), "
                                  "failed 3, dropped 1, 3 sessions")
 
 
@@ -199,7 +208,10 @@ def test_prometheus_text():
     assert "kafkad_queued_bytes 2048" in lines
     assert 'kafkad_broker_latency_p99_ms{broker="1"} 9.25' in lines
     assert 'kafkad_topic_delivered_total{topic="orders"} 55' in lines
+    assert "# TYPE kafkad_topic_delivered_bytes_total counter" in lines
+    assert "# TYPE kafkad_topic_delivered_per_s gauge" in lines
     assert "kafkad_ipc_sessions 3" in lines
+    assert "# TYPE kafkad_ipc_sessions gauge" in lines
     for line in lines:
         assert line.startswith("# ") or line.startswith("kafkad_"), line
     names = [line.split()[2] for line in lines if line.startswith("# TYPE")]
