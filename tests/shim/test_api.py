@@ -1,0 +1,269 @@
+"""The shim's public surface without a daemon: names, defaults, validation, errors, partitioners."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import client_shim
+from client_shim import errors
+from client_shim.partitioner import murmur2
+
+NO_DAEMON = "ipc:///nonexistent-kafkad-dir/kafkad.sock"
+
+
+def test_documented_constants_and_codecs():
+    assert (client_shim.ACK_NOT_REQUIRED, client_shim.ACK_AFTER_LOCAL_WRITE,
+            client_shim.ACK_AFTER_CLUSTER_COMMIT, client_shim.DEFAULT_ACK_TIMEOUT) == (0, 1, -1, 1000)
+    p = client_shim.Producer
+    assert (p.ACK_NOT_REQUIRED, p.ACK_AFTER_LOCAL_WRITE, p.ACK_AFTER_CLUSTER_COMMIT, p.DEFAULT_ACK_TIMEOUT) == \
+        (0, 1, -1, 1000)
+    assert (client_shim.CODEC_NONE, client_shim.CODEC_GZIP, client_shim.CODEC_SNAPPY, client_shim.CODEC_LZ4,
+            client_shim.CODEC_ZSTD) == (0, 1, 2, 3, 4)
+    assert set(client_shim.ALL_CODECS) == {0, 1, 2, 3, 4}
+
+
+def test_producer_signature_has_every_documented_parameter_and_default():
+    documented = dict(req_acks=1, ack_timeout=1000, codec=None, codec_compresslevel=None,
+                      sync_fail_on_error=True, async_send=False, batch_send=False, batch_send_every_n=20,
+                      batch_send_every_t=20, async_retry_limit=None, async_retry_backoff_ms=100,
+                      async_retry_on_timeouts=True, async_queue_maxsize=0, async_queue_put_timeout=0,
+                      async_log_messages_on_error=True, async_stop_timeout=30)
+    params = inspect.signature(client_shim.Producer).parameters
+    assert list(params)[0] == "client"
+    for name, default in documented.items():
+        assert params[name].default == default, name
+    p = client_shim.SimpleProducer(NO_DAEMON)
+    assert p.random_start is True
+    assert all(getattr(p, k) == v for k, v in documented.items() if k not in ("batch_send", "codec"))
+    assert p.codec == client_shim.CODEC_NONE
+
+
+def test_async_spellings():
+    assert client_shim.Producer(NO_DAEMON, **{"async": True}).async_send is True
+    assert getattr(client_shim.Producer(NO_DAEMON, async_send=True), "async") is True
+    with pytest.warns(DeprecationWarning, match="batch_send"):
+        assert client_shim.Producer(NO_DAEMON, batch_send=True).async_send is True
+    with pytest.raises(TypeError, match="unexpected keyword.*asynch"):
+        client_shim.Producer(NO_DAEMON, asynch=True)
+
+
+@pytest.mark.parametrize("kwargs,exc,word", [
+    (dict(codec=9), errors.UnsupportedCodecError, "codec"),
+    (dict(codec="gzip"), errors.UnsupportedCodecError, "codec"),
+    (dict(req_acks=2), ValueError, "req_acks"),
+    (dict(ack_timeout="1s"), TypeError, "ack_timeout"),
+    (dict(ack_timeout=-1), ValueError, "ack_timeout"),
+    (dict(codec_compresslevel=1.5), TypeError, "codec_compresslevel"),
+    (dict(batch_send_every_n=0), ValueError, "batch_send_every_n"),
+    (dict(batch_send_every_t=-1), ValueError, "batch_send_every_t"),
+    (dict(async_retry_limit=-1), ValueError, "async_retry_limit"),
+    (dict(async_queue_maxsize=1.5), TypeError, "async_queue_maxsize"),
+    (dict(async_queue_put_timeout=-1), ValueError, "async_queue_put_timeout"),
+    (dict(async_stop_timeout="x"), TypeError, "async_stop_timeout"),
+    (dict(client=42), TypeError, "client"),
+    (dict(client="not-an-endpoint"), ValueError, "endpoint"),
+])
+def test_bad_constructor_arguments_name_the_argument(kwargs, exc, word):
+    kwargs.setdefault("client", NO_DAEMON)
+    with pytest.raises(exc, match=word):
+        client_shim.Producer(**kwargs)
+
+
+def test_unsupported_codec_error_is_exported_everywhere():
+    assert client_shim.UnsupportedCodecError is errors.UnsupportedCodecError
+    assert issubclass(errors.UnsupportedCodecError, errors.KafkaError)
+
+
+@pytest.mark.parametrize("call,exc,word", [
+    (lambda p: p.send_messages("t", 0, "text"), TypeError, "bytes or None"),
+    (lambda p: p.send_messages("t", 0, b"ok", 3), TypeError, "int"),
+    (lambda p: p.send_messages("t", 0, None), TypeError, "both None"),
+    (lambda p: p.send_messages("t", 0), TypeError, "at least one"),
+    (lambda p: p.send_messages("t", "0", b"x"), TypeError, "partition"),
+    (lambda p: p.send_messages("t", -1, b"x"), TypeError, "partition"),
+    (lambda p: p.send_messages("bad topic", 0, b"x"), ValueError, "legal"),
+    (lambda p: p.send_messages("", 0, b"x"), ValueError, "legal"),
+    (lambda p: p.send_messages("..", 0, b"x"), ValueError, "not allowed"),
+    (lambda p: p.send_messages("x" * 250, 0, b"x"), ValueError, "legal"),
+    (lambda p: p.send_messages(7, 0, b"x"), TypeError, "str"),
+])
+def test_send_messages_validates_before_anything_leaves(call, exc, word):
+    p = client_shim.Producer(NO_DAEMON, async_send=True)
+    with pytest.raises(exc, match=word):
+        call(p)
+    assert p._session is None          # nothing was created, nothing queued
+
+
+def test_keyed_producer_validates_key():
+    p = client_shim.KeyedProducer(NO_DAEMON, async_send=True)
+    with pytest.raises(TypeError, match="key must be bytes"):
+        p.send_messages("t", "text-key", b"v")
+    with pytest.raises(TypeError, match="both None"):
+        p.send_messages("t", None, None)
+    with pytest.raises(TypeError, match="Partitioner subclass"):
+        client_shim.KeyedProducer(NO_DAEMON, partitioner=dict)
+
+
+def test_longest_legal_topic_name_passes_validation():
+    from client_shim.schema import topic_problem
+
+    assert topic_problem("a" * 249) is None
+    assert topic_problem("A-z_0.9") is None
+    assert topic_problem("a" * 250) is not None
+
+
+def test_endpoint_resolution(monkeypatch):
+    monkeypatch.delenv("KAFKAD_ENDPOINT", raising=False)
+    assert client_shim.DaemonClient().endpoint == "ipc:///run/kafkad/kafkad.sock"
+    monkeypatch.setenv("KAFKAD_ENDPOINT", "tcp://127.0.0.1:9999")
+    assert client_shim.DaemonClient().endpoint == "tcp://127.0.0.1:9999"
+    assert client_shim.DaemonClient("ipc:///x.sock").endpoint == "ipc:///x.sock"
+    assert client_shim.Producer(None).client.endpoint == "tcp://127.0.0.1:9999"
+    assert client_shim.Producer("ipc:///y.sock").client.endpoint == "ipc:///y.sock"
+    c = client_shim.DaemonClient("ipc:///z.sock", timeout=2)
+    assert client_shim.Producer(c).client is c
+    with pytest.raises(ValueError, match="timeout"):
+        client_shim.DaemonClient(timeout=0)
+
+
+def test_kafka_client_aliases_ignore_hosts_with_one_warning():
+    code = (
+        "import warnings, client_shim\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    a = client_shim.KafkaClient('broker1:9092,broker2:9092')\n"
+        "    b = client_shim.SimpleClient(['broker3:9092'], client_id='x')\n"
+        "    c = client_shim.KafkaClient(hosts='b:1')\n"
+        "print(len([x for x in w if 'ignored' in str(x.message)]), a.endpoint, isinstance(b, client_shim.DaemonClient))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                         env={"KAFKAD_ENDPOINT": "ipc:///e.sock", "PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["1", "ipc:///e.sock", "True"], out.stderr
+    assert client_shim.SimpleClient is client_shim.KafkaClient
+
+
+def test_import_and_construction_create_nothing():
+    code = (
+        "import threading, sys, client_shim\n"
+        "p = client_shim.SimpleProducer(async_send=True)\n"
+        "k = client_shim.KeyedProducer(client_shim.KafkaClient('h:1'), async_send=True)\n"
+        "import zmq\n"
+        "print(threading.active_count(), zmq.Context._instance is None, 'kafkad' in sys.modules,\n"
+        "      len(__import__('client_shim.link').link._links))\n"
+    )
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["1", "True", "False", "0"], out.stderr
+
+
+def test_produce_response_payload_fields():
+    r = client_shim.ProduceResponsePayload("t", 1, 0, 42)
+    assert (r.topic, r.partition, r.error, r.offset) == ("t", 1, 0, 42)
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+def test_error_classes_carry_kafka_python_names_and_errno():
+    e = errors
+    assert e.kafka_errors[3] is e.UnknownTopicOrPartitionError
+    for name, errno_, retriable in [("UnknownTopicOrPartitionError", 3, True),
+                                    ("LeaderNotAvailableError", 5, True),
+                                    ("NotLeaderForPartitionError", 6, True),
+                                    ("RequestTimedOutError", 7, True),
+                                    ("MessageSizeTooLargeError", 10, False),
+                                    ("TopicAuthorizationFailedError", 29, False)]:
+        cls = getattr(e, name)
+        assert issubclass(cls, e.BrokerResponseError) and issubclass(cls, e.KafkaError)
+        assert (cls.errno, cls.retriable) == (errno_, retriable)
+    assert issubclass(e.KafkadUnavailableError, e.KafkaUnavailableError)
+    q = e.AsyncProducerQueueFull([b"a", b"b"], "bound reached")
+    assert q.failed_msgs == [b"a", b"b"] and "2 message(s)" in str(q)
+    assert e.FailedPayloadsError("p").payload == "p"
+    assert "[Error 10] MessageSizeTooLargeError" in str(e.MessageSizeTooLargeError("t[0]"))
+    assert e.for_code(9999).errno == 9999          # a code newer than the table still carries its number
+    assert e.GroupCoordinatorNotAvailableError is e.CoordinatorNotAvailableError
+
+
+def test_every_daemon_error_code_has_a_shim_class_with_the_same_flags():
+    protocol_errors = pytest.importorskip("kafkad.protocol.errors",
+                                          reason="kafkad.protocol.errors (the daemon's table) not present")
+    mismatched = []
+    for code, info in protocol_errors.ERRORS.items():
+        cls = errors.kafka_errors.get(code)
+        if cls is None or cls.retriable != info.retriable or cls.invalid_metadata != info.invalid_metadata:
+            mismatched.append((code, info.name, info.retriable, cls and cls.__name__,
+                               cls and cls.retriable))
+    assert not mismatched, mismatched
+    assert len(protocol_errors.ERRORS) > 50
+
+
+def test_shim_does_not_import_kafkad():
+    out = subprocess.run([sys.executable, "-c", "import sys, client_shim, client_shim.errors, "
+                          "client_shim.schema; print(any(m.startswith('kafkad') for m in sys.modules))"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# --- partitioners -------------------------------------------------------------------------
+
+# Values the Java client's Utils.murmur2 gives (Apache Kafka's own unit test inputs).
+JAVA_MURMUR2 = [
+    (b"21", -973932308),
+    (b"foobar", -790332482),
+    (b"a-little-bit-long-string", -985981536),
+    (b"a-little-bit-longer-string", -1486304829),
+    (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+    (b"abc", 479470107),
+]
+
+
+@pytest.mark.parametrize("data,expected", JAVA_MURMUR2)
+def test_murmur2_matches_java(data, expected):
+    assert murmur2(data) == expected
+
+
+def test_hashed_partitioner_is_murmur2_and_independent_of_hash_seed():
+    assert client_shim.HashedPartitioner is client_shim.Murmur2Partitioner
+    parts = list(range(12))
+    p = client_shim.HashedPartitioner(parts)
+    for data, h in JAVA_MURMUR2:
+        assert p.partition(data) == (h & 0x7FFFFFFF) % 12
+    code = ("import client_shim\np = client_shim.HashedPartitioner(list(range(7)))\n"
+            "print([p.partition(b'key-%d' % i) for i in range(50)])")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                           env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(outs) == 1 and outs.pop().startswith("[")
+    assert p.partition(b"x", [5, 6]) in (5, 6)          # the current list wins
+    assert p.partition(None) in parts                  # no key: some partition
+
+
+def test_round_robin_and_user_partitioners():
+    rr = client_shim.RoundRobinPartitioner([0, 1, 2])
+    assert [rr.partition(b"k") for _ in range(5)] == [0, 1, 2, 0, 1]
+
+    class Last(client_shim.Partitioner):
+        def partition(self, key, partitions=None):
+            return (partitions or self.partitions)[-1]
+
+    assert Last([3, 4]).partition(b"k") == 4
+    with pytest.raises(TypeError):
+        client_shim.Partitioner([1])                   # abstract
+    with pytest.raises(ValueError, match="no partitions"):
+        client_shim.RoundRobinPartitioner([]).partition(b"k")
+
+
+def test_keyed_send_is_a_deprecated_alias():
+    p = client_shim.KeyedProducer(NO_DAEMON)
+    seen = []
+    p.send_messages = lambda topic, key, *msg: seen.append((topic, key, msg)) or []
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        p.send("t", b"k", b"v")
+    assert seen == [("t", b"k", (b"v",))]
+    assert any(issubclass(x.category, DeprecationWarning) for x in w)
