@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from itertools import count
 from typing import Sequence
 
 import crc32c
@@ -65,6 +66,7 @@ ATTR_TRANSACTIONAL = 0x10
 ATTR_CONTROL = 0x20
 
 _INT32_MAX = (1 << 31) - 1
+_BLOB_TYPES = frozenset((bytes, bytearray, type(None)))
 _TABLE = 1 << 15
 # _ZZ[n] is the zigzag varint of the non-negative n, for n < _TABLE.
 _ZZ: tuple[bytes, ...] = tuple(encode_uvarint(n << 1) for n in range(_TABLE))
@@ -138,38 +140,48 @@ def _check_inputs(keys: Sequence, values: Sequence, timestamps_ms: Sequence,
     if n > _INT32_MAX:
         raise ValueError(f"values: {n} records do not fit in one batch")
     for what, seq in (("keys", keys), ("values", values)):
-        for i, item in enumerate(seq):
-            if item is not None and not isinstance(item, (bytes, bytearray)):
-                raise TypeError(f"{what}[{i}]: expected bytes or None, got {type(item).__name__}")
+        # One pass collecting the types is much cheaper than isinstance per item;
+        # the slow scan only runs to name the offending index.
+        if not {type(item) for item in seq} <= _BLOB_TYPES:
+            for i, item in enumerate(seq):
+                if item is not None and not isinstance(item, (bytes, bytearray)):
+                    raise TypeError(
+                        f"{what}[{i}]: expected bytes or None, got {type(item).__name__}")
     return n
 
 
 def encode_records(keys: Sequence[bytes | None], values: Sequence[bytes | None],
                    timestamps_ms: Sequence[int], base_timestamp: int,
                    headers: Sequence[Sequence[tuple[str, bytes | None]]] | None = None) -> bytes:
-    """The uncompressed records section (no batch header); inputs are assumed checked."""
+    """The uncompressed records section (no batch header); inputs are assumed checked.
+
+    Every record becomes nine byte strings appended to one list (no
+    concatenation per record), its length computed from the parts' lengths;
+    one join builds the section.
+    """
     out: list[bytes] = []
     extend = out.extend
     zz, table = _ZZ, _TABLE
-    null, zero = _NULL, _ZERO
-    for i, (k, v, t) in enumerate(zip(keys, values, timestamps_ms)):
+    null, zero, empty = _NULL, _ZERO, b""
+    tail = zero
+    for i, k, v, t in zip(count(), keys, values, timestamps_ms):
         d = t - base_timestamp
-        head = zero + (zz[d] if d < table else _zz(d)) + (zz[i] if i < table else _zz(i))
+        tsd = zz[d] if d < table else _zz(d)
+        od = zz[i] if i < table else _zz(i)
         if k is None:
-            head += null
+            kh, k, kl = null, empty, 0
         else:
             kl = len(k)
-            head += (zz[kl] if kl < table else _zz(kl)) + k
+            kh = zz[kl] if kl < table else _zz(kl)
         if v is None:
-            head += null
-            vl = 0
-            v = b""
+            vh, v, vl = null, empty, 0
         else:
             vl = len(v)
-            head += zz[vl] if vl < table else _zz(vl)
-        tail = zero if headers is None else _encode_headers(headers[i], i)
-        size = len(head) + vl + len(tail)
-        extend((zz[size] if size < table else _zz(size), head, v, tail))
+            vh = zz[vl] if vl < table else _zz(vl)
+        if headers is not None:
+            tail = _encode_headers(headers[i], i)
+        size = 1 + len(tsd) + len(od) + len(kh) + kl + len(vh) + vl + len(tail)
+        extend((zz[size] if size < table else _zz(size), zero, tsd, od, kh, k, vh, v, tail))
     return b"".join(out)
 
 
