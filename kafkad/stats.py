@@ -112,6 +112,8 @@ class StatsCollector:
     def snapshot(self) -> dict[str, Any]:
         now = self._clock()
         prod = _plain(self._producer_stats())
+        if "queued_messages" not in prod and "queued" in prod:
+            prod["queued_messages"] = prod.pop("queued")   # the engine's name for it
         snap: dict[str, Any] = {
             "version": __version__,
             "pid": os.getpid(),
@@ -227,7 +229,9 @@ def render_table(snap: Mapping[str, Any]) -> str:
         rows = snap.get(key) or {}
         lines.append("")
         lines += _table(title, rows) if rows else [f"{key}: none yet"]
-    for title in ("ipc", "spool"):
+    sections = ["ipc", "spool"] + [k for k, v in snap.items() if isinstance(v, Mapping)
+                                   and k not in ("brokers", "topics", "ipc", "spool")]
+    for title in sections:
         section = snap.get(title)
         if section:
             width = max(len(str(k)) for k in section)
@@ -313,6 +317,11 @@ def render_prometheus(snap: Mapping[str, Any]) -> str:
     for key, (kind, name, help_text) in _HELP.items():
         if _number(snap.get(key)):
             family(name, kind, help_text, [("", snap[key])])
+
+    errors = snap.get("errors")
+    if isinstance(errors, Mapping):
+        family("broker_errors_total", "counter", "Error codes received from brokers, by name.",
+               [(f'{{error="{_label(name)}"}}', n) for name, n in errors.items() if _number(n)])
 
     for section, label, prefix in (("brokers", "broker", "broker"), ("topics", "topic", "topic"),
                                    ("ipc", None, "ipc"), ("spool", None, "spool")):

@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -107,6 +108,30 @@ def test_sighup_reloads_and_names_what_needs_a_restart():
         assert d.term() == 0
         # The drain used the reloaded timeout, not the broken file's.
         assert "drain_timeout_s=1.5" in event_lines(d.logs(), "stopping")[0]
+
+
+def test_stop_counts_and_logs_what_was_not_delivered():
+    from client_shim import Producer
+
+    with KafkadProcess(unreachable_broker(), request_timeout_ms=1000, drain_timeout_s=0.5,
+                       env=NOT_UNDER_SYSTEMD) as d:
+        d.start()
+        producer = Producer(d.endpoint, async_send=True, batch_send_every_n=1, async_stop_timeout=1)
+        try:
+            for i in range(7):
+                producer.send_messages("nowhere", 0, b"m%d" % i)
+            deadline = time.monotonic() + 20
+            while (snap := d.stats())["accepted"] < 7:
+                assert time.monotonic() < deadline, f"the daemon never accepted 7 messages: {snap}"
+            assert snap["queued_messages"] == 7 and snap["unaccounted"] == 0
+            assert d.term() == 0
+        finally:
+            producer.stop()
+        logs = d.logs()
+        assert [line.split(": ", 1)[1] for line in event_lines(logs, "undelivered")] == [
+            "undelivered topic=nowhere partition=0 messages=7"]
+        drained = event_lines(logs, "drained")
+        assert len(drained) == 1 and "undelivered=7 " in drained[0] and " WARNING " in drained[0]
 
 
 def test_second_daemon_on_the_same_endpoint_refuses_clearly():

@@ -127,7 +127,7 @@ def test_under_systemd_detection(tmp_path):
 # --- stats -------------------------------------------------------------------------
 
 PRODUCER = {"accepted": 100, "delivered": 90, "failed": 3, "dropped": 1, "retried": 4,
-            "queued_messages": 4, "queued_bytes": 2048, "in_flight": 2, "requests": 12,
+            "queued": 4, "errors": {"NOT_LEADER_OR_FOLLOWER": 2}, "queued_bytes": 2048, "in_flight": 2, "requests": 12,
             "brokers": {1: {"host": "b1:9092", "latency_p50_ms": 1.5, "latency_p99_ms": 9.25}},
             "topics": {"orders": {"accepted": 60, "delivered": 55, "delivered_bytes": 5500}}}
 
@@ -144,6 +144,7 @@ def test_snapshot_balances_and_normalises_keys():
     snap = c.snapshot()
     assert snap["unaccounted"] == 0
     assert snap["accepted"] == 100 and snap["queued_bytes"] == 2048
+    assert snap["queued_messages"] == 4 and "queued" not in snap
     assert snap["brokers"] == {"1": {"host": "b1:9092", "latency_p50_ms": 1.5, "latency_p99_ms": 9.25}}
     assert snap["ipc"] == {"sessions": 3}
     assert snap["pid"] == os.getpid()
@@ -195,6 +196,7 @@ def test_table_and_status_line():
     header = next(line for line in table.splitlines() if line.startswith("broker"))
     assert header.split() == ["broker", "host", "latency_p50_ms", "latency_p99_ms"]
     assert "orders" in table
+    assert "  NOT_LEADER_OR_FOLLOWER  2" in table.splitlines()
     assert status_line(snap) == ("queued 4 (2.0 KiB), in flight 2, delivered 90 (0.0/s), "
                                  "failed 3, dropped 1, 3 sessions")
 
@@ -211,6 +213,7 @@ def test_prometheus_text():
     assert "# TYPE kafkad_topic_delivered_bytes_total counter" in lines
     assert "# TYPE kafkad_topic_delivered_per_s gauge" in lines
     assert "kafkad_ipc_sessions 3" in lines
+    assert 'kafkad_broker_errors_total{error="NOT_LEADER_OR_FOLLOWER"} 2' in lines
     assert "# TYPE kafkad_ipc_sessions gauge" in lines
     for line in lines:
         assert line.startswith("# ") or line.startswith("kafkad_"), line
