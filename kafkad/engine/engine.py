@@ -301,10 +301,9 @@ class Engine:
         self.held += n
         if hold.count >= hold.batch_n:
             self._release(hold, now, everything=False)
-        else:
-            due = hold.due
-            if due < self._hold_due:
-                self._hold_due = due
+        due = hold.due
+        if due < self._hold_due:
+            self._hold_due = due
 
     def _largest_record(self, sub: Submission) -> int:
         return max(record_size_upper_bound(len(k) if k else 0, len(v) if v else 0)
@@ -391,12 +390,20 @@ class Engine:
             return None
         if info.error == 0:
             return 0, list(info.partitions)
-        wait = self._topic_wait.get(topic)
-        if wait is not None and now - wait.since < self.kafka.unknown_topic_wait_ms / 1000.0:
-            return None
-        if error_info(info.error).retriable:
-            return None
-        return info.error, []
+        return (info.error, []) if self._topic_final(topic, info.error, now) else None
+
+    def _topic_final(self, topic: str, code: int, now: float) -> bool:
+        """Whether a topic-level metadata error is the answer, not a passing state.
+
+        UNKNOWN_TOPIC_OR_PARTITION is final once the topic stayed unknown for
+        `unknown_topic_wait_ms` (auto-creation, or a topic created moments ago
+        elsewhere, shows up within it); other retriable errors (no leader
+        yet...) never are; anything else at once.
+        """
+        if code == UNKNOWN_TOPIC_OR_PARTITION:
+            wait = self._topic_wait.get(topic)
+            return wait is None or now - wait.since >= self.kafka.unknown_topic_wait_ms / 1000.0
+        return not error_info(code).retriable
 
     # ------------------------------------------------------------------ connection events
 
@@ -905,7 +912,7 @@ class Engine:
             info = md.topics.get(name)
             if info is None or info.error == 0:
                 continue
-            if now - wait.since >= wait_s and not error_info(info.error).retriable:
+            if self._topic_final(name, info.error, now):
                 for lane in list(self._active):
                     if lane.topic == name:
                         self._fail_lane(lane, info.error, now, "")

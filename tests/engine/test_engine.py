@@ -1,0 +1,608 @@
+"""The sans-IO engine against a fake cluster and a fake clock: batching, retries, idempotence."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from kafkad.config import QueueConfig
+from kafkad.engine.states import BatchState, ConnState, PidState
+from kafkad.engine.types import QueueFull
+from kafkad.protocol import decode_record_batches
+
+from .fakes import FakeCluster, Harness, settings
+
+ASYNC = settings(async_send=True, batch_n=3, batch_t=5.0)
+
+
+def cluster(*topics: str, **kw) -> FakeCluster:
+    c = FakeCluster(**kw)
+    for t in topics:
+        c.create(t, 3)
+    return c
+
+
+def connect(h: Harness, *topics: str) -> None:
+    """Bring connections and metadata up (a first sync record per topic, delivered)."""
+    for topic in topics or ("t",):
+        h.submit(topic, 0, [b"warm-up"], token="warm-up")
+    h.run()
+    assert all(o.error == 0 for o in h.by_token()["warm-up"])
+    h.sent.clear()
+    h.outcomes.clear()
+
+
+def batches_in(req) -> list:
+    return [(t.name, p.index, decode_record_batches(p.records)[0])
+            for t in req.msg.topic_data for p in t.partition_data]
+
+
+# ---------------------------------------------------------------- batching
+
+
+def test_sync_records_from_many_sessions_share_one_request_per_broker():
+    h = Harness(cluster("t"))
+    connect(h)
+    for i in range(6):
+        h.submit("t", i % 3, [f"m{i}".encode()], session=b"w%d" % i, token=i)
+    h.run()
+    reqs = h.produce_requests()
+    # partitions 0, 1, 2 are led by brokers 1, 2, 3: one request each, both records inside
+    assert sorted(r.node for r in reqs) == [1, 2, 3]
+    for r in reqs:
+        (_, _, batch), = batches_in(r)
+        assert len(batch.records) == 2
+    assert {o.token: o.base_offset for o in h.outcomes} == {0: 1, 1: 0, 2: 0, 3: 2, 4: 1, 5: 1}
+
+
+def test_one_request_carries_every_ready_partition_of_a_broker():
+    c = cluster("t", "u")
+    for p in range(3):
+        c.move_leader("t", p, 1)
+        c.move_leader("u", p, 1)
+    h = Harness(c)
+    connect(h, "t", "u")
+    for p in range(3):
+        h.submit("t", p, [b"x"])
+        h.submit("u", p, [b"y"])
+    h.run()
+    (req,) = h.produce_requests()
+    assert sorted((t, p) for t, p, _ in batches_in(req)) == [
+        ("t", 0), ("t", 1), ("t", 2), ("u", 0), ("u", 1), ("u", 2)]
+
+
+def test_async_session_releases_batch_n_at_a_time_oldest_first():
+    h = Harness(cluster("t"), linger_ms=0)
+    connect(h)
+    for i in range(5):
+        h.submit("t", 0, [f"a{i}".encode()], settings=ASYNC, token=i)
+    h.run(until=h.now + 1.0)
+    assert h.values("t", 0)[1:] == [b"a0", b"a1", b"a2"]
+    assert h.engine.held == 2
+    h.run(until=h.now + 3.9)          # a3 was held 4.9 s: not yet
+    assert h.engine.held == 2
+    h.run(until=h.now + 0.2)          # 5 s: everything held goes
+    assert h.values("t", 0)[1:] == [b"a0", b"a1", b"a2", b"a3", b"a4"]
+    assert h.engine.held == 0
+
+
+def test_hold_cuts_a_submission_to_release_exactly_batch_n():
+    h = Harness(cluster("t"), linger_ms=0)
+    connect(h)
+    h.submit("t", 0, [b"a", b"b", b"c", b"d"], settings=ASYNC, token="four")
+    h.run(until=h.now + 1.0)
+    assert h.values("t", 0)[1:] == [b"a", b"b", b"c"]
+    h.run(until=h.now + 5.0)
+    outs = h.by_token()["four"]
+    assert [(o.delivered, o.base_offset) for o in outs] == [(3, 1), (1, 4)]
+
+
+def test_linger_delays_released_async_records_not_sync_ones():
+    h = Harness(cluster("t"), linger_ms=50)
+    connect(h)
+    h.submit("t", 0, [b"a", b"b", b"c"], settings=ASYNC)
+    h.step()
+    assert not h.produce_requests()
+    h.run(until=h.now + 0.049)
+    assert not h.produce_requests()
+    h.run(until=h.now + 0.002)
+    assert len(h.produce_requests()) == 1
+    start = h.now
+    h.submit("t", 1, [b"sync"])
+    h.run(until=start)
+    assert len(h.produce_requests()) == 2 and h.now == start
+
+
+def test_sessions_with_other_batch_settings_get_their_own_batches():
+    h = Harness(cluster("t"))
+    connect(h)
+    h.submit("t", 0, [b"plain"], token="a")
+    h.submit("t", 0, [b"gzip"], settings=settings(codec=1), token="b")
+    h.run()
+    codecs = sorted(b.codec for r in h.produce_requests() for _, _, b in batches_in(r))
+    assert codecs == [0, 1]
+    assert all(o.error == 0 for o in h.outcomes)
+
+
+def test_batches_are_split_at_batch_max_bytes():
+    h = Harness(cluster("t"), batch_max_bytes=2000)
+    connect(h)
+    values = [bytes([65 + i % 26]) * 300 for i in range(20)]
+    h.submit("t", 0, values, token="big")
+    h.run()
+    sizes = [len(b.records) for r in h.produce_requests() for _, _, b in batches_in(r)]
+    assert sum(sizes) == 20 and len(sizes) > 3 and max(sizes) <= 2000 // 300
+    assert h.values("t", 0)[1:] == values
+    outs = h.by_token()["big"]
+    assert sum(o.delivered for o in outs) == 20
+    # offsets of consecutive parts follow each other
+    assert [o.base_offset for o in outs] == [1 + sum(x.delivered for x in outs[:i])
+                                             for i in range(len(outs))]
+
+
+def test_requests_are_split_at_request_max_bytes():
+    c = cluster("t")
+    for p in range(3):
+        c.move_leader("t", p, 1)
+    h = Harness(c, batch_max_bytes=3000, request_max_bytes=4000)
+    connect(h)
+    h.sent.clear()
+    for p in range(3):
+        h.submit("t", p, [b"x" * 2500])
+    h.run()
+    reqs = h.produce_requests()
+    assert len(reqs) >= 2
+    assert all(sum(len(p.records) for t in r.msg.topic_data for p in t.partition_data) <= 4000
+               for r in reqs)
+
+
+def test_a_record_larger_than_the_cap_fails_only_its_submission(caplog):
+    h = Harness(cluster("t"), batch_max_bytes=1000)
+    connect(h)
+    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
+        h.submit("t", 0, [b"ok"], token="small")
+        h.submit("t", 0, [b"y" * 2000], token="huge")
+        h.run()
+    assert [(o.error, o.failed) for o in h.by_token()["huge"]] == [(10, 1)]
+    assert h.by_token()["small"][0].error == 0
+    assert sum("MESSAGE_TOO_LARGE" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_queue_caps_refuse_whole_submissions_and_take_nothing():
+    h = Harness(cluster("t"), queue=QueueConfig(max_messages=5, max_bytes=10_000))
+    h.submit("t", 0, [b"a"] * 4)
+    with pytest.raises(QueueFull):
+        h.submit("t", 0, [b"b"] * 2)
+    assert h.engine.accepted == 4
+    with pytest.raises(QueueFull):
+        h.submit("t", 1, [b"z" * 20_000])
+    h.run()
+    assert h.engine.delivered == 4
+    h.submit("t", 0, [b"b"] * 5)   # room again once delivered
+    h.run()
+    assert h.engine.delivered == 9
+
+
+# ---------------------------------------------------------------- retries and ordering
+
+
+@pytest.mark.parametrize("code", [6, 7, 19])
+def test_retriable_errors_are_retried_in_order_with_the_same_sequence(code):
+    c = cluster("t")
+    h = Harness(c, linger_ms=0)
+    connect(h)
+    c.produce_errors[("t", 0)].extend([code, code])
+    for i in range(4):
+        h.submit("t", 0, [f"r{i}".encode()], token=i)
+        h.step()
+    h.run()
+    assert h.values("t", 0)[1:] == [b"r0", b"r1", b"r2", b"r3"]
+    seqs = [w.sequence for w in c.logs[("t", 0)]]
+    assert seqs == list(range(5))
+    assert h.engine.retried > 0 and h.engine.failed == 0
+    if code == 6:  # NOT_LEADER asks for fresh metadata before the retry
+        assert any(type(r.msg).__name__ == "MetadataRequest" for r in h.sent)
+
+
+def test_leader_move_follows_new_metadata():
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    c.move_leader("t", 0, 3)
+    for i in range(3):
+        h.submit("t", 0, [f"m{i}".encode()], token=i)
+    h.run()
+    assert h.values("t", 0)[1:] == [b"m0", b"m1", b"m2"]
+    assert h.produce_requests()[-1].node == 3
+
+
+def test_stale_metadata_does_not_move_a_leader_back():
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    c.move_leader("t", 0, 2)
+    h.engine.want_topic("t")
+    h.run()
+    assert h.engine.metadata.leader("t", 0) == 2
+    c.leaders[("t", 0)] = 1          # an answer from a broker that missed the move:
+    c.leader_epochs[("t", 0)] = 0    # older leader epoch
+    h.engine.want_topic("t")
+    h.run()
+    assert h.engine.metadata.leader("t", 0) == 2
+
+
+def test_permanent_error_fails_only_that_partition_once(caplog):
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    c.produce_errors[("t", 1)].append(87)
+    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
+        for p in range(3):
+            h.submit("t", p, [f"p{p}".encode(), b"second"], token=p)
+        h.run()
+    res = h.by_token()
+    assert [(o.error, o.failed) for o in res[1]] == [(87, 2)]
+    assert res[0][0].error == 0 and res[2][0].error == 0
+    assert h.engine.failed == 2
+    fails = [r for r in caplog.records if "failed to deliver" in r.getMessage()]
+    assert len(fails) == 1 and "INVALID_RECORD" in fails[0].getMessage()
+    assert "b'p1'" in fails[0].getMessage()
+    # later records of the failed partition still go, with a gap-free sequence
+    h.submit("t", 1, [b"after"], token="after")
+    h.run()
+    assert h.by_token()["after"][0].error == 0
+    assert h.values("t", 1)[-1] == b"after"
+
+
+def test_failure_log_carries_only_a_hash_when_message_logging_is_off(caplog):
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    c.produce_errors[("t", 0)].append(87)
+    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
+        h.submit("t", 0, [b"secret-payload"], settings=settings(log_messages_on_error=False))
+        h.run()
+    (rec,) = [r for r in caplog.records if "failed to deliver" in r.getMessage()]
+    assert "secret-payload" not in rec.getMessage() and "sha256=" in rec.getMessage()
+
+
+def test_retry_limit_bounds_async_retries():
+    c = cluster("t")
+    h = Harness(c, linger_ms=0)
+    connect(h)
+    c.produce_errors[("t", 0)].extend([19] * 10)
+    s = settings(async_send=True, batch_n=1, retry_limit=2, retry_backoff_ms=10)
+    h.submit("t", 0, [b"x"], settings=s, token="x")
+    h.run()
+    assert [(o.error, o.failed) for o in h.by_token()["x"]] == [(19, 1)]
+    attempts = sum(1 for r in h.produce_requests())
+    assert attempts == 3  # the first send and two retries
+    assert len(c.produce_errors[("t", 0)]) == 7
+
+
+def test_retry_backoff_grows_and_is_capped():
+    c = cluster("t")
+    h = Harness(c, linger_ms=0, retry_backoff_max_ms=400)
+    connect(h)
+    c.produce_errors[("t", 0)].extend([19] * 6)
+    h.submit("t", 0, [b"x"], settings=settings(retry_backoff_ms=100))
+    h.run()
+    times = [r.sent_at for r in h.produce_requests()]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(gaps) == 6
+    assert 0.08 <= gaps[0] <= 0.12 and 0.16 <= gaps[1] <= 0.24
+    assert all(g <= 0.4 * 1.2 + 1e-9 for g in gaps) and gaps[-1] >= 0.4 * 0.8
+
+
+def test_request_timeout_closes_the_connection_and_retries():
+    c = cluster("t")
+    h = Harness(c, request_timeout_ms=1000)
+    connect(h)
+    h.hold_answers.add(1)
+    h.submit("t", 0, [b"slow"], token="slow")
+    h.run(until=h.now + 0.9)
+    assert not h.closes
+    h.hold_answers.clear()
+    h.run(until=h.now + 0.2)
+    assert 1 in h.closes
+    h.run()
+    # the lost request was written: the resend is a duplicate the broker recognises
+    assert h.values("t", 0)[1:] == [b"slow"]
+    assert [(o.error, o.base_offset) for o in h.by_token()["slow"]] == [(0, 1)]
+
+
+def test_request_timeout_fails_when_the_session_does_not_retry_timeouts():
+    h = Harness(cluster("t"), request_timeout_ms=1000)
+    connect(h)
+    h.hold_answers.add(1)
+    h.submit("t", 0, [b"x"], settings=settings(retry_on_timeouts=False), token="x")
+    h.submit("t", 1, [b"y"], token="y")
+    h.run(until=h.now + 1.5)
+    assert [(o.error, o.failed) for o in h.by_token()["x"]] == [(7, 1)]
+    assert h.by_token()["y"][0].error == 0
+
+
+def test_delivery_timeout_bounds_records_that_cannot_go():
+    c = cluster("t")
+    h = Harness(c, delivery_timeout_ms=5000)
+    connect(h)
+    h.up.discard(1)
+    h.engine.disconnected(1, h.now, "test: broker 1 went away")
+    h.submit("t", 0, [b"stuck"], token="stuck")
+    h.submit("t", 1, [b"fine"], token="fine")
+    h.run(until=h.now + 4.9)
+    assert "stuck" not in h.by_token()
+    h.run(until=h.now + 0.2)
+    assert [(o.error, o.failed) for o in h.by_token()["stuck"]] == [(7, 1)]
+    assert h.by_token()["fine"][0].error == 0
+
+
+def test_broker_down_then_up_delivers_everything_in_order():
+    c = cluster("t")
+    h = Harness(c, reconnect_backoff_ms=50, reconnect_backoff_max_ms=200)
+    connect(h)
+    h.up.discard(1)
+    h.engine.disconnected(1, h.now, "test")
+    for i in range(5):
+        h.submit("t", 0, [f"d{i}".encode()])
+        h.run(until=h.now + 0.3)
+    assert h.values("t", 0) == [b"warm-up"]
+    assert h.connects.count(1) >= 2   # kept trying with backoff
+    h.up.add(1)
+    h.run(until=h.now + 1)
+    assert h.values("t", 0)[1:] == [f"d{i}".encode() for i in range(5)]
+
+
+# ---------------------------------------------------------------- idempotence
+
+
+def test_sequences_per_partition_and_in_flight_limit():
+    c = cluster("t")
+    h = Harness(c, linger_ms=0, max_in_flight_per_connection=2)
+    connect(h)
+    h.hold_answers.add(1)
+    for i in range(4):
+        h.submit("t", 0, [f"s{i}".encode()])
+        h.step()
+    assert len(h.engine.conns[1].inflight) == 2
+    h.hold_answers.clear()
+    for req in list(h.unanswered):
+        h.engine.response(req, c.answer(req), h.now)
+    h.unanswered.clear()
+    h.run()
+    assert [w.sequence for w in c.logs[("t", 0)]] == [0, 1, 2, 3, 4]
+
+
+def test_duplicate_sequence_counts_as_delivered():
+    c = cluster("t")
+    h = Harness(c, request_timeout_ms=500)
+    connect(h)
+    h.hold_answers.add(1)
+    h.submit("t", 0, [b"once"], token="once")
+    h.step()
+    # the broker writes it, the answer is lost
+    req = h.unanswered.pop()
+    c.answer(req)
+    h.hold_answers.clear()
+    h.run(until=h.now + 1)
+    assert h.values("t", 0)[1:] == [b"once"]
+    assert [(o.error, o.delivered) for o in h.by_token()["once"]] == [(0, 1)]
+
+
+def test_out_of_order_on_the_oldest_batch_bumps_the_epoch():
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    pid = h.engine.groups[(1, 1000, 0, None)].producer_id
+    c.forget_producers()      # the broker lost our sequence state
+    c._epochs[pid] = 0
+    c._seqs[(pid, "t", 0)].append((40, 40, 0))  # ...and expects a sequence we never sent
+    h.submit("t", 0, [b"after-loss"], token="a")
+    h.run()
+    init = [r for r in h.sent if type(r.msg).__name__ == "InitProducerIdRequest"]
+    assert len(init) == 1 and init[0].msg.producer_id == pid and init[0].msg.producer_epoch == 0
+    group = h.engine.groups[(1, 1000, 0, None)]
+    assert (group.producer_id, group.epoch, group.state) == (pid, 1, PidState.READY)
+    assert h.by_token()["a"][0].error == 0
+    assert c.logs[("t", 0)][-1].sequence == 0   # renumbered from 0 under the new epoch
+
+
+def test_unknown_producer_id_gets_a_new_epoch_and_resends():
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    c.produce_errors[("t", 2)].append(59)
+    h.submit("t", 2, [b"x", b"y"], token="xy")
+    h.run()
+    assert h.values("t", 2) == [b"x", b"y"]
+    assert h.by_token()["xy"][0].error == 0
+    assert any(type(r.msg).__name__ == "InitProducerIdRequest" and r.msg.producer_id >= 0
+               for r in h.sent)
+
+
+def test_later_batches_of_a_failed_one_are_retried_not_bumped():
+    c = cluster("t")
+    h = Harness(c, linger_ms=0)
+    connect(h)
+    h.hold_answers.add(1)
+    for i in range(3):
+        h.submit("t", 0, [f"o{i}".encode()])
+        h.step()
+    reqs = list(h.unanswered)
+    h.unanswered.clear()
+    h.hold_answers.clear()
+    c.produce_errors[("t", 0)].append(19)   # the first fails; the next two see a gap (45)
+    for req in reqs:
+        h.engine.response(req, c.answer(req), h.now)
+    h.run()
+    assert h.values("t", 0)[1:] == [b"o0", b"o1", b"o2"]
+    assert not [r for r in h.sent if type(r.msg).__name__ == "InitProducerIdRequest"]
+
+
+def test_acks_zero_sends_without_producer_id_and_reports_no_offset():
+    c = cluster("t")
+    h = Harness(c)
+    h.submit("t", 0, [b"fire"], settings=settings(acks=0), token="f")
+    h.run()
+    (req,) = h.produce_requests()
+    assert not req.expects_response and req.msg.acks == 0
+    (_, _, b), = batches_in(req)
+    assert b.producer_id == -1
+    assert [(o.error, o.base_offset, o.delivered) for o in h.by_token()["f"]] == [(0, -1, 1)]
+    assert not [r for r in h.sent if type(r.msg).__name__ == "InitProducerIdRequest"]
+
+
+def test_without_idempotence_one_batch_in_flight_per_partition():
+    c = cluster("t")
+    h = Harness(c, idempotence=False, linger_ms=0)
+    connect(h)
+    h.hold_answers.add(1)
+    for i in range(3):
+        h.submit("t", 0, [f"n{i}".encode()])
+        h.step()
+    assert len(h.unanswered) == 1
+    (_, _, b), = batches_in(h.unanswered[0])
+    assert b.producer_id == -1
+    h.hold_answers.clear()
+    for req in list(h.unanswered):
+        h.engine.response(req, c.answer(req), h.now)
+    h.unanswered.clear()
+    h.run()
+    assert h.values("t", 0)[1:] == [b"n0", b"n1", b"n2"]
+
+
+def test_init_producer_id_refused_falls_back_without_idempotence(caplog):
+    c = cluster("t")
+    c.init_pid_errors.append(31)   # CLUSTER_AUTHORIZATION_FAILED
+    h = Harness(c)
+    with caplog.at_level(logging.ERROR, logger="kafkad.engine"):
+        h.submit("t", 0, [b"x"], token="x")
+        h.run()
+    assert h.by_token()["x"][0].error == 0
+    assert h.engine.groups[(1, 1000, 0, None)].state is PidState.DISABLED
+    assert any("without idempotence" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------- metadata and connections
+
+
+def test_api_versions_error_35_is_retried_at_the_version_the_broker_names():
+    c = cluster("t", api_versions_max=1)
+    h = Harness(c)
+    h.submit("t", 0, [b"x"], token="x")
+    h.run()
+    av = [r.version for r in h.sent if r.node == -1 and type(r.msg).__name__ == "ApiVersionsRequest"]
+    assert av == [3, 1]
+    assert h.by_token()["x"][0].error == 0
+
+
+def test_unknown_topic_fails_exactly_its_records_after_the_wait():
+    h = Harness(cluster("t"), unknown_topic_wait_ms=2000, allow_auto_create_topics=False)
+    h.submit("nope", 0, [b"x", b"y"], token="nope")
+    h.submit("t", 0, [b"fine"], token="fine")
+    h.run(until=h.now + 1.9)
+    assert "nope" not in h.by_token()
+    h.run(until=h.now + 0.3)
+    assert [(o.error, o.failed) for o in h.by_token()["nope"]] == [(3, 2)]
+    assert h.by_token()["fine"][0].error == 0
+    assert h.engine.topic_result("nope", h.now) == (3, [])
+
+
+def test_auto_created_topic_receives_its_records():
+    c = cluster("t", auto_create=True)
+    h = Harness(c)
+    h.submit("fresh", 1, [b"x"], token="x")
+    h.run()
+    assert h.by_token()["x"][0].error == 0
+    assert h.engine.partitions_for("fresh") == [0, 1, 2]
+
+
+def test_partition_out_of_range_fails_with_unknown_topic_or_partition():
+    h = Harness(cluster("t"))
+    connect(h)
+    h.submit("t", 7, [b"x"], token="x")
+    h.run()
+    assert [(o.error, o.failed) for o in h.by_token()["x"]] == [(3, 1)]
+
+
+def test_metadata_is_refreshed_when_it_gets_old():
+    h = Harness(cluster("t"), metadata_max_age_ms=10_000)
+    connect(h)
+    h.run(until=h.now + 25)
+    n = sum(type(r.msg).__name__ == "MetadataRequest" for r in h.sent)
+    assert n == 2
+
+
+def test_bootstrap_tries_the_next_address_when_one_is_down():
+    c = cluster("t")
+    h = Harness(c, bootstrap_servers=("127.0.0.1:9009", "127.0.0.1:9002"))
+    h.submit("t", 0, [b"x"], token="x")
+    h.run(until=h.now + 2)
+    assert h.by_token()["x"][0].error == 0
+    assert -1 in h.connects and -2 in h.connects
+
+
+# ---------------------------------------------------------------- drain and accounting
+
+
+def test_drain_returns_exactly_the_undelivered_parts():
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    h.up.discard(2)
+    h.engine.disconnected(2, h.now, "test")
+    h.submit("t", 0, [b"a", b"b"], token="ok")
+    sub = h.submit("t", 1, [b"c", b"d", b"e"], token="stuck")
+    h.submit("t", 2, [b"f"], settings=ASYNC, token="held")
+    h.engine.start_drain()
+    h.run(until=h.now + 1)
+    assert h.by_token()["held"][0].error == 0   # drain released the hold
+    left = h.engine.take_undelivered()
+    assert [(s.token, s.values) for s in left] == [("stuck", sub.values)]
+    e = h.engine
+    assert (e.dropped, e.queued, e.in_flight) == (3, 0, 0)
+    h.check_accounting()
+
+
+def test_drain_returns_the_held_remainder_of_a_split_submission():
+    h = Harness(cluster("t"))
+    h.submit("t", 0, [b"1", b"2", b"3", b"4", b"5"], settings=ASYNC, token="p")
+    h.run(until=h.now + 0.5)    # the first batch_n=3 went; 2 are held (batch_t is 5 s)
+    left = h.engine.take_undelivered()
+    assert [(s.token, s.values) for s in left] == [("p", [b"4", b"5"])]
+    assert [(o.delivered, o.base_offset) for o in h.by_token()["p"]] == [(3, 0)]
+    assert h.engine.dropped == 2
+    h.check_accounting()
+
+
+def test_stats_balance_and_report_latency_and_topics():
+    c = cluster("t")
+    h = Harness(c)
+    for i in range(30):
+        h.submit("t", i % 3, [b"x" * 10], token=i)
+    c.produce_errors[("t", 1)].append(87)
+    h.run()
+    st = h.engine.stats()
+    assert st["accepted"] == 30
+    assert st["accepted"] == st["delivered"] + st["failed"] + st["dropped"] + st["queued"] + st["in_flight"]
+    assert st["failed"] == 10 and st["delivered"] == 20
+    assert st["topics"]["t"] == {"delivered": 20, "delivered_bytes": 200, "failed": 10}
+    assert {"latency_p50_ms", "latency_p99_ms"} <= set(st["brokers"]["1"])
+    assert st["errors"] == {"INVALID_RECORD (87)": 10}
+
+
+def test_state_machines_show_in_repr_and_refuse_illegal_moves():
+    h = Harness(cluster("t"))
+    connect(h)
+    conn = h.engine.conns[1]
+    assert "READY" in repr(conn)
+    with pytest.raises(AssertionError, match="READY -> NEGOTIATING"):
+        h.engine.connected(1, h.now)
+    assert conn.state is ConnState.READY
+    h.hold_answers.add(1)
+    h.submit("t", 0, [b"x"])
+    h.step()
+    lane = h.engine.lanes[("t", 0, (1, 1000, 0, None))]
+    assert lane.batches[0].state is BatchState.IN_FLIGHT
+    assert "IN_FLIGHT" in repr(lane) and "IN_FLIGHT" in repr(lane.batches[0])
