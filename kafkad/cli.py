@@ -49,6 +49,16 @@ signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the config file.
 """
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kafkad", description=_DESCRIPTION, epilog=_EPILOG,
@@ -90,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--config", "-c", metavar="PATH",
                        help="take the endpoint from this config file's [ipc] endpoint")
     stats.add_argument("--json", action="store_true", help="print the snapshot as JSON")
-    stats.add_argument("--timeout", type=float, default=5.0, metavar="S",
+    stats.add_argument("--timeout", "-t", type=_positive_seconds, default=5.0, metavar="S",
                        help="seconds to wait for the daemon (default: 5)")
 
     sub.add_parser(
@@ -153,10 +163,13 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     try:
         client = DaemonClient(endpoint, timeout=args.timeout)
         snap = client.stats()
+    except ValueError as exc:  # an endpoint that is not a ZeroMQ address
+        print(f"kafkad stats: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KafkaError as exc:
+        detail = str(exc) or type(exc).__name__
         print(f"kafkad stats: no answer from a daemon at {endpoint} within {args.timeout:g}s "
-              f"({type(exc).__name__}{': ' + str(exc) if str(exc) else ''}); "
-              "is kafkad running, and may this user open its socket?", file=sys.stderr)
+              f"({detail}); is kafkad running, and may this user open its socket?", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         close = getattr(client, "close", None)

@@ -195,8 +195,8 @@ class Daemon:
         try:
             await server.start()
         except OSError as exc:
-            raise StartupError(f"cannot serve Prometheus metrics on {listen}: "
-                               f"{exc.strerror or exc}") from None
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot serve Prometheus metrics on {listen}: {reason}") from None
         return server
 
     def _route_outcomes(self, outcomes: list[Outcome]) -> None:

@@ -126,6 +126,18 @@ def test_stats_without_a_daemon_says_so(tmp_path):
     no_traceback(r)
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--endpoint", "localhost:9"], "kafkad stats: endpoint must be a ZeroMQ endpoint"),
+    (["--timeout", "0"], "argument --timeout/-t: must be more than 0 seconds, not 0"),
+    (["--timeout", "soon"], "argument --timeout/-t: 'soon' is not a number of seconds"),
+])
+def test_stats_usage_mistakes(args, message):
+    r = run("stats", *args)
+    assert r.returncode == 2
+    assert message in r.stderr
+    no_traceback(r)
+
+
 def test_stats_endpoint_from_config_and_environment(tmp_path):
     path = tmp_path / "k.toml"
     endpoint = f"ipc://{tmp_path}/from-config.sock"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -146,6 +147,24 @@ def test_second_daemon_on_the_same_endpoint_refuses_clearly():
         # The first daemon is untouched and still answers.
         assert d.stats()["state"] == "running"
         assert d.term() == 0
+
+
+def test_prometheus_address_in_use_is_a_clear_start_failure(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "k.toml"
+        config.write_text(f'[kafka]\nbootstrap_servers = ["{unreachable_broker()}"]\n'
+                          f'[ipc]\nendpoint = "ipc://{tmp_path}/k.sock"\n'
+                          f'[stats]\nprometheus_listen = "127.0.0.1:{port}"\n')
+        r = subprocess.run(kafkad_cmd("run", "--config", str(config)), capture_output=True, text=True,
+                           timeout=30, env=daemon_env(**NOT_UNDER_SYSTEMD))
+    assert r.returncode == 1
+    assert (f"kafkad: cannot start: cannot serve Prometheus metrics on 127.0.0.1:{port}: "
+            "Address already in use") in r.stderr.splitlines()
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "k.sock").exists(), "the IPC socket was left behind"
 
 
 def test_sigint_stops_like_sigterm():

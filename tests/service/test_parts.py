@@ -115,6 +115,18 @@ def test_setup_logging_to_a_stream_with_level():
         logs.setup_logging("INFO")
 
 
+def test_setup_logging_uses_the_journal_under_systemd():
+    from systemd.journal import JournalHandler
+
+    try:
+        handler = logs.setup_logging("INFO", environ={"INVOCATION_ID": "0123"}, stream=io.StringIO())
+        assert isinstance(handler, JournalHandler)
+        assert logging.getLogger("kafkad").handlers.count(handler) == 1
+    finally:
+        handler = logs.setup_logging("INFO")
+    assert not isinstance(handler, JournalHandler) or logs.under_systemd()
+
+
 def test_under_systemd_detection(tmp_path):
     with open(tmp_path / "f", "w") as f:
         st = os.fstat(f.fileno())
