@@ -10,9 +10,12 @@ import tomllib
 import typing
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kafkad.config import Config
 from kafkad.configfile import ConfigError, load_config, locate_keys, parse_config
+from tests.support.daemon import toml_dumps
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "kafkad.toml.example"
@@ -332,3 +335,31 @@ def test_loaded_config_is_frozen():
     cfg = parse_config("")
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.kafka = None  # type: ignore[misc]
+
+
+# --- property: any file written key by key locates every key on its own line ---------
+
+_SCALARS = st.one_of(st.integers(-5, 5), st.booleans(), st.text("ab =#\"'[]{}.\\\n", max_size=6),
+                     st.lists(st.integers(0, 3), max_size=3))
+_NAMES = st.text("abcxyz_-", min_size=1, max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(_NAMES, st.one_of(_SCALARS, st.dictionaries(_NAMES, st.one_of(
+    _SCALARS, st.dictionaries(_NAMES, _SCALARS, max_size=3)), max_size=4)), max_size=5))
+def test_locator_finds_every_key_of_generated_files(doc):
+    text = toml_dumps(doc)
+    assert tomllib.loads(text) == doc
+    found = locate_keys(text)
+    lines = text.splitlines()
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            key = prefix + (k,)
+            if isinstance(v, dict):
+                walk(v, key)
+            else:
+                assert key in found, (key, text)
+                assert lines[found[key] - 1].startswith(f"{k} = "), (key, text)
+
+    walk(doc, ())
