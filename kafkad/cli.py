@@ -2,8 +2,9 @@
 
 Exit statuses: 0 success; 1 the daemon could not start or could not be
 reached (the message says why); 2 a usage or configuration error (each
-config problem printed as ``PATH:LINE: key: problem``); 130 interrupted
-before the daemon took over signal handling. A user mistake never prints a
+config problem printed as ``PATH:LINE: key: problem``); 70 the daemon hit an
+internal error (logged with its traceback); 130 interrupted before the daemon
+took over signal handling. A user mistake never prints a
 traceback.
 
 Only what a command needs is imported for it, so `check-config` and `stats`

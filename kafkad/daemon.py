@@ -58,6 +58,9 @@ log = logging.getLogger("kafkad.daemon")
 # when the drain deadline passed (it was not delivered in time; it may be retried).
 UNDELIVERED_AT_STOP_ERROR = 7
 
+# Exit status after an unexpected internal error (BSD sysexits EX_SOFTWARE).
+EXIT_CRASHED = 70
+
 # Config keys the daemon cannot change while running (beyond what producer.reload reports).
 _RESTART_PREFIXES = ("ipc.", "spool.", "logging.log_messages_on_error")
 
@@ -146,6 +149,14 @@ class Daemon:
             self._set_state(State.STOPPED)
             event(log, logging.INFO, "stopped", pid=os.getpid())
             return 0
+        except StartupError:
+            raise
+        except Exception as exc:
+            # A bug, not an operator mistake: log it with its traceback (to the journal under
+            # systemd), close what is open, and exit non-zero so Restart=on-failure applies.
+            log.exception("crashed state=%s error=%s", self._state.value, type(exc).__name__)
+            await self._close_components()
+            return EXIT_CRASHED
         finally:
             for task in self._tasks:
                 task.cancel()

@@ -1,0 +1,84 @@
+"""The daemon object in this process: state table, signal queue, and an internal failure."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import os
+import signal
+import tempfile
+
+import pytest
+
+from kafkad import logs
+from kafkad.broker import BrokerProducer
+from kafkad.config import Config, IpcConfig, KafkaConfig, ShutdownConfig
+from kafkad.daemon import EXIT_CRASHED, Daemon, State
+from kafkad.systemd import Notifier
+from tests.support.net import free_port
+
+
+@pytest.fixture
+def config():
+    with tempfile.TemporaryDirectory(prefix="kdi-") as d:
+        yield dataclasses.replace(
+            Config(),
+            kafka=dataclasses.replace(KafkaConfig(), bootstrap_servers=(f"127.0.0.1:{free_port()}",)),
+            ipc=dataclasses.replace(IpcConfig(), endpoint=f"ipc://{d}/k.sock"),
+            shutdown=ShutdownConfig(drain_timeout_s=1.0))
+
+
+@pytest.fixture
+def log_stream():
+    stream = io.StringIO()
+    logs.setup_logging("INFO", environ={}, stream=stream)
+    yield stream
+    logs.setup_logging("INFO")
+
+
+def _notifier(sent):
+    return Notifier({"NOTIFY_SOCKET": "/unused"}, sender=lambda text: sent.append(text) or True)
+
+
+def test_signals_are_dispatched_in_order_by_the_main_loop(config, log_stream):
+    sent: list[str] = []
+    states: list[State] = []
+
+    def ready(d: Daemon) -> None:
+        states.append(d.state)
+        d.request(signal.SIGHUP)     # no config file: logged and skipped
+        d.request(signal.SIGTERM)
+        d.request(signal.SIGHUP)     # after the stop began: ignored
+
+    daemon = Daemon(config, None, notifier=_notifier(sent), on_ready=ready)
+    assert asyncio.run(daemon.run()) == 0
+    assert states == [State.RUNNING] and daemon.state is State.STOPPED
+    assert repr(daemon).startswith("<Daemon STOPPED ")
+    kinds = [text.split("\n")[0] for text in sent]
+    assert kinds[0] == "READY=1"
+    assert kinds[1] == "RELOADING=1" and sent[1].split("\n")[1].startswith("MONOTONIC_USEC=")
+    assert kinds[2] == "READY=1"
+    assert kinds[3] == "STOPPING=1"
+    assert "reload_skipped" in log_stream.getvalue()
+
+
+def test_an_internal_error_is_logged_closed_and_exits_70(config, log_stream, monkeypatch):
+    async def broken_drain(self, deadline):
+        raise RuntimeError("engine bug")
+
+    monkeypatch.setattr(BrokerProducer, "drain", broken_drain)
+    daemon = Daemon(config, None, notifier=_notifier([]),
+                    on_ready=lambda d: d.request(signal.SIGTERM))
+    assert asyncio.run(daemon.run()) == EXIT_CRASHED
+    text = log_stream.getvalue()
+    assert "ERROR kafkad.daemon: crashed state=stopping error=RuntimeError" in text
+    assert "RuntimeError: engine bug" in text   # the traceback is in the log
+    socket_path = config.ipc.endpoint.removeprefix("ipc://")
+    assert not os.path.exists(socket_path), "the IPC socket was not closed"
+
+
+def test_state_table_refuses_a_wrong_transition(config):
+    daemon = Daemon(config, None)
+    with pytest.raises(RuntimeError, match="STARTING -> RELOADING is not allowed"):
+        daemon._set_state(State.RELOADING)
