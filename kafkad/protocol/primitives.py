@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 Encoder = Callable[[list, Any], None]
@@ -117,18 +118,19 @@ def take(buf: bytes, pos: int, n: int, what: str) -> tuple[bytes, int]:
 # --------------------------------------------------------------------------
 # wire types
 
-class WireType:
+class WireType(ABC):
     """One Kafka schema type; subclasses build encoders/decoders per (flexible, nullable)."""
 
     name = "?"
     default: Any = None
-    can_be_null = False
 
+    @abstractmethod
     def encoder(self, flexible: bool, nullable: bool) -> Encoder:
-        raise TypeError(f"{type(self).__name__} must implement encoder()")
+        """The encoder for this type in the given encoding."""
 
+    @abstractmethod
     def decoder(self, flexible: bool, nullable: bool) -> Decoder:
-        raise TypeError(f"{type(self).__name__} must implement decoder()")
+        """The decoder for this type in the given encoding."""
 
     def __repr__(self) -> str:
         return self.name
@@ -223,7 +225,6 @@ class StringType(WireType):
 
     name = "string"
     default = ""
-    can_be_null = True
 
     def encoder(self, flexible: bool, nullable: bool) -> Encoder:
         pack_len, _ = _length_codec(flexible, wide=False)
@@ -271,7 +272,6 @@ class BytesType(WireType):
     def __init__(self, name: str = "bytes", default: Any = b""):
         self.name = name
         self.default = default
-        self.can_be_null = True
 
     def encoder(self, flexible: bool, nullable: bool) -> Encoder:
         pack_len, _ = _length_codec(flexible, wide=True)
@@ -312,7 +312,6 @@ class ArrayType(WireType):
     """
 
     default = ()
-    can_be_null = True
 
     def __init__(self, inner: WireType):
         self.inner = inner
@@ -360,13 +359,14 @@ class ArrayType(WireType):
                 try:
                     item, pos = inner(buf, pos)
                 except (ProtocolError, struct.error) as exc:
-                    raise ProtocolError(f"[{i}]: {_reason(exc)}") from None
+                    raise ProtocolError(f"[{i}]: {reason(exc)}") from None
                 append(item)
             return tuple(out), pos
         return dec
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """A decoding failure as text: struct's short-buffer errors read as "truncated"."""
     if isinstance(exc, struct.error):
         return "truncated"
     return str(exc)

@@ -289,7 +289,7 @@ def _decode_records(buf: bytes, count: int, base_offset: int, base_ts: int) -> t
         end = pos + length
         if length < 0 or end > len(buf):
             raise ProtocolError(f"record {i}: length {length} runs past the records section")
-        rec = buf
+        rec = buf  # fields are read in place; every read is bounded by `end`
         p = pos + 1  # attributes (unused in v2)
         if p > end:
             raise ProtocolError(f"record {i}: empty")

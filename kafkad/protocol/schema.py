@@ -37,9 +37,9 @@ from .primitives import (
     Encoder,
     ProtocolError,
     WireType,
-    _reason,
     decode_uvarint,
     encode_uvarint,
+    reason,
 )
 
 __all__ = ["Field", "Versions", "message", "encode_body", "decode_body"]
@@ -115,10 +115,7 @@ def _is_default(value: Any, default: Any) -> bool:
         return True
     if isinstance(default, tuple) and isinstance(value, (list, tuple)):
         return len(value) == 0 and len(default) == 0
-    try:
-        return bool(value == default)
-    except Exception:  # exotic values that refuse comparison are not the default
-        return False
+    return bool(value == default)
 
 
 class _StructSchema:
@@ -134,11 +131,11 @@ class _StructSchema:
 
     # -- per-version compilation -------------------------------------------------
 
-    def wire_type(self, f: Field, version: int, flexible: bool) -> WireType:
+    def wire_type(self, f: Field, version: int) -> WireType:
         if f.primitive is not None:
             base: WireType = f.primitive
         else:
-            base = _StructAt(self.children[f.struct_name], version, flexible)
+            base = _StructAt(self.children[f.struct_name], version)
         return ArrayType(base) if f.is_array else base
 
     def compile(self, version: int, flexible: bool) -> None:
@@ -149,12 +146,12 @@ class _StructSchema:
         absent: list[tuple[str, Any, bool]] = []
         tagged: list[tuple[int, str, Encoder, Decoder, Any]] = []
         for f in self.fields:
-            default = getattr(_defaults_of(cls), f.name)
+            default = getattr(cls._DEFAULTS, f.name)
             if version not in f.versions:
                 absent.append((f.name, default, f.ignorable))
                 continue
             nullable = version in f.nullable
-            wt = self.wire_type(f, version, flexible)
+            wt = self.wire_type(f, version)
             enc, dec = wt.encoder(flexible, nullable), wt.decoder(flexible, nullable)
             if flexible and f.tag is not None and version in f.tagged:
                 tagged.append((f.tag, f.name, enc, dec, default))
@@ -201,7 +198,7 @@ class _StructSchema:
                 try:
                     kw[name], pos = fdec(buf, pos)
                 except (ProtocolError, struct.error) as exc:
-                    raise ProtocolError(f"{qual}.{name}: {_reason(exc)}") from None
+                    raise ProtocolError(f"{qual}.{name}: {reason(exc)}") from None
             if flexible:
                 count, pos = decode_uvarint(buf, pos)
                 for _ in range(count):
@@ -218,7 +215,7 @@ class _StructSchema:
                         try:
                             kw[name], used = fdec(buf, pos)
                         except (ProtocolError, struct.error) as exc:
-                            raise ProtocolError(f"{qual}.{name}: {_reason(exc)}") from None
+                            raise ProtocolError(f"{qual}.{name}: {reason(exc)}") from None
                         if used != end:
                             raise ProtocolError(
                                 f"{qual}.{name}: tagged field declared {size} bytes but holds "
@@ -233,7 +230,7 @@ class _StructSchema:
 class _StructAt(WireType):
     """A nested struct as a wire type, bound to one version of its message."""
 
-    def __init__(self, schema: _StructSchema, version: int, flexible: bool):
+    def __init__(self, schema: _StructSchema, version: int):
         self.schema = schema
         self.version = version
         self.name = schema.qualname
@@ -244,10 +241,6 @@ class _StructAt(WireType):
 
     def decoder(self, flexible: bool, nullable: bool) -> Decoder:
         return self.schema.decoders[self.version]
-
-
-def _defaults_of(cls: type) -> Any:
-    return cls._DEFAULTS
 
 
 def _type_default(f: Field, child: type | None) -> Any:

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for every kafkad.protocol message, derived from its schema declaration.
+"""Hypothesis strategies for every kafkad.protocol message, derived from its schema declaration,
+and `decode_all`, the decoder that fails a test when bytes are left unread.
 
 Walking the same `Field` declarations the codecs are compiled from means a
 new field or version is covered without editing the tests; values are drawn
@@ -12,6 +13,8 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+from kafkad.protocol import decode_body
 
 # Modest example counts keep the whole protocol suite well under a minute.
 FAST = settings(max_examples=25, deadline=None,
@@ -63,3 +66,10 @@ def struct_strategy(cls: type, fields: Any, msg_cls: type, version: int) -> st.S
 def message_strategy(cls: type, version: int) -> st.SearchStrategy:
     """Any valid `cls` message for `version`."""
     return struct_strategy(cls, cls._FIELDS, cls, version)
+
+
+def decode_all(cls: type, version: int, buf: bytes) -> Any:
+    """Decode a whole body; the calling test fails if any byte is left unread."""
+    msg, end = decode_body(cls, version, buf)
+    assert end == len(buf), f"{cls.__name__} v{version}: {len(buf) - end} of {len(buf)} bytes unread"
+    return msg

@@ -7,7 +7,6 @@ version added to a schema is tested against real peers automatically.
 
 from __future__ import annotations
 
-import struct
 import time
 
 import pytest
@@ -15,14 +14,11 @@ import pytest
 from kafkad.protocol import (
     API_VERSIONS_SUPPORTED,
     ApiVersionsRequest,
-    ApiVersionsResponse,
     InitProducerIdRequest,
     MetadataRequest,
     ProduceRequest,
     ProtocolError,
-    decode_response,
     encode_record_batch,
-    encode_request,
 )
 
 from .wire import WireClient

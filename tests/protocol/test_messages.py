@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from kafkad.protocol import (
     API_VERSIONS_SUPPORTED,
-    ApiVersionsRequest,
     ApiVersionsResponse,
     MetadataRequest,
     MetadataResponse,
@@ -26,8 +25,7 @@ from kafkad.protocol import (
 )
 from kafkad.protocol.messages import REQUESTS, RESPONSES
 
-from .conftest import decode_all
-from .strategies import FAST, message_strategy
+from .strategies import FAST, decode_all, message_strategy
 
 ALL = [(cls, v) for cls in REQUESTS + RESPONSES for v in range(cls.MIN_VERSION, cls.MAX_VERSION + 1)]
 IDS = [f"{cls.__name__}-v{v}" for cls, v in ALL]
@@ -116,6 +114,13 @@ def test_other_errors_are_not_decoded_as_v0():
     frame = encode_response(ApiVersionsResponse(error_code=0), 0, 1)[4:]
     with pytest.raises(ProtocolError):
         decode_response(ApiVersionsResponse, 3, frame)
+
+
+def test_strict_decode_fails_on_unread_bytes(strict_decode):
+    body = encode_body(ProduceResponse(throttle_time_ms=3), 9)
+    assert strict_decode(ProduceResponse, 9, body).throttle_time_ms == 3
+    with pytest.raises(AssertionError, match="1 of"):
+        strict_decode(ProduceResponse, 9, body + b"\x00")
 
 
 def test_absent_field_must_keep_its_default():
