@@ -54,6 +54,9 @@ class BrokerConnection:
         self.closed = False
         self._writer: asyncio.StreamWriter | None = None
         self._pending: deque[tuple[int, Any]] = deque()
+        # acks=0 Produce requests: a Kafka broker never answers them, some
+        # brokers (Tansu) do; such an answer is recognised and dropped.
+        self._unanswered: deque[int] = deque()
         self._corr = 0
         self._frames = FrameReader(MAX_RESPONSE_BYTES)
         self._client_id = owner.kafka.client_id
@@ -72,6 +75,10 @@ class BrokerConnection:
         data = encode_request(req.msg, req.version, corr, self._client_id)
         if req.expects_response:
             self._pending.append((corr, req))
+        else:
+            self._unanswered.append(corr)
+            if len(self._unanswered) > 4096:
+                self._unanswered.popleft()
         self._writer.write(data)
 
     async def exchange(self, msg, version: int):
@@ -164,6 +171,12 @@ class BrokerConnection:
             now = owner.loop.time()
             for frame in frames:
                 corr = peek_correlation_id(frame)
+                if self._unanswered and not (pending and pending[0][0] == corr):
+                    if corr in self._unanswered:
+                        # an answer to an acks=0 request: drop it and those sent before it
+                        while self._unanswered.popleft() != corr:
+                            pass
+                        continue
                 if not pending or pending[0][0] != corr:
                     expected = pending[0][0] if pending else None
                     raise ProtocolError(f"answer with correlation id {corr}, expected {expected}")

@@ -1,0 +1,135 @@
+"""BrokerProducer against a real Tansu broker, read back with librdkafka (CRC checks on)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from kafkad.config import QueueConfig
+from kafkad.engine.types import QueueFull
+from tests.support.readback import read_all_confluent
+
+from .helpers import check_balanced, check_read_back, kafka_config, run_producer, settings, sub, submit
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.mark.parametrize("codec", [0, 1, 2, 3, 4], ids=["none", "gzip", "snappy", "lz4", "zstd"])
+def test_every_codec_with_acks_0_1_all(tansu, topic, codec):
+    rnd = random.Random(codec)
+    per_acks = {0: settings(acks=0, codec=codec), 1: settings(acks=1, codec=codec),
+                -1: settings(acks=-1, codec=codec, codec_level=None)}
+
+    async def script(producer, run):
+        n = 0
+        for rnd_i in range(60):
+            for acks, s in per_acks.items():
+                p = rnd.randrange(3)
+                values = [f"{codec}/{acks}/{n + j}/".encode() * rnd.randint(1, 20)
+                          for j in range(rnd.randint(1, 8))]
+                n += len(values)
+                submit(producer, run, sub(topic, p, values, s, session=b"acks%d" % acks,
+                                          token=(acks, rnd_i)))
+            if rnd_i % 10 == 0:
+                await asyncio.sleep(0)
+
+    run = asyncio.run(run_producer(kafka_config(tansu.bootstrap), script))
+    assert run.left == [] and run.errors() == {}
+    check_balanced(run.stats)
+    total = sum(len(s.values) for s in run.subs.values())
+    assert run.stats["delivered"] == total
+    got = read_all_confluent(tansu.bootstrap, topic, 3, expected=total)
+    check_read_back(run, got)
+    acks0 = [o for o in run.outcomes if o.token[0] == 0]
+    assert acks0 and all(o.base_offset == -1 for o in acks0)
+
+
+def test_batches_of_many_sizes_split_at_the_caps(tansu, topic):
+    rnd = random.Random(5)
+    kafka = kafka_config(tansu.bootstrap, batch_max_bytes=16_384, request_max_bytes=40_000)
+
+    async def script(producer, run):
+        i = 0
+        for size in (0, 1, 10, 100, 1000, 4000, 12_000):
+            for count in (1, 3, 17, 120):
+                values = [rnd.randbytes(size) for _ in range(count)]
+                keys = [None if j % 2 else f"k{j}".encode() for j in range(count)]
+                submit(producer, run, sub(topic, i % 3, values, token=i, keys=keys))
+                i += 1
+
+    run = asyncio.run(run_producer(kafka, script))
+    assert run.left == [] and run.errors() == {}
+    total = sum(len(s.values) for s in run.subs.values())
+    got = read_all_confluent(tansu.bootstrap, topic, 3, expected=total)
+    check_read_back(run, got)
+    check_balanced(run.stats)
+    # a submission bigger than a batch came back in several delivered parts
+    assert any(len(outs) > 1 for outs in run.by_token().values())
+
+
+def test_sync_and_held_async_sessions_together(tansu, topic):
+    held = settings(async_send=True, batch_n=25, batch_t=0.2)
+
+    async def script(producer, run):
+        for i in range(200):
+            submit(producer, run, sub(topic, i % 3, [f"a{i}".encode()], held,
+                                      session=b"async", token=("a", i)))
+            if i % 4 == 0:
+                submit(producer, run, sub(topic, i % 3, [f"s{i}".encode()],
+                                          session=b"sync%d" % (i % 5), token=("s", i)))
+            if i % 50 == 0:
+                await asyncio.sleep(0.01)
+
+    run = asyncio.run(run_producer(kafka_config(tansu.bootstrap, linger_ms=5), script))
+    assert run.left == [] and run.errors() == {}
+    got = read_all_confluent(tansu.bootstrap, topic, 3, expected=250)
+    check_read_back(run, got)
+    # the async session's messages left in groups: far fewer requests than messages
+    assert run.stats["requests"] < 150
+
+
+def test_fetch_partitions_and_partitions_for(tansu, topic):
+    async def script(producer, run):
+        assert producer.partitions_for(topic) is None
+        assert await producer.fetch_partitions(topic, 10) == (0, [0, 1, 2])
+        assert producer.partitions_for(topic) == [0, 1, 2]
+
+    asyncio.run(run_producer(kafka_config(tansu.bootstrap), script))
+
+
+def test_unknown_topic_fails_exactly_its_records(tansu, topic):
+    kafka = kafka_config(tansu.bootstrap, allow_auto_create_topics=False,
+                         unknown_topic_wait_ms=300)
+
+    async def script(producer, run):
+        assert await producer.fetch_partitions(topic + "-missing", 5) == (3, [])
+        submit(producer, run, sub(topic + "-missing", 0, [b"x", b"y"], token="missing"))
+        submit(producer, run, sub(topic, 1, [b"fine"], token="fine"))
+        await producer.drain(asyncio.get_running_loop().time() + 10)
+
+    run = asyncio.run(run_producer(kafka, script))
+    assert [(o.error, o.failed) for o in run.by_token()["missing"]] == [(3, 2)]
+    assert run.by_token()["fine"][0].error == 0
+    check_balanced(run.stats)
+
+
+def test_queue_full_refuses_and_drain_returns_what_cannot_go(topic):
+    # Nothing listens here: everything stays queued, so the caps bite and drain gives back all.
+    from tests.support.net import free_port
+
+    kafka = kafka_config(f"127.0.0.1:{free_port()}", reconnect_backoff_ms=20)
+
+    async def script(producer, run):
+        for i in range(10):
+            submit(producer, run, sub(topic, 0, [b"x" * 10], token=i))
+        with pytest.raises(QueueFull):
+            producer.submit(sub(topic, 0, [b"y"], token="refused"))
+        await asyncio.sleep(0.1)
+
+    run = asyncio.run(run_producer(kafka, script, queue=QueueConfig(max_messages=10),
+                                   drain_s=0.2))
+    assert sorted(s.token for s in run.left) == list(range(10))
+    assert run.stats["dropped"] == 10 and run.outcomes == []
+    check_balanced(run.stats)
