@@ -31,6 +31,13 @@ class FakeProducer:
         self.held = []
         self.on_outcomes = None
         self.loop = None
+        self._arrived = threading.Condition()
+
+    def wait_messages(self, n, timeout=10.0):
+        """Block until at least `n` messages were submitted (for tests that then release them)."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.messages()) >= n, timeout):
+                raise TimeoutError(f"{len(self.messages())} of {n} messages reached the producer")
 
     def partitions_for(self, topic):
         return list(self.partitions)
@@ -42,7 +49,9 @@ class FakeProducer:
         if self.refuse:
             self.refuse -= 1
             raise QueueFull("fake queue full")
-        self.submissions.append(sub)
+        with self._arrived:
+            self.submissions.append(sub)
+            self._arrived.notify_all()
         if self.hold:
             self.held.append(sub)
         else:
@@ -63,9 +72,15 @@ class FakeProducer:
                                     -1 if sub.settings.acks == 0 else base, n, 0))
         self.on_outcomes(outs)
 
-    def release(self, error=None):
+    def release(self, error=None, after=0):
+        """Complete what is held (from any thread); with `after`, first wait for that many messages."""
+        if after:
+            self.wait_messages(after)
+        self.loop.call_soon_threadsafe(self._release_now, error)
+
+    def _release_now(self, error):
         subs, self.held = self.held, []
-        self.loop.call_soon_threadsafe(self.complete, subs, error)
+        self.complete(subs, error)
 
     def messages(self):
         """Every value taken, in submission order, as (topic, partition, key, value)."""

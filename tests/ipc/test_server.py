@@ -163,7 +163,7 @@ def test_one_session_cannot_take_more_than_its_share():
             kind, _, from_seq, code, _ = greedy.recv()
             assert (kind, from_seq, code) == (schema.REJECTED, 3, schema.E_QUEUE_FULL)
             other.send([schema.SEND, other.sid, [entry(0, n=3)]])
-            assert other.quiet()                      # taken (held), not refused
+            st.producer.wait_messages(6)              # taken (held), not refused
             assert [len(s.values) for s in st.producer.submissions] == [3, 3]
         finally:
             greedy.close()
@@ -294,6 +294,7 @@ def test_too_many_sessions_evicts_an_idle_one_or_refuses():
             b.register()                                   # a was idle: evicted
             assert st.server.stats()["sessions_evicted"] == 1
             b.send([schema.SEND, b.sid, [entry(0)]])       # b now has a message in flight
+            st.producer.wait_messages(1)
             c.send([schema.REGISTER, 1, 1, c.sid, 0, SETTINGS])
             assert c.recv()[2] == schema.E_TOO_MANY_SESSIONS
         finally:

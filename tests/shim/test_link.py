@@ -1,0 +1,379 @@
+"""The shim against an IpcServer over the seam double: sync/async paths, bounds, restarts, fork, threads.
+
+These run the real shim and the real IpcServer (in a thread of the test
+process, over `tests.ipc.fakes.FakeProducer`); the end-to-end tests in
+test_e2e_*.py do the same through a kafkad process and a real broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import client_shim
+from client_shim import errors
+from tests.ipc.fakes import ServerThread, short_tmp_endpoint
+
+
+@pytest.fixture
+def server():
+    st = ServerThread().start()
+    yield st
+    st.stop()
+
+
+def client(server, timeout=5.0):
+    return client_shim.DaemonClient(server.endpoint, timeout=timeout)
+
+
+def values(server):
+    return [v for _, _, _, v in server.producer.messages()]
+
+
+def test_sync_send_returns_first_offset_per_call(server):
+    p = client_shim.Producer(client(server))
+    assert p.send_messages("t", 1, b"a", b"b") == [client_shim.ProduceResponsePayload("t", 1, 0, 0)]
+    assert p.send_messages("t", 1, b"c") == [client_shim.ProduceResponsePayload("t", 1, 0, 2)]
+    sub = server.producer.submissions[0]
+    assert (sub.settings.acks, sub.settings.async_send, sub.keys) == (1, False, [None, None])
+
+
+def test_req_acks_zero_returns_empty_list(server):
+    p = client_shim.Producer(client(server), req_acks=0)
+    assert p.send_messages("t", 0, b"a") == []
+    assert server.producer.submissions[0].settings.acks == 0
+
+
+def test_sync_failure_raises_or_returns_error_payload(server):
+    server.producer.fail_with = 10
+    raising = client_shim.Producer(client(server))
+    with pytest.raises(errors.MessageSizeTooLargeError) as info:
+        raising.send_messages("t", 2, b"big")
+    assert info.value.errno == 10 and "t[2]" in str(info.value)
+    quiet = client_shim.Producer(client(server), sync_fail_on_error=False)
+    assert quiet.send_messages("t", 2, b"big") == [client_shim.ProduceResponsePayload("t", 2, 10, -1)]
+
+
+def test_every_setting_reaches_the_daemon(server):
+    p = client_shim.Producer(client(server), req_acks=-1, ack_timeout=2500, codec=client_shim.CODEC_ZSTD,
+                             codec_compresslevel=9, async_send=True, batch_send_every_n=5,
+                             batch_send_every_t=0.25, async_retry_limit=2, async_retry_backoff_ms=300,
+                             async_retry_on_timeouts=False, async_log_messages_on_error=False)
+    p.send_messages("t", 0, b"x")
+    p.stop()
+    s = server.producer.submissions[0].settings
+    assert (s.acks, s.ack_timeout_ms, s.codec, s.codec_level, s.async_send, s.batch_n, s.batch_t,
+            s.retry_limit, s.retry_backoff_ms, s.retry_on_timeouts, s.log_messages_on_error) == \
+        (-1, 2500, 4, 9, True, 5, 0.25, 2, 300, False, False)
+
+
+def test_default_settings_reach_the_daemon(server):
+    p = client_shim.Producer(client(server), async_send=True)
+    p.send_messages("t", 0, b"x")
+    p.stop()
+    s = server.producer.submissions[0].settings
+    assert (s.acks, s.ack_timeout_ms, s.codec, s.codec_level, s.batch_n, s.batch_t, s.retry_limit,
+            s.retry_backoff_ms, s.retry_on_timeouts, s.log_messages_on_error) == \
+        (1, 1000, 0, None, 20, 20.0, None, 100, True, True)
+
+
+def test_async_returns_at_once_and_stop_waits_for_acknowledgements(server):
+    server.producer.hold = True
+    p = client_shim.SimpleProducer(client(server), async_send=True, random_start=False)
+    assert p.send_messages("t", b"a") == []
+    assert p.send_messages("t", b"b", b"c") == []
+    server.producer.release(after=3)
+    p.stop()
+    assert p._session.pending == {}
+    assert values(server) == [b"a", b"b", b"c"]
+    p.stop()                                   # a second stop is harmless
+    with pytest.raises(errors.IllegalStateError, match="stopped"):
+        p.send_messages("t", b"late")
+
+
+def test_stop_timeout_reports_what_was_not_delivered(server, caplog):
+    server.producer.hold = True
+    p = client_shim.Producer(client(server), async_send=True, async_stop_timeout=0.2)
+    p.send_messages("t", 0, b"stuck-1", b"stuck-2")
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        t0 = time.monotonic()
+        p.stop()
+        assert time.monotonic() - t0 >= 0.2
+    assert "2 message(s) not delivered" in caplog.text and "stuck-1" in caplog.text
+
+
+def test_stop_argument_overrides_async_stop_timeout(server, caplog):
+    server.producer.hold = True
+    p = client_shim.Producer(client(server), async_send=True, async_stop_timeout=60)
+    p.send_messages("t", 0, b"x")
+    t0 = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        p.stop(timeout=0.1)
+    assert time.monotonic() - t0 < 30 and "not delivered" in caplog.text
+
+
+def test_sync_stop_is_harmless(server):
+    p = client_shim.Producer(client(server))
+    p.stop()
+    p.stop()
+    q = client_shim.Producer(client(server))
+    q.send_messages("t", 0, b"x")
+    q.stop()
+    q.stop()
+
+
+def test_async_failure_is_logged_with_contents_or_hash(server, caplog):
+    server.producer.fail_with = 29
+    loud = client_shim.Producer(client(server), async_send=True)
+    quiet = client_shim.Producer(client(server), async_send=True, async_log_messages_on_error=False)
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        loud.send_messages("t", 0, b"visible-payload")
+        quiet.send_messages("t", 1, b"hidden-payload")
+        loud.stop()
+        quiet.stop()
+    shim_lines = [r.getMessage() for r in caplog.records if r.name == "client_shim"]
+    assert any("visible-payload" in m and "TopicAuthorizationFailedError" in m for m in shim_lines)
+    assert any("hashes" in m and "t[1]" in m for m in shim_lines)
+    assert not any("hidden-payload" in m for m in shim_lines)
+    assert loud._session.failed_messages == 1 and loud._session.pending == {}
+
+
+def test_queue_full_without_put_timeout_fails_at_once(server):
+    server.producer.hold = True
+    p = client_shim.Producer(client(server), async_send=True, async_queue_maxsize=2)
+    p.send_messages("t", 0, b"1", b"2")
+    t0 = time.monotonic()
+    with pytest.raises(errors.AsyncProducerQueueFull) as info:
+        p.send_messages("t", 0, b"3", b"4")
+    assert time.monotonic() - t0 < 1.0
+    assert info.value.failed_msgs == [b"3", b"4"]
+    server.producer.release(after=2)
+    p.stop()
+    assert values(server) == [b"1", b"2"]
+
+
+def test_queue_full_waits_for_room_up_to_put_timeout(server):
+    server.producer.hold = True
+    p = client_shim.Producer(client(server), async_send=True, async_queue_maxsize=1,
+                             async_queue_put_timeout=10)
+    p.send_messages("t", 0, b"1")
+    releaser = threading.Thread(target=server.producer.release, kwargs={"after": 1})
+    releaser.start()
+    p.send_messages("t", 0, b"2")            # blocks until the first one is acknowledged
+    releaser.join()
+    assert values(server)[0] == b"1"
+    server.producer.release(after=2)
+    p.stop()
+    assert values(server) == [b"1", b"2"]
+    short = client_shim.Producer(client(server), async_send=True, async_queue_maxsize=1,
+                                 async_queue_put_timeout=0.2)
+    server.producer.hold = True
+    short.send_messages("t", 0, b"3")
+    t0 = time.monotonic()
+    with pytest.raises(errors.AsyncProducerQueueFull):
+        short.send_messages("t", 0, b"4")
+    assert time.monotonic() - t0 >= 0.2
+
+
+def test_daemon_unreachable_sync_fails_within_timeout_async_queues():
+    endpoint = short_tmp_endpoint()
+    c = client_shim.DaemonClient(endpoint, timeout=0.3)
+    sync = client_shim.Producer(c)
+    t0 = time.monotonic()
+    with pytest.raises(errors.KafkadUnavailableError, match="did not take"):
+        sync.send_messages("t", 0, b"x")
+    assert time.monotonic() - t0 < 2.0
+    with pytest.raises(errors.KafkadUnavailableError):
+        c.stats()
+    a = client_shim.Producer(c, async_send=True, async_queue_maxsize=3)
+    a.send_messages("t", 0, b"1", b"2", b"3")     # queued in the process
+    with pytest.raises(errors.AsyncProducerQueueFull):
+        a.send_messages("t", 0, b"4")
+    # The daemon comes up: the queued messages go out and are acknowledged.
+    with ServerThread(endpoint=endpoint) as st:
+        a.stop(timeout=10)
+        assert values(st) == [b"1", b"2", b"3"]
+        assert a._session.pending == {}
+
+
+def test_daemon_restart_mid_stream_loses_nothing_and_keeps_order():
+    first = ServerThread().start()
+    endpoint = first.endpoint
+    first.producer.hold = True                    # taken, never delivered: lost with the daemon
+    p = client_shim.Producer(client_shim.DaemonClient(endpoint), async_send=True)
+    for i in range(200):
+        p.send_messages("t", i % 3, b"m%d" % i)
+    first.producer.wait_messages(200)
+    first.stop()                                  # the daemon goes away with them
+    for i in range(200, 300):                     # more while it is down
+        p.send_messages("t", i % 3, b"m%d" % i)
+    with ServerThread(endpoint=endpoint) as second:
+        p.stop(timeout=10)
+        got = values(second)
+        assert sorted(got) == sorted(b"m%d" % i for i in range(300))
+        for part in range(3):                     # per-partition order as sent
+            seq = [v for _, pp, _, v in second.producer.messages() if pp == part]
+            assert seq == [b"m%d" % i for i in range(300) if i % 3 == part]
+        assert p._session.pending == {}
+
+
+def test_stopping_daemon_hands_messages_to_the_next_one():
+    first = ServerThread().start()
+    endpoint = first.endpoint
+    first.call(first.server.stop_accepting)
+    c = client_shim.DaemonClient(endpoint, timeout=0.5)
+    p = client_shim.Producer(c, async_send=True)
+    p.send_messages("t", 0, b"during-stop")
+    # A sync send on the same link goes after the async one and is refused
+    # too; once it has failed, the async refusal has arrived before it.
+    with pytest.raises(errors.KafkadUnavailableError, match="STOPPING"):
+        client_shim.Producer(c).send_messages("t", 0, b"sync-during-stop")
+    assert c._link.stats["rejected_STOPPING"] >= 1
+    assert first.producer.submissions == []
+    first.stop()
+    with ServerThread(endpoint=endpoint) as second:
+        p.stop(timeout=10)
+        assert values(second) == [b"during-stop"]
+
+
+def test_simple_producer_round_robin_one_partition_per_call(server):
+    p = client_shim.SimpleProducer(client(server), random_start=False)
+    for i in range(5):
+        p.send_messages("t", b"a%d" % i, b"b%d" % i)
+    parts = [(s.partition, s.values) for s in server.producer.submissions]
+    assert parts == [(i % 3, [b"a%d" % i, b"b%d" % i]) for i in range(5)]
+
+
+def test_simple_producer_random_start(server):
+    starts = set()
+    for _ in range(30):
+        p = client_shim.SimpleProducer(client(server), random_start=True)
+        p.send_messages("t", b"x")
+        starts.add(server.producer.submissions[-1].partition)
+    assert len(starts) > 1
+
+
+def test_keyed_producer_uses_partitioner_and_sends_key(server):
+    from client_shim.partitioner import murmur2
+
+    p = client_shim.KeyedProducer(client(server))
+    for key in (b"alpha", b"beta", b"gamma", b"delta"):
+        p.send_messages("t", key, b"v-" + key)
+    for sub in server.producer.submissions:
+        assert sub.partition == (murmur2(sub.keys[0]) & 0x7FFFFFFF) % 3
+        assert sub.values == [b"v-" + sub.keys[0]]
+    rr = client_shim.KeyedProducer(client(server), partitioner=client_shim.RoundRobinPartitioner)
+    for _ in range(3):
+        rr.send_messages("t", b"same", b"v")
+    assert [s.partition for s in server.producer.submissions[-3:]] == [0, 1, 2]
+
+
+def test_partition_lists_are_cached_and_refreshed_on_unknown_partition(server):
+    c = client(server)
+    p = client_shim.SimpleProducer(c, random_start=False)
+    p.send_messages("t", b"x")
+    assert c.partitions_for("t") == [0, 1, 2]
+    server.producer.partitions = [0, 1, 2, 3, 4]
+    assert c.partitions_for("t") == [0, 1, 2]              # cached
+    server.producer.fail_with = 3
+    with pytest.raises(errors.UnknownTopicOrPartitionError):
+        p.send_messages("t", b"y")
+    server.producer.fail_with = 0
+    assert c.partitions_for("t") == [0, 1, 2, 3, 4]        # asked again
+
+
+def test_one_producer_shared_by_threads(server):
+    p = client_shim.Producer(client(server), async_send=True)
+
+    def work(t):
+        for i in range(400):
+            p.send_messages("t", t % 3, b"%d:%d" % (t, i))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    p.stop(timeout=10)
+    got = values(server)
+    assert len(got) == 3200
+    for t in range(8):
+        mine = [int(v.split(b":")[1]) for v in got if v.startswith(b"%d:" % t)]
+        assert mine == list(range(400))
+
+
+CHILD = textwrap.dedent("""
+    import os, sys, client_shim
+    endpoint, mode = sys.argv[1], sys.argv[2]
+    sync = client_shim.Producer(endpoint)
+    asy = client_shim.Producer(endpoint, async_send=True)
+    sync.send_messages("t", 0, b"parent-sync")          # parent uses its socket before fork
+    asy.send_messages("t", 1, b"parent-async")
+    pids = []
+    for n in range(3):
+        pid = os.fork()
+        if pid == 0:
+            r = sync.send_messages("t", 0, b"child-sync-%d" % n)
+            assert r[0].error == 0, r
+            asy.send_messages("t", 1, b"child-async-%d" % n)
+            if mode == "stop":
+                asy.stop()
+            os._exit(0) if mode == "exit_" else sys.exit(0)
+        pids.append(pid)
+    codes = [os.waitpid(p, 0)[1] for p in pids]
+    asy.send_messages("t", 1, b"parent-after")
+    print("codes", codes)
+""")
+
+
+@pytest.mark.parametrize("mode", ["stop", "atexit"])
+def test_producers_created_before_fork_work_in_children(server, mode):
+    out = subprocess.run([sys.executable, "-c", CHILD, server.endpoint, mode], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "codes [0, 0, 0]" in out.stdout, out.stderr
+    got = values(server)
+    expected = {b"parent-sync", b"parent-async", b"parent-after"} | \
+        {b"child-sync-%d" % n for n in range(3)} | {b"child-async-%d" % n for n in range(3)}
+    assert sorted(got) == sorted(expected)                   # each exactly once
+    sessions = {s.session_id for s in server.producer.submissions}
+    assert len(sessions) == 2 + 2 * 3                        # the children had their own sessions
+
+
+def test_exit_without_stop_delivers_async_messages(server):
+    code = ("import sys, client_shim\n"
+            "p = client_shim.SimpleProducer(sys.argv[1], async_send=True, random_start=False)\n"
+            "for i in range(500):\n    p.send_messages('t', b'exit-%d' % i)\n")
+    out = subprocess.run([sys.executable, "-c", code, server.endpoint], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(values(server)) == sorted(b"exit-%d" % i for i in range(500))
+
+
+def test_spawned_processes_share_one_daemon(server):
+    code = ("import sys, client_shim\n"
+            "p = client_shim.Producer(sys.argv[1])\n"
+            "offs = [p.send_messages('t', 0, b'%s-%d' % (sys.argv[2].encode(), i))[0].offset for i in range(20)]\n"
+            "print(' '.join(map(str, offs)))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, server.endpoint, f"w{n}"], stdout=subprocess.PIPE,
+                              text=True) for n in range(4)]
+    offsets = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        offsets += [int(x) for x in out.split()]
+    assert sorted(offsets) == list(range(80))                 # every offset handed out once
+    assert len(values(server)) == 80
+
+
+def test_stats_through_the_client(server):
+    stats = client(server).stats()
+    assert stats["answer"] == 42 and stats["ipc"]["sessions"] == 0
+    info = client(server).ping()
+    assert info["version"] == 1 and len(info["instance_id"]) == 32
