@@ -219,7 +219,10 @@ def encode_record_batch(keys: Sequence[bytes | None], values: Sequence[bytes | N
     batch_length = BATCH_OVERHEAD - _LOG_OVERHEAD + len(records)
     if batch_length > _INT32_MAX:
         raise ValueError(f"a batch of {batch_length} bytes exceeds the protocol limit")
-    prefix = _PREFIX.pack(base_offset, batch_length, -1, MAGIC, crc)
+    try:
+        prefix = _PREFIX.pack(base_offset, batch_length, -1, MAGIC, crc)
+    except struct.error as exc:
+        raise ValueError(f"base_offset: {base_offset!r} is not an int64 ({exc})") from None
     return b"".join((prefix, tail, records))
 
 

@@ -128,6 +128,10 @@ def test_several_batches_in_one_buffer():
     (dict(keys=[None], values=[b"a"], timestamps_ms=[1], headers=[]), ValueError, "headers"),
     (dict(keys=[None], values=[b"a"], timestamps_ms=[1], producer_epoch=1 << 20), ValueError,
      "producer"),
+    (dict(keys=[None], values=[b"a"], timestamps_ms=[1], base_offset=1 << 63), ValueError,
+     "base_offset"),
+    (dict(keys=[None], values=[b"a"], timestamps_ms=[1 << 63]), ValueError, "timestamps_ms"),
+    (dict(keys=[None], values=[b"a"], timestamps_ms=["1"]), ValueError, "timestamps_ms"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, exc, match):
     with pytest.raises(exc, match=match):
