@@ -269,8 +269,13 @@ class Daemon:
             event(log, logging.ERROR, "reload_rejected", path=self.config_path,
                   error=f"{type(exc).__name__}: {exc}", kept="running config")
             return
-        restart = sorted({k for k in changed if k.startswith(_RESTART_PREFIXES)}
-                         | {_qualify(name) for name in from_producer})
+        producer_restart = [_qualify(name) for name in from_producer]
+        # A name may be a whole section ("kafka.tls"): it covers every key below it.
+        restart = [k for k in changed if k.startswith(_RESTART_PREFIXES)
+                   or any(k == name or k.startswith(name + ".") for name in producer_restart)]
+        restart += sorted(set(producer_restart) - set(changed)
+                          - {name for name in producer_restart
+                             if any(k.startswith(name + ".") for k in changed)})
         # What runs now: the new file, except the parts that only a restart changes.
         self.config = dataclasses.replace(
             new, ipc=old.ipc, spool=old.spool,

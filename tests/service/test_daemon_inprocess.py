@@ -82,3 +82,18 @@ def test_state_table_refuses_a_wrong_transition(config):
     daemon = Daemon(config, None)
     with pytest.raises(RuntimeError, match="STARTING -> RELOADING is not allowed"):
         daemon._set_state(State.RELOADING)
+
+
+def test_a_section_the_producer_cannot_reload_covers_its_keys(config, log_stream, monkeypatch, tmp_path):
+    monkeypatch.setattr(BrokerProducer, "reload", lambda self, kafka, queue: ["kafka.tls"])
+    path = tmp_path / "k.toml"
+    path.write_text(f'[kafka]\nbootstrap_servers = ["{config.kafka.bootstrap_servers[0]}"]\n'
+                    f'tls.check_hostname = false\n[ipc]\nendpoint = "{config.ipc.endpoint}"\n')
+
+    def ready(d: Daemon) -> None:
+        d.request(signal.SIGHUP)
+        d.request(signal.SIGTERM)
+
+    assert asyncio.run(Daemon(config, str(path), notifier=_notifier([]), on_ready=ready).run()) == 0
+    line = next(x for x in log_stream.getvalue().splitlines() if ": reloaded " in x)
+    assert line.endswith(f"reloaded path={path} changed=1 applied=- needs_restart=kafka.tls.check_hostname")

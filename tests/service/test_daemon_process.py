@@ -76,6 +76,8 @@ def test_sighup_reloads_and_names_what_needs_a_restart():
         since = len(d.notifications)
         d.config["shutdown"]["drain_timeout_s"] = 1.5
         d.config["ipc"]["max_sessions"] = 50
+        d.config["kafka"]["client_id"] = "renamed"        # the broker layer says: restart
+        d.config["kafka"]["linger_ms"] = 4.0              # the broker layer applies it
         d.write_config()
         d.sighup()
         d.wait_notification("RELOADING=1", since=since)
@@ -85,11 +87,11 @@ def test_sighup_reloads_and_names_what_needs_a_restart():
         d.wait_notification("READY=1", since=i)
         reloaded = event_lines(d.logs(), "reloaded")
         assert len(reloaded) == 1
-        assert "changed=2" in reloaded[0]
-        assert "applied=shutdown.drain_timeout_s" in reloaded[0]
-        assert "needs_restart=ipc.max_sessions" in reloaded[0]
+        assert "changed=4" in reloaded[0]
+        assert "applied=kafka.linger_ms,shutdown.drain_timeout_s" in reloaded[0]
+        assert "needs_restart=kafka.client_id,ipc.max_sessions" in reloaded[0]
         restart = event_lines(d.logs(), "restart_needed")
-        assert len(restart) == 1 and "keys=ipc.max_sessions" in restart[0]
+        assert len(restart) == 1 and "keys=kafka.client_id,ipc.max_sessions" in restart[0]
 
         # A broken file is refused line by line and the running config stays.
         since = len(d.notifications)
