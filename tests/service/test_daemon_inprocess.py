@@ -88,7 +88,8 @@ def test_a_section_the_producer_cannot_reload_covers_its_keys(config, log_stream
     monkeypatch.setattr(BrokerProducer, "reload", lambda self, kafka, queue: ["kafka.tls"])
     path = tmp_path / "k.toml"
     path.write_text(f'[kafka]\nbootstrap_servers = ["{config.kafka.bootstrap_servers[0]}"]\n'
-                    f'tls.check_hostname = false\n[ipc]\nendpoint = "{config.ipc.endpoint}"\n')
+                    f'tls.check_hostname = false\n[ipc]\nendpoint = "{config.ipc.endpoint}"\n'
+                    "[shutdown]\ndrain_timeout_s = 1.0\n")
 
     def ready(d: Daemon) -> None:
         d.request(signal.SIGHUP)
