@@ -126,3 +126,30 @@ def check_read_back(run: Run, got: dict[int, list], *, sessions_in_order: bool =
 
 def settings(**kw) -> SessionSettings:
     return replace(SessionSettings(), **kw)
+
+
+def read_everything(bootstrap: str, topic: str, partitions: int,
+                    timeout: float = 15.0) -> dict[int, list[tuple]]:
+    """Every record stored in `topic` up to each partition's high watermark, with librdkafka.
+
+    For peers that may store duplicates: the count to wait for comes from the
+    broker's watermarks, not from what the producer sent.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "kafkad-broker-tests",
+                  "enable.auto.commit": False, "check.crcs": True})
+    try:
+        high = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+                for p in range(partitions)}
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        out: dict[int, list] = {p: [] for p in range(partitions)}
+        deadline = time.monotonic() + timeout
+        while any(len(out[p]) < high[p] for p in out) and time.monotonic() < deadline:
+            m = c.poll(0.2)
+            if m is None or m.error():
+                continue
+            out[m.partition()].append((m.key(), m.value(), m.offset()))
+        return out
+    finally:
+        c.close()
