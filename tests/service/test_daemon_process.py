@@ -113,20 +113,26 @@ def test_sighup_reloads_and_names_what_needs_a_restart():
         assert "drain_timeout_s=1.5" in event_lines(d.logs(), "stopping")[0]
 
 
-def test_stop_counts_and_logs_what_was_not_delivered():
+def queue_undeliverable(d: KafkadProcess, n: int):
+    """Have the daemon accept `n` messages that cannot be delivered (no broker); returns the producer."""
     from client_shim import Producer
 
+    producer = Producer(d.endpoint, async_send=True, batch_send_every_n=1, async_stop_timeout=1)
+    for i in range(n):
+        producer.send_messages("nowhere", 0, b"m%d" % i)
+    deadline = time.monotonic() + 20
+    while (snap := d.stats())["accepted"] < n:
+        assert time.monotonic() < deadline, f"the daemon never accepted {n} messages: {snap}"
+    assert snap["queued_messages"] == n and snap["unaccounted"] == 0
+    return producer
+
+
+def test_stop_counts_and_logs_what_was_not_delivered():
     with KafkadProcess(unreachable_broker(), request_timeout_ms=1000, drain_timeout_s=0.5,
                        env=NOT_UNDER_SYSTEMD) as d:
         d.start()
-        producer = Producer(d.endpoint, async_send=True, batch_send_every_n=1, async_stop_timeout=1)
+        producer = queue_undeliverable(d, 7)
         try:
-            for i in range(7):
-                producer.send_messages("nowhere", 0, b"m%d" % i)
-            deadline = time.monotonic() + 20
-            while (snap := d.stats())["accepted"] < 7:
-                assert time.monotonic() < deadline, f"the daemon never accepted 7 messages: {snap}"
-            assert snap["queued_messages"] == 7 and snap["unaccounted"] == 0
             assert d.term() == 0
         finally:
             producer.stop()
@@ -135,6 +141,22 @@ def test_stop_counts_and_logs_what_was_not_delivered():
             "undelivered topic=nowhere partition=0 messages=7"]
         drained = event_lines(logs, "drained")
         assert len(drained) == 1 and "undelivered=7 " in drained[0] and " WARNING " in drained[0]
+
+
+def test_a_second_sigterm_cuts_the_drain_short():
+    with KafkadProcess(unreachable_broker(), request_timeout_ms=1000, drain_timeout_s=600,
+                       env=NOT_UNDER_SYSTEMD) as d:
+        d.start()
+        producer = queue_undeliverable(d, 3)
+        try:
+            d.signal(signal.SIGTERM)
+            d.wait_notification("STOPPING=1")
+            assert d.term(timeout=30) == 0   # the second SIGTERM; the drain would take 600 s
+        finally:
+            producer.stop()
+        logs = d.logs()
+        assert len(event_lines(logs, "drain_cut_short")) == 1
+        assert "undelivered=3 " in event_lines(logs, "drained")[0]
 
 
 def test_second_daemon_on_the_same_endpoint_refuses_clearly():
