@@ -138,7 +138,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from kafkad.daemon import Daemon, StartupError
 
     try:
-        return asyncio.run(Daemon(cfg, args.config).run())
+        # SIGHUP re-reads the file: keep its absolute path.
+        return asyncio.run(Daemon(cfg, os.path.abspath(args.config)).run())
     except StartupError as exc:
         print(f"kafkad: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -264,3 +264,23 @@ def test_changed_keys():
                               ipc=dataclasses.replace(old.ipc, max_sessions=3))
     assert changed_keys(old, new) == ["kafka.linger_ms", "ipc.max_sessions"]
     assert changed_keys(old, old) == []
+
+
+def test_everything_works_without_systemd_python(notify_socket):
+    """With `systemd` unimportable, notify falls back to its own datagram and logs go to stderr."""
+    import subprocess
+    import sys
+
+    path, sock = notify_socket
+    code = ("import sys; sys.modules['systemd'] = None\n"
+            "from kafkad.systemd import Notifier\n"
+            "from kafkad import logs\n"
+            "import logging\n"
+            "logs.setup_logging('INFO')\n"
+            "logs.event(logging.getLogger('kafkad.t'), logging.INFO, 'hello', n=1)\n"
+            "assert Notifier().ready(status='fallback')\n")
+    env = dict(os.environ, NOTIFY_SOCKET=path, INVOCATION_ID="under-systemd")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode == 0, r.stderr
+    assert sock.recv(4096) == b"READY=1\nSTATUS=fallback"
+    assert r.stderr.endswith(" INFO kafkad.t: hello n=1\n")
