@@ -26,6 +26,7 @@ from kafkad.engine.states import BatchState, advance
 from kafkad.engine.types import Submission
 
 SEQ_MODULO = 2**31  # sequence numbers are int32 and wrap to 0
+_OPEN = BatchState.OPEN  # enum member lookups are slow on the per-submission path
 
 
 class Chunk:
@@ -122,7 +123,7 @@ class Batch:
 
     def __init__(self, lane: "Lane", created_at: float, overhead: int) -> None:
         self.lane = lane
-        self.state = BatchState.OPEN
+        self.state = _OPEN
         self.chunks: list[Chunk] = []
         self.count = 0
         self.nbytes = overhead
@@ -144,7 +145,7 @@ class Batch:
 
     def add(self, chunk: Chunk) -> None:
         self.chunks.append(chunk)
-        self.count += chunk.count
+        self.count += chunk.hi - chunk.lo
         self.nbytes += chunk.nbytes
         if chunk.sync:
             self.sync = True
@@ -181,9 +182,10 @@ class Lane:
 
     def open_batch(self, now: float, overhead: int) -> Batch:
         """The batch taking new records (a fresh one if the last is closed)."""
-        if self.batches:
-            last = self.batches[-1]
-            if last.state is BatchState.OPEN:
+        batches = self.batches
+        if batches:
+            last = batches[-1]
+            if last.state is _OPEN:
                 return last
         b = Batch(self, now, overhead)
         self.batches.append(b)

@@ -210,6 +210,7 @@ class Engine:
         self.kafka = kafka
         self.queue = queue
         self._rng = rng or random.Random()
+        self._apply_config()
         self._client_version = client_version
         self._sasl = kafka.security_protocol.startswith("SASL")
         self.metadata = MetadataCache()
@@ -274,17 +275,17 @@ class Engine:
         self.accepted += n
         self.queued += n
         self.queued_bytes += nbytes
-        deadline = now + self.kafka.delivery_timeout_ms / 1000.0
-        chunk = Chunk(sub, 0, n, nbytes, now, deadline, not sub.settings.async_send)
-        cap = self._batch_cap()
+        chunk = Chunk(sub, 0, n, nbytes, now, now + self._delivery_s, not sub.settings.async_send)
+        cap = self._cap
         if nbytes + BATCH_OVERHEAD > cap and self._largest_record(sub) + BATCH_OVERHEAD > cap:
             self._fail_chunk(chunk, MESSAGE_TOO_LARGE, "a record is larger than the batch cap")
             return
         topic = sub.topic
-        known = self.metadata.partitions(topic)
-        if known is not None and sub.partition not in known:
+        info = self.metadata.topics.get(topic)
+        if info is not None and not info.error and not 0 <= sub.partition < len(info.partitions):
+            # Kafka numbers a topic's partitions 0..n-1
             self._fail_chunk(chunk, UNKNOWN_TOPIC_OR_PARTITION,
-                             f"topic {topic!r} has partitions {known[0]}..{known[-1]}")
+                             f"topic {topic!r} has {len(info.partitions)} partitions")
             return
         if topic not in self._wanted:
             self._wanted.add(topic)
@@ -309,10 +310,12 @@ class Engine:
         return max(record_size_upper_bound(len(k) if k else 0, len(v) if v else 0)
                    for k, v in zip(sub.keys, sub.values))
 
-    def _batch_cap(self) -> int:
+    def _apply_config(self) -> None:
+        kafka = self.kafka
         # A request carries its header and the topic and partition headers besides the batch.
-        return min(self.kafka.batch_max_bytes,
-                   self.kafka.request_max_bytes - _REQUEST_OVERHEAD - _PARTITION_OVERHEAD - 255)
+        self._cap = min(kafka.batch_max_bytes,
+                        kafka.request_max_bytes - _REQUEST_OVERHEAD - _PARTITION_OVERHEAD - 255)
+        self._delivery_s = kafka.delivery_timeout_ms / 1000.0
 
     def _chunk_prefix_bytes(self, chunk: Chunk, k: int) -> int:
         sub = chunk.sub
@@ -328,7 +331,7 @@ class Engine:
 
     def _enqueue(self, chunk: Chunk, now: float) -> None:
         s = chunk.sub.settings
-        gkey = (s.acks, s.ack_timeout_ms, s.codec, s.codec_level)
+        gkey = s.batch_key
         key = (chunk.sub.topic, chunk.sub.partition, gkey)
         lane = self.lanes.get(key)
         if lane is None:
@@ -337,7 +340,7 @@ class Engine:
                 group = self.groups[gkey] = Group(gkey, self.kafka.idempotence and s.acks != 0)
             lane = self.lanes[key] = Lane(key, chunk.sub.topic, chunk.sub.partition, group)
             group.lanes.append(lane)
-        cap = self._batch_cap()
+        cap = self._cap
         batch = lane.open_batch(now, BATCH_OVERHEAD)
         while batch.nbytes + chunk.nbytes > cap:
             room = cap - batch.nbytes
@@ -350,7 +353,7 @@ class Engine:
                 batch.advance(BatchState.READY)
             batch = lane.open_batch(now, BATCH_OVERHEAD)
         batch.add(chunk)
-        lane.queued += chunk.count
+        lane.queued += chunk.hi - chunk.lo
         self._active[lane] = None
 
     def _records_fitting(self, chunk: Chunk, room: int) -> int:
@@ -640,15 +643,22 @@ class Engine:
         ts = self._topic_stats.get(topic)
         if ts is None:
             ts = self._topic_stats[topic] = [0, 0, 0]
-        for c in b.chunks:
-            n = c.hi - c.lo
-            self._outcomes.append(Outcome(c.sub.token, topic, lane.partition, 0,
-                                          off if off >= 0 else -1, n, 0))
-            if off >= 0:
+        partition = lane.partition
+        append = self._outcomes.append
+        nbytes = 0
+        if off < 0:
+            for c in b.chunks:
+                append(Outcome(c.sub.token, topic, partition, 0, -1, c.hi - c.lo, 0))
+                nbytes += c.nbytes
+        else:
+            for c in b.chunks:
+                n = c.hi - c.lo
+                append(Outcome(c.sub.token, topic, partition, 0, off, n, 0))
                 off += n
-            ts[1] += c.nbytes - n * _RECORD_OVERHEAD
-            self.queued_bytes -= c.nbytes
+                nbytes += c.nbytes
+        self.queued_bytes -= nbytes
         ts[0] += b.count
+        ts[1] += nbytes - b.count * _RECORD_OVERHEAD
         self.delivered += b.count
 
     def _finish(self, b: Batch) -> None:
@@ -1214,6 +1224,7 @@ class Engine:
         keep = {k: getattr(self.kafka, k) for k in self.RESTART_KEYS}
         self.kafka = replace(kafka, **keep)
         self.queue = queue
+        self._apply_config()
         return need
 
     def stats(self) -> dict:

@@ -14,8 +14,8 @@ per session, checks every field).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 # Compression codec ids, the same numbers as client_shim's CODEC_* constants
 # and the RecordBatch attributes field.
@@ -48,6 +48,9 @@ class SessionSettings:
     retry_backoff_ms: int = 100      # first retry backoff; doubles, with jitter
     retry_on_timeouts: bool = True   # False: a request timeout fails its records
     log_messages_on_error: bool = True  # False: failure logs carry only a hash
+    # (acks, ack_timeout_ms, codec, codec_level): sessions with equal keys share
+    # batches. Derived, kept so the engine's hot path does not rebuild it.
+    batch_key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.acks not in ACKS:
@@ -66,6 +69,8 @@ class SessionSettings:
             raise ValueError(f"retry_limit must be None or an int >= 0, not {self.retry_limit!r}")
         if not isinstance(self.retry_backoff_ms, (int, float)) or self.retry_backoff_ms < 0:
             raise ValueError(f"retry_backoff_ms must be >= 0, not {self.retry_backoff_ms!r}")
+        object.__setattr__(self, "batch_key",
+                           (self.acks, self.ack_timeout_ms, self.codec, self.codec_level))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +94,15 @@ class Submission:
         return len(self.values)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What became of a submission, or of a contiguous run of its messages.
 
     A submission's messages are reported in order; the outcomes for one token
     add up to len(submission) (`delivered + failed` each time; one of the two
     is zero). `base_offset` is the offset of the run's first record, -1 when
-    unknown (acks=0) or failed.
+    unknown (acks=0) or failed. A NamedTuple (immutable, built by keyword or
+    position) because the engine makes one per delivered submission part on
+    its hottest path.
     """
 
     token: Any
