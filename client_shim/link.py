@@ -547,6 +547,7 @@ class _Link:
         if s is None:
             return
         done = []
+        failures = []
         for first_seq, runs in msg[2]:
             with s.lock:
                 entry = s.pending.get(first_seq)
@@ -555,10 +556,10 @@ class _Link:
             done.append(first_seq)
             for index, count, code in runs:
                 s.failed_messages += count
-                report_failure(s, entry, index, count, code)
-            failed_codes = {code for _, _, code in runs}
-            if 3 in failed_codes or 6 in failed_codes:
-                self.on_unknown_partition(entry[1])
+                failures.append((entry, index, count, code))
+                if code in (3, 6):
+                    self.on_unknown_partition(entry[1])
+        report_failures(s, failures)
         s.settle(done)
 
     def on_unknown_partition(self, topic: str) -> None:
@@ -659,22 +660,34 @@ class _Link:
                     pass
 
 
-def report_failure(session: _Session, entry: list, index: int, count: int, code: int) -> None:
-    """Log messages the daemon could not deliver (contents, or only a hash)."""
+def report_failures(session: _Session, failures: list[tuple[list, int, int, int]], why: str = "") -> None:
+    """Log messages that were not delivered: one record per (topic, partition, error).
+
+    `failures` holds (entry, index, count, error code); the record carries the
+    messages' contents, or only a hash of each when the producer was made with
+    async_log_messages_on_error=False.
+    """
     from client_shim.errors import for_code
 
-    values = entry[5][index:index + count]
-    first = entry[0] + index
-    if session.log_messages:
-        shown = repr(values)
-    else:
-        import hashlib
-        shown = "hashes " + ", ".join(
-            hashlib.blake2b(v or b"", digest_size=8).hexdigest() for v in values)
-    err = for_code(code)
-    log.error("kafkad could not deliver %d message(s) of %s to %s[%d] (seq %d..%d): [Error %d] %s; %s",
-              count, session.label, entry[1], entry[2], first, first + count - 1, code,
-              err.__name__, shown)
+    grouped: dict[tuple, list] = {}
+    for entry, index, count, code in failures:
+        grouped.setdefault((entry[1], entry[2], code), []).append((entry, index, count))
+    for (topic, partition, code), parts in grouped.items():
+        values = [v for entry, index, count in parts for v in entry[5][index:index + count]]
+        first = parts[0][0][0] + parts[0][1]
+        if session.log_messages:
+            shown = repr(values)
+        else:
+            shown = "hashes " + ", ".join(_digest(v) for v in values)
+        log.error("kafkad could not deliver %d message(s) of %s to %s[%d] (first seq %d)%s: "
+                  "[Error %d] %s; %s", len(values), session.label, topic, partition, first, why, code,
+                  for_code(code).__name__, shown)
+
+
+def _digest(value: bytes | None) -> str:
+    import hashlib
+
+    return hashlib.blake2b(value or b"", digest_size=8).hexdigest()
 
 
 # --- the per-process registry ---------------------------------------------------

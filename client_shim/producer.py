@@ -269,9 +269,9 @@ class Producer:
         left = session.wait_drained(wait) if self.async_send else []
         if left:
             count = sum(len(e[5]) for e in left)
-            log.error("%s stopped with %d message(s) not delivered after %gs:", session.label, count, wait)
-            for entry in left:
-                _linkmod.report_failure(session, entry, 0, len(entry[5]), 7)
+            log.error("%s stopped with %d message(s) not delivered after %gs", session.label, count, wait)
+            _linkmod.report_failures(session, [(e, 0, len(e[5]), 7) for e in left],
+                                     f" within async_stop_timeout={wait:g}s")
         try:
             session.link.request(
                 lambda rid: schema.encode([schema.UNREGISTER, rid, session.session_id]),

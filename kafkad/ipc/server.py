@@ -6,12 +6,16 @@ field), keeps the producer sessions, turns SEND/SEND_SYNC frames into
 `Submission`s for `BrokerProducer.submit`, and turns the engine's `Outcome`s
 back into RESULT replies (sync) or bulk ACK/FAILED frames (async).
 
-Per session the server keeps `next_seq`, the sequence number it expects
-next. An entry below it was taken before (a replay): dropped, and
-re-acknowledged if it is already finished. An entry above it means an earlier
-one was refused: refused as well (REJECTED once per gap), so the shim replays
-from `next_seq` and per-session order survives refusals (queue full, this
-session's share exceeded, daemon stopping).
+Per session the server keeps `next_seq` (every entry below it was taken) and
+the entries taken beyond it. A replayed entry that was taken is dropped (and
+acknowledged again if it is already finished). An entry that does not follow
+on means an earlier one was refused: it is refused as well (REJECTED once per
+gap), so the shim replays from `next_seq` and per-partition order survives
+refusals (queue full, this session's share exceeded, daemon stopping).
+
+The entries of one SEND frame are merged into one `Submission` per (topic,
+partition): the engine's cost is per submission, and a busy shim packs
+hundreds of one-message sends into a frame.
 
 Robustness: a bad frame gets an ERROR reply (while the peer's error budget
 lasts) and a counter by reason, never an exception out of the reader; the
@@ -57,16 +61,17 @@ class EndpointInUse(Exception):
 
 
 class _Session:
-    __slots__ = ("sid", "settings", "peer", "next_seq", "inflight", "inflight_msgs", "gap_reported",
-                 "recent_failed", "backlog", "unregistered", "pid", "last_seen", "sent", "delivered",
-                 "failed")
+    __slots__ = ("sid", "settings", "peer", "next_seq", "taken_above", "inflight", "inflight_msgs",
+                 "gap_reported", "recent_failed", "backlog", "unregistered", "pid", "last_seen", "sent",
+                 "delivered", "failed")
 
     def __init__(self, sid: bytes, settings: SessionSettings, peer: bytes, next_seq: int, pid: int):
         self.sid = sid
         self.settings = settings
         self.peer = peer
-        self.next_seq = next_seq
-        self.inflight: dict[int, _AsyncToken] = {}
+        self.next_seq = next_seq           # every entry below it was taken
+        self.taken_above: dict[int, int] = {}  # first_seq -> count of entries taken beyond next_seq
+        self.inflight: dict[int, _AsyncToken] = {}  # first_seq of each unfinished entry -> its token
         self.inflight_msgs = 0
         self.gap_reported = False
         self.recent_failed: collections.OrderedDict[int, list] = collections.OrderedDict()
@@ -78,14 +83,21 @@ class _Session:
 
 
 class _AsyncToken:
-    __slots__ = ("session", "first_seq", "values", "done", "runs")
+    """One Submission made of one or more SEND entries of a session (same topic and partition).
 
-    def __init__(self, session: _Session, first_seq: int, values: list):
+    `entries` are [first_seq, count, runs] in submission order; outcomes
+    arrive as runs over the submission and are mapped back onto them.
+    """
+
+    __slots__ = ("session", "entries", "values", "done", "entry_index", "entry_done")
+
+    def __init__(self, session: _Session, entries: list, values: list):
         self.session = session
-        self.first_seq = first_seq
+        self.entries = entries
         self.values = values
-        self.done = 0
-        self.runs: list[list[int]] = []
+        self.done = 0            # messages of the submission reported so far
+        self.entry_index = 0     # the entry the next reported message belongs to
+        self.entry_done = 0      # messages of that entry reported so far
 
 
 class _SyncToken:
@@ -455,63 +467,94 @@ class IpcServer:
             return
         acks: list[int] = []
         failed: list[list] = []
+        # 1. In seq order: drop what was taken before, stop at a gap.
+        groups: dict[tuple[str, int], list] = {}
+        expected = s.next_seq
         for entry in entries:
-            first, topic, partition, ts, keys, values = entry[:6]
-            n = len(values)
-            if first < s.next_seq:
+            first, n = entry[0], len(entry[5])
+            if first < s.next_seq or first in s.taken_above:
                 self._c["duplicates"] += 1
-                if first in s.inflight:
-                    continue
-                runs = s.recent_failed.get(first)
-                if runs is not None:
-                    failed.append([first, runs])
-                else:
-                    acks.append(first)
+                if first == expected:
+                    expected = first + n
+                if first not in s.inflight:
+                    runs = s.recent_failed.get(first)
+                    if runs is not None:
+                        failed.append([first, runs])
+                    else:
+                        acks.append(first)
                 continue
-            if first > s.next_seq:
+            if first != expected:
+                # An earlier entry was not taken: refuse from here (once per gap);
+                # the shim replays everything from next_seq, in order.
                 if not s.gap_reported:
                     s.gap_reported = True
                     self._send(peer, schema.encode([schema.REJECTED, sid, s.next_seq, schema.E_OUT_OF_ORDER,
                                                     f"expected seq {s.next_seq}, got {first}"]), s)
+                break
+            expected = first + n
+            groups.setdefault((entry[1], entry[2]), []).append(entry)
+        # 2. One Submission per (topic, partition): the engine's cost is per submission.
+        refused_from = None
+        for (topic, partition), group in groups.items():
+            n = sum(len(e[5]) for e in group)
+            known = self.producer.partitions_for(topic)
+            if known and partition not in known:
+                for e in group:
+                    runs = [[0, len(e[5]), 3]]
+                    self._log_failure(s, topic, partition, e[5], 3)
+                    self._remember_failed(s, e[0], runs)
+                    failed.append([e[0], runs])
+                    self._taken(s, e[0], len(e[5]))
                 continue
             if s.inflight_msgs + n > self.cfg.max_inflight_per_session:
-                self._refuse(s, first, schema.E_QUEUE_FULL,
-                             f"this session has {s.inflight_msgs} messages in flight "
-                             f"([ipc] max_inflight_per_session)")
-                continue
-            known = self.producer.partitions_for(topic)
-            token = _AsyncToken(s, first, values)
-            if known and partition not in known:
-                s.next_seq = first + n
-                s.gap_reported = False
-                runs = [[0, n, 3]]
-                self._log_failure(s, topic, partition, values, 3)
-                self._remember_failed(s, first, runs)
-                failed.append([first, runs])
-                continue
-            sub = Submission(sid, s.settings, topic, partition, keys if keys is not None else [None] * n,
-                             values, ts, token)
-            try:
-                self.producer.submit(sub)
-            except QueueFull as exc:
-                self._refuse(s, first, schema.E_QUEUE_FULL, str(exc))
-                continue
-            s.next_seq = first + n
-            s.gap_reported = False
-            s.inflight[first] = token
-            s.inflight_msgs += n
-            s.sent += n
-            self._c["messages_in"] += n
+                code, why = schema.E_QUEUE_FULL, (f"this session has {s.inflight_msgs} messages in flight "
+                                                  "([ipc] max_inflight_per_session)")
+            else:
+                if len(group) == 1:
+                    keys, values, ts = group[0][4], group[0][5], group[0][3]
+                else:
+                    values = [v for e in group for v in e[5]]
+                    keys = None if all(e[4] is None for e in group) else \
+                        [k for e in group for k in (e[4] if e[4] is not None else [None] * len(e[5]))]
+                    ts = group[0][3]
+                token = _AsyncToken(s, [[e[0], len(e[5]), []] for e in group], values)
+                sub = Submission(sid, s.settings, topic, partition, keys if keys is not None else [None] * n,
+                                 values, ts, token)
+                try:
+                    self.producer.submit(sub)
+                except QueueFull as exc:
+                    code, why = schema.E_QUEUE_FULL, str(exc)
+                else:
+                    for e in group:
+                        s.inflight[e[0]] = token
+                        self._taken(s, e[0], len(e[5]))
+                    s.inflight_msgs += n
+                    s.sent += n
+                    self._c["messages_in"] += n
+                    continue
+            self._rejected["queue_full"] += 1
+            low = group[0][0]
+            refused_from = low if refused_from is None else min(refused_from, low)
+            refusal = why
+        if refused_from is not None and not s.gap_reported:
+            s.gap_reported = True
+            self._send(peer, schema.encode([schema.REJECTED, sid, refused_from, schema.E_QUEUE_FULL, refusal]), s)
         if acks:
             self._send(peer, schema.encode([schema.ACK, sid, acks]), s)
         if failed:
             self._send(peer, schema.encode([schema.FAILED, sid, failed]), s)
 
-    def _refuse(self, s: _Session, first: int, code: int, message: str) -> None:
-        self._rejected[schema.ERROR_NAMES[code].lower()] += 1
-        if not s.gap_reported:
-            s.gap_reported = True
-            self._send(s.peer, schema.encode([schema.REJECTED, s.sid, first, code, message]), s)
+    @staticmethod
+    def _taken(s: _Session, first: int, n: int) -> None:
+        """Record that entry [first, first+n) was taken; advance next_seq over what is contiguous."""
+        if first == s.next_seq:
+            s.next_seq = first + n
+            s.gap_reported = False
+            above = s.taken_above
+            while above and s.next_seq in above:
+                s.next_seq += above.pop(s.next_seq)
+        else:
+            s.taken_above[first] = n
 
     def _on_send_sync(self, peer, sid, req_id, topic, partition, ts, keys, values) -> None:
         s = self._session_for(peer, sid, req_id)
@@ -601,25 +644,7 @@ class IpcServer:
         for o in outcomes:
             token = o.token
             if isinstance(token, _AsyncToken):
-                s = token.session
-                index = token.done
-                token.done += o.delivered + o.failed
-                if o.failed:
-                    token.runs.append([index, o.failed, o.error])
-                    self._log_failure(s, o.topic, o.partition, token.values[index:index + o.failed], o.error)
-                if token.done < len(token.values):
-                    continue
-                s.inflight.pop(token.first_seq, None)
-                n = len(token.values)
-                s.inflight_msgs -= n
-                if token.runs:
-                    s.failed += sum(r[1] for r in token.runs)
-                    s.delivered += n - sum(r[1] for r in token.runs)
-                    self._remember_failed(s, token.first_seq, token.runs)
-                    failed.setdefault(s, []).append([token.first_seq, token.runs])
-                else:
-                    s.delivered += n
-                    acks.setdefault(s, []).append(token.first_seq)
+                self._async_outcome(token, o, acks, failed)
             elif isinstance(token, _SyncToken):
                 if token.done == 0:
                     token.base_offset = o.base_offset
@@ -641,6 +666,36 @@ class IpcServer:
             if s.unregistered and not s.inflight and self._sessions.get(s.sid) is s:
                 del self._sessions[s.sid]
         self._check_events()
+
+    def _async_outcome(self, token: _AsyncToken, o: Outcome, acks: dict, failed: dict) -> None:
+        """Map one run of a merged submission back onto its SEND entries."""
+        s = token.session
+        count = o.delivered + o.failed
+        if o.failed:
+            self._log_failure(s, o.topic, o.partition, token.values[token.done:token.done + count], o.error)
+        token.done += count
+        while count and token.entry_index < len(token.entries):
+            first, n, runs = token.entries[token.entry_index]
+            take = min(count, n - token.entry_done)
+            if o.failed:
+                runs.append([token.entry_done, take, o.error])
+            token.entry_done += take
+            count -= take
+            if token.entry_done < n:
+                continue
+            token.entry_index += 1
+            token.entry_done = 0
+            s.inflight.pop(first, None)
+            s.inflight_msgs -= n
+            if runs:
+                bad = sum(r[1] for r in runs)
+                s.failed += bad
+                s.delivered += n - bad
+                self._remember_failed(s, first, runs)
+                failed.setdefault(s, []).append([first, runs])
+            else:
+                s.delivered += n
+                acks.setdefault(s, []).append(first)
 
     def _remember_failed(self, s: _Session, first: int, runs: list) -> None:
         s.recent_failed[first] = runs

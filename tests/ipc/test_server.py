@@ -115,7 +115,7 @@ def test_replayed_entries_are_dropped_and_finished_ones_acknowledged_again(serve
     acked = set()
     while len(acked) < 3:
         acked |= set(peer.recv()[2])
-    assert len(server.producer.submissions) == 3    # 0 and 1 were not taken twice
+    assert len(server.producer.messages()) == 3     # 0 and 1 were not taken twice
     peer.send([schema.SEND, peer.sid, [entry(1)]])  # finished already: acknowledged again
     assert peer.recv()[:3] == [schema.ACK, peer.sid, [1]]
     assert server.server.stats()["duplicates_dropped"] == 3
@@ -133,7 +133,8 @@ def test_a_gap_is_refused_once_until_the_replay_fills_it(server, peer):
     while len(acked) < 3:
         acked |= set(peer.recv()[2])
     assert acked == {5, 7, 8}
-    assert [s.values for s in server.producer.submissions] == [[b"v", b"v"], [b"v"], [b"v"]]
+    assert len(server.producer.messages()) == 4
+    assert len(server.producer.submissions) == 1    # one frame, one partition: one submission
 
 
 def test_queue_full_refuses_from_that_entry_and_keeps_order(server, peer):
@@ -148,8 +149,29 @@ def test_queue_full_refuses_from_that_entry_and_keeps_order(server, peer):
     acked = set()
     while len(acked) < 2:
         acked |= set(peer.recv()[2])
-    assert [s.values[0] for s in server.producer.submissions] == [b"first", b"second"]
+    assert [v for _, _, _, v in server.producer.messages()] == [b"first", b"second"]
     assert server.server.stats()["rejected"]["queue_full"] == 1
+
+
+def test_refusal_of_one_partition_keeps_the_other_and_the_replay_skips_it(server, peer):
+    peer.register()
+    server.producer.refuse = 1                        # the first submission (partition 0) is refused
+    peer.send([schema.SEND, peer.sid, [entry(0, b"p0-a"), entry(1, b"p1-a", partition=1),
+                                       entry(2, b"p0-b")]])
+    replies = [peer.recv(), peer.recv()]
+    assert [schema.REJECTED, peer.sid, 0, schema.E_QUEUE_FULL] in [r[:4] for r in replies]
+    assert [schema.ACK, peer.sid, [1]] in replies
+    peer.send([schema.SEND, peer.sid, [entry(3, b"p1-b", partition=1)]])   # sent before the replay
+    peer.send([schema.SEND, peer.sid, [entry(0, b"p0-a"), entry(1, b"p1-a", partition=1),
+                                       entry(2, b"p0-b"), entry(3, b"p1-b", partition=1)]])
+    acked = set()
+    while len(acked) < 4:
+        reply = peer.recv()
+        if reply[0] == schema.ACK:
+            acked |= set(reply[2])
+    got = server.producer.messages()
+    assert [v for _, p, _, v in got if p == 0] == [b"p0-a", b"p0-b"]
+    assert [v for _, p, _, v in got if p == 1] == [b"p1-a", b"p1-b"]   # p1-a not taken twice
 
 
 def test_one_session_cannot_take_more_than_its_share():
@@ -159,7 +181,7 @@ def test_one_session_cannot_take_more_than_its_share():
         try:
             greedy.register()
             other.register()
-            greedy.send([schema.SEND, greedy.sid, [entry(0, n=3), entry(3)]])
+            greedy.send([schema.SEND, greedy.sid, [entry(0, n=3), entry(3, partition=1)]])
             kind, _, from_seq, code, _ = greedy.recv()
             assert (kind, from_seq, code) == (schema.REJECTED, 3, schema.E_QUEUE_FULL)
             other.send([schema.SEND, other.sid, [entry(0, n=3)]])
