@@ -16,7 +16,7 @@ def read_all_kafka_python(bootstrap: str, topic: str, expected: int | None = Non
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, check_crcs=True,
-                             consumer_timeout_ms=1500, api_version_auto_timeout_ms=10000)
+                             consumer_timeout_ms=1500)
     try:
         deadline = time.monotonic() + timeout
         parts = None
