@@ -29,6 +29,7 @@ import logging
 import mmap
 import os
 import re
+import struct
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from kafkad.config import SpoolConfig
 
 from .crash import CrashPoints
 from .errors import SpoolError, SpoolFormatError, SpoolFull, SpoolLockedError, SpoolUnavailable
-from .frame import HEADER_BYTES, BadRegion, Frame, SpoolEntry, decode_entry, encode_entry, encode_frame, frame_at, scan
+from .frame import HEADER_BYTES, MAGIC, BadRegion, Frame, SpoolEntry, decode_entry, encode_entry, encode_frame, frame_at, scan
 from .ranges import RangeSet
 
 log = logging.getLogger("kafkad.spool")
@@ -197,6 +198,14 @@ def _install_checkpoint(dir_path: str, data: bytes, crash: CrashPoints | None) -
     _fsync_dir(dir_path)
     if crash:
         crash.reached("after-checkpoint-rename-before-cleanup")
+
+
+def _whole_frame_id(buf, start: int, end: int) -> int | None:
+    """The id in the header at `start` if that header's length spans exactly to `end`."""
+    if end - start < HEADER_BYTES or buf[start:start + 2] != MAGIC:
+        return None
+    length, frame_id = struct.unpack_from("<IQ", buf, start + 6)
+    return frame_id if start + HEADER_BYTES + length == end else None
 
 
 def _check_config(cfg: SpoolConfig) -> None:
@@ -444,6 +453,7 @@ class Spool:
             return None, prev_last, False
         seg = _Segment(first, path, recovered=True, size=size)
         ended_bad = False
+        tail_counted = False
         good_end = 0
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             for item in scan(mm):
@@ -472,11 +482,19 @@ class Spool:
                     ended_bad = True
                     if not (is_last and item.end == size):
                         self._damage["corrupt_regions"] += 1
+                    elif _whole_frame_id(mm, item.start, size) == prev_last + 1:
+                        # A complete record with a bad checksum, not a torn write: a flipped bit.
+                        self._damage["corrupt_regions"] += 1
+                        self._resolve_gap(prev_last + 1, prev_last + 2, "corrupt")
+                        prev_last += 1
+                        tail_counted = True
         if is_last and good_end < size:
             # A torn write (or damage) at the very end of the newest segment: cut it off.
-            log.warning("spool segment %s: cutting a torn tail of %d bytes at offset %d",
-                        path, size - good_end, good_end)
-            self._damage["torn_tails"] += 1
+            log.warning("spool segment %s: cutting %d bytes at offset %d (%s)", path,
+                        size - good_end, good_end,
+                        "a corrupt last record" if tail_counted else "a torn tail")
+            if not tail_counted:
+                self._damage["torn_tails"] += 1
             with open(path, "r+b") as f:
                 f.truncate(good_end)
                 os.fsync(f.fileno())
