@@ -11,9 +11,17 @@ running:
         proxy.refuse(5.0)         # close new connections on accept for 5 s
         proxy.blackhole()         # accept and read, never answer
         proxy.hold_responses(3.0) # the broker's answers reach the client 3 s late
+        proxy.lose_responses(1)   # the next Produce is written, its answer never comes
         proxy.set_latency(0.05)   # 50 ms each way
         proxy.heal()              # back to plain pass-through
         proxy.stats()             # requests per api key, records per Produce batch
+
+`hold_responses` delays every answer, the handshake of a reconnecting client
+included, so a client cannot retry until the hold is lifted. `lose_responses`
+is the sharper tool for "the broker wrote the batch but the answer was lost":
+the connection that carried the next Produce request forwards nothing from
+that request's response on (the broker still wrote it), the client times
+out, reconnects through a healthy proxy and retries the same batch.
 
 The broker must advertise the proxy's address, or clients would bypass the
 proxy after their first Metadata answer: `Tansu(advertised_port=proxy.port)`.
@@ -217,6 +225,7 @@ class ProxyStats:
     versions: dict[int, set[int]] = field(default_factory=dict)   # api_key -> versions seen
     batches: list[BatchSeen] = field(default_factory=list)
     unparsed_produce: int = 0
+    lost_responses: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -254,7 +263,8 @@ class _Direction:
                     proxy._account_up(self.conn, data)
                 else:
                     proxy._stats.bytes_down += len(data)
-                if self.conn.blackholed:
+                    data = self.conn.filter_down(data)
+                if self.conn.blackholed or not data:
                     continue
                 delay = proxy._delay(upstream=self.upstream)
                 self.queue.put_nowait((time.monotonic() + delay, data))
@@ -288,8 +298,39 @@ class _Connection:
         self.broker_w: asyncio.StreamWriter | None = None
         self.blackholed = False
         self.up_buf = bytearray()
+        self.down_pending = b""          # start of a response header split across reads
+        self.down_remaining = 0          # bytes of the current response still to pass
+        self.lose_ids: set[int] = set()  # correlation ids whose answer must be lost
+        self.frozen = False              # an answer was lost: nothing more goes to the client
         self.tasks: list[asyncio.Task] = []
         self.closed = False
+
+    def filter_down(self, data: bytes) -> bytes:
+        """Pass whole responses until one whose answer must be lost; from it on pass nothing."""
+        if self.frozen:
+            return b""
+        buf = self.down_pending + data if self.down_pending else data
+        out = []
+        i = 0
+        n = len(buf)
+        while i < n:
+            if self.down_remaining:
+                take = min(self.down_remaining, n - i)
+                out.append(buf[i:i + take])
+                self.down_remaining -= take
+                i += take
+                continue
+            if n - i < 8:     # size + correlation id not complete yet
+                break
+            size, corr = struct.unpack_from(">ii", buf, i)
+            if corr in self.lose_ids:
+                self.frozen = True
+                self.proxy._stats.lost_responses += 1
+                i = n
+                break
+            self.down_remaining = 4 + size
+        self.down_pending = bytes(buf[i:]) if not self.frozen else b""
+        return b"".join(out)
 
     async def run(self) -> None:
         proxy = self.proxy
@@ -339,6 +380,7 @@ class FaultProxy:
         self._up_delay = 0.0
         self._down_delay = 0.0
         self._hold = 0.0
+        self._lose_budget = 0
         self._conns: set[_Connection] = set()
         self._stats = ProxyStats()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -438,6 +480,7 @@ class FaultProxy:
             self._mode = "pass"
             self._refuse_until = 0.0
             self._up_delay = self._down_delay = self._hold = 0.0
+            self._lose_budget = 0
             for c in list(self._conns):
                 if c.blackholed:
                     c.close(abort=True)
@@ -484,6 +527,21 @@ class FaultProxy:
             self._hold = seconds
         self._call(do)
 
+    def lose_responses(self, count: int = 1) -> None:
+        """The next `count` Produce requests reach the broker; their answers never reach the client.
+
+        The connection that carried such a request goes silent from that
+        answer on (later answers on it would be out of order anyway), so the
+        client's request times out; new connections are healthy. A Produce
+        with acks=0 has no answer: it still uses up one of the `count`.
+        """
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count!r}")
+
+        def do():
+            self._lose_budget = count
+        self._call(do)
+
     def set_latency(self, seconds: float, *, up: bool = True, down: bool = True) -> None:
         """Delay every chunk by `seconds` in the chosen directions (order is kept)."""
         if seconds < 0:
@@ -502,7 +560,7 @@ class FaultProxy:
             s = self._stats
             return ProxyStats(s.connections, s.refused, s.cut, dict(s.requests),
                               {k: set(v) for k, v in s.versions.items()}, list(s.batches),
-                              s.unparsed_produce, s.bytes_up, s.bytes_down)
+                              s.unparsed_produce, s.lost_responses, s.bytes_up, s.bytes_down)
         return self._call(do)
 
     def reset_stats(self) -> None:
@@ -554,8 +612,11 @@ class FaultProxy:
             del buf[:4 + size]
             if size < 8:
                 continue
-            api_key, version, _ = parse_request_header(frame)
+            api_key, version, corr = parse_request_header(frame)
             s.requests[api_key] = s.requests.get(api_key, 0) + 1
+            if api_key == PRODUCE and self._lose_budget > 0:
+                self._lose_budget -= 1
+                conn.lose_ids.add(corr)
             s.versions.setdefault(api_key, set()).add(version)
             if api_key == PRODUCE:
                 try:
