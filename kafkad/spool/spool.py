@@ -868,9 +868,12 @@ class Spool:
             self._ack_synced = self._ack_writes == job.ack_writes
         if job.checkpoint is not None:
             self._counters["checkpoints"] += 1
-        for seg in [s for s in self._segments if s.doomed]:
+        freed = [s for s in self._segments if s.doomed]
+        for seg in freed:
             self._drop_segment(seg)
             self._counters["segments_deleted"] += 1
+        if freed and self._state is State.DISK_FULL:
+            self._write_out()     # the deletions freed disk space: retry the held writes now
         for seg in self._segments[:-1]:
             if seg.fd is not None and not seg.buf and seg.written and job.data_upto >= seg.last_id:
                 os.close(seg.fd)   # rolled and fsynced: the loop needs its descriptor no more
