@@ -57,7 +57,9 @@ def run(ctx: BenchContext) -> dict:
     rows: dict[tuple, dict] = {}
     try:
         ctx.log(f"batching: {p['workers']} workers x {p['rate_per_worker']} msg/s through the counting proxy")
-        spec = {"bootstrap": proxy.address, "endpoint": daemon.endpoint if daemon else ""}
+        spec = ctx.spec(p["workers"], bootstrap=proxy.address, daemon=daemon)
+        if daemon is None:
+            spec["endpoint"] = ""
         with Contest(ctx, contenders, p["workers"], spec) as contest:
             turn = 0
             for rep in range(ctx.reps):

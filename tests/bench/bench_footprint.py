@@ -38,7 +38,9 @@ def probe(contender: str, bootstrap: str, endpoint: str, topic: str) -> dict:
         import client_shim
 
         marks["import"] = _rss()
-        producer = client_shim.SimpleProducer(endpoint, async_send=True, req_acks=1)
+        # batch_send_every_t as in the other benchmarks (tests/bench/common.py).
+        producer = client_shim.SimpleProducer(endpoint, async_send=True, req_acks=1,
+                                              batch_send_every_t=0.005)
         marks["producer"] = _rss()
         producer.send_messages(topic, b"x" * 100)
         producer.stop()

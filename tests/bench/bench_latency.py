@@ -39,7 +39,7 @@ def run_latency(ctx: BenchContext) -> dict:
         ctx.log(f"latency: {workers} concurrent worker(s)")
         per: dict[str, dict[str, list[float]]] = {}
         samples: dict[str, int] = {}
-        with Contest(ctx, ctx.contenders, workers, ctx.spec()) as contest:
+        with Contest(ctx, ctx.contenders, workers, ctx.spec(workers)) as contest:
             for rep in range(ctx.reps):
                 for contender in rotated(contest.active(), turn):
                     turn += 1

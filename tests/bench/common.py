@@ -24,6 +24,8 @@ do not use.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import multiprocessing
 import os
 import platform
@@ -50,6 +52,9 @@ CONTENDERS = (KAFKAD, CONFLUENT, KAFKA_PYTHON)
 # clients and not of their defaults: acks=1 everywhere (the legacy
 # SimpleProducer default), no compression unless a benchmark asks for it.
 ACKS = 1
+# kafkad async producers: seconds a message may wait for batch_send_every_n
+# companions (see KafkadClient._make).
+KAFKAD_BATCH_T = 0.005
 
 
 # --------------------------------------------------------------------------
@@ -64,7 +69,7 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     """The q-quantile (0..1) of already sorted values, nearest-rank method."""
     if not sorted_values:
         return None
-    k = max(0, min(len(sorted_values) - 1, int(round(q * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))
     return sorted_values[k]
 
 
@@ -140,7 +145,7 @@ class _Client:
         self.spec = spec
         self.sent = 0
 
-    def prepare(self, topic: str, *, sync: bool, codec: str | None) -> None:
+    def prepare(self, topic: str, *, sync: bool, codec: str | None, size: int = 100) -> None:
         raise ContenderError(f"{self.name}: prepare() is not implemented")
 
     def send_async(self, topic: str, values: list[bytes]) -> None:
@@ -182,9 +187,9 @@ class ConfluentClient(_Client):
     def _on_sync(self, err, msg) -> None:
         self._sync_err = err
 
-    def prepare(self, topic: str, *, sync: bool, codec: str | None) -> None:
+    def prepare(self, topic: str, *, sync: bool, codec: str | None, size: int = 100) -> None:
         conf = {"bootstrap.servers": self.spec["bootstrap"], "acks": ACKS,
-                "delivery.report.only.error": not sync}
+                "delivery.report.only.error": not sync, "log.connection.close": False}
         if codec:
             conf["compression.type"] = codec
         self.producer = self._mod.Producer(conf)
@@ -240,7 +245,7 @@ class KafkaPythonClient(_Client):
         self.producer = None
         self.futures: list = []
 
-    def prepare(self, topic: str, *, sync: bool, codec: str | None) -> None:
+    def prepare(self, topic: str, *, sync: bool, codec: str | None, size: int = 100) -> None:
         kw: dict[str, Any] = {"bootstrap_servers": self.spec["bootstrap"], "acks": ACKS}
         if codec:
             kw["compression_type"] = codec
@@ -286,18 +291,32 @@ class KafkadClient(_Client):
         self._mod = client_shim
         self.producer = None
 
-    def _make(self, *, async_send: bool, codec: str | None):
-        kw: dict[str, Any] = {"req_acks": ACKS}
+    def _queue_bound(self, size: int) -> int:
+        """async_queue_maxsize for one worker: all workers together stay well
+        under the daemon's global caps ([queue] max_messages 1M, max_bytes
+        512 MiB by default), so the shim waits for acknowledgements instead of
+        meeting a full daemon."""
+        workers = max(self.spec.get("workers", 1), 1)
+        return max(1_000, min(200_000, 800_000 // workers, (256 << 20) // (workers * max(size, 1))))
+
+    def _make(self, *, async_send: bool, codec: str | None, size: int = 100):
+        # Failures are logged with a hash instead of the contents: cheap, and
+        # the worker's log tap counts them either way.
+        kw: dict[str, Any] = {"req_acks": ACKS, "async_log_messages_on_error": False}
         if codec:
             kw["codec"] = getattr(self._mod, self._CODECS[codec])
         if async_send:
             # Back-pressure instead of an exception when the bound is reached:
             # the same behaviour as the peers' "queue full -> wait" loops.
-            kw.update(async_queue_maxsize=self.spec.get("kafkad_queue_maxsize", 200_000),
-                      async_queue_put_timeout=120, async_stop_timeout=120)
+            # batch_send_every_t: the legacy default (20 s) would hold a tail of
+            # fewer than batch_send_every_n messages that long; 5 ms is
+            # librdkafka's default linger.ms, so both wait alike for company.
+            kw.update(async_queue_maxsize=self._queue_bound(size),
+                      async_queue_put_timeout=120, async_stop_timeout=60,
+                      batch_send_every_t=KAFKAD_BATCH_T)
         return self._mod.SimpleProducer(self.spec["endpoint"], async_send=async_send, **kw)
 
-    def prepare(self, topic: str, *, sync: bool, codec: str | None) -> None:
+    def prepare(self, topic: str, *, sync: bool, codec: str | None, size: int = 100) -> None:
         # Warm up through a sync producer: the daemon learns the topic's
         # metadata and the shim its partition list before the clock starts.
         warm = self._make(async_send=False, codec=codec)
@@ -306,7 +325,7 @@ class KafkadClient(_Client):
             self.producer = warm
         else:
             warm.stop()
-            self.producer = self._make(async_send=True, codec=codec)
+            self.producer = self._make(async_send=True, codec=codec, size=size)
         self.sent = 0
 
     def send_async(self, topic: str, values: list[bytes]) -> None:
@@ -442,9 +461,40 @@ JOBS: dict[str, Callable[[_Client, str, float, dict], dict]] = {
 }
 
 
+class _LogTap(logging.Handler):
+    """Counts the client libraries' warnings and errors in a worker; keeps the first, shortened.
+
+    A client that fails thousands of messages would otherwise flood the
+    runner's terminal (the shim logs failed messages with their contents).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if self.first is None:
+            try:
+                text = record.getMessage()
+            except Exception:  # a bad format string must not kill the worker
+                text = str(record.msg)
+            self.first = f"{record.name}: {text[:300]}"
+
+    def take(self) -> dict:
+        out = {"log_warnings": self.count, "first_log": self.first}
+        self.count, self.first = 0, None
+        return out
+
+
 def _worker_main(conn, contender: str, spec: dict) -> None:
     """A worker process: build the client, then obey prepare/go/release commands."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner decides when we stop
+    tap = _LogTap()
+    root = logging.getLogger()
+    root.handlers[:] = [tap]
+    root.setLevel(logging.WARNING)
     try:
         client = CLIENTS[contender](spec)
     except Exception as exc:  # reported to the runner, which marks the contender missing
@@ -461,10 +511,13 @@ def _worker_main(conn, contender: str, spec: dict) -> None:
             if cmd == "prepare":
                 job = arg
                 topic = job["topic"]
-                client.prepare(topic, sync=job["kind"] == "latency", codec=job.get("codec"))
+                client.prepare(topic, sync=job["kind"] == "latency", codec=job.get("codec"),
+                               size=job.get("size", 500))
                 conn.send(("ok", None))
             elif cmd == "go":
+                tap.take()
                 result = JOBS[job["kind"]](client, topic, arg, job)
+                result.update(tap.take())
                 conn.send(("ok", result))
             elif cmd == "release":
                 client.close()
@@ -510,7 +563,10 @@ class WorkerPool:
             if not c.poll(max(0.0, deadline - time.monotonic())):
                 raise ContenderError(f"{self.contender}: a worker did not answer {what!r} "
                                      f"within {self.timeout:.0f}s")
-            status, value = c.recv()
+            try:
+                status, value = c.recv()
+            except (EOFError, OSError):
+                raise ContenderError(f"{self.contender}: a worker process exited during {what!r}") from None
             if status != "ok":
                 raise ContenderError(f"{self.contender}: {what}: {value}")
             out.append(value)
@@ -518,7 +574,10 @@ class WorkerPool:
 
     def command(self, cmd: str, arg: Any = None) -> list:
         for c in self.conns:
-            c.send((cmd, arg))
+            try:
+                c.send((cmd, arg))
+            except OSError:
+                raise ContenderError(f"{self.contender}: a worker process is gone") from None
         return self._collect(cmd)
 
     def run(self, job: dict, *, lead: float = 0.2) -> tuple[float, list[dict]]:
@@ -662,6 +721,7 @@ class KafkadDaemon:
     wrap: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     extra_config: str = ""
+    log_level: str = "WARNING"
     proc: subprocess.Popen | None = None
     pid: int = 0
     _shim: Any = None
@@ -677,7 +737,7 @@ class KafkadDaemon:
     def config_text(self) -> str:
         return (f'[kafka]\nbootstrap_servers = ["{self.bootstrap}"]\n\n'
                 f'[ipc]\nendpoint = "{self.endpoint}"\n\n'
-                f'[logging]\nlevel = "WARNING"\n' + self.extra_config)
+                f'[logging]\nlevel = "{self.log_level}"\n' + self.extra_config)
 
     def start(self, timeout: float = 30.0) -> "KafkadDaemon":
         os.makedirs(self.workdir, exist_ok=True)
@@ -905,9 +965,12 @@ class BenchContext:
     def broker_port(self) -> int:
         return int(self.bootstrap.rsplit(":", 1)[1])
 
-    def spec(self, bootstrap: str | None = None, daemon: KafkadDaemon | None = None) -> dict:
+    def spec(self, workers: int = 1, bootstrap: str | None = None,
+             daemon: KafkadDaemon | None = None) -> dict:
+        """What a worker needs to build its client (`workers`: how many share the daemon)."""
         d = daemon or self.daemon
-        return {"bootstrap": bootstrap or self.bootstrap, "endpoint": d.endpoint if d else ""}
+        return {"bootstrap": bootstrap or self.bootstrap, "endpoint": d.endpoint if d else "",
+                "workers": workers}
 
 
 def rotated(items: list[str], k: int) -> list[str]:

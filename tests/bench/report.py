@@ -48,6 +48,13 @@ def _errors(errors: dict, what: str) -> list[str]:
         ([""] if errors else [])
 
 
+def _spread(values: list | None, med) -> str:
+    """' ±N%': half the range of the repetitions relative to their median (noise at a glance)."""
+    if not values or len(values) < 2 or not med:
+        return ""
+    return f" ±{(max(values) - min(values)) / 2 / med * 100:.0f}%"
+
+
 def _mib(kib) -> str:
     return "n/a" if kib is None else f"{kib / 1024:.1f}"
 
@@ -136,13 +143,14 @@ def _throughput(res: dict, charts: list[str]) -> list[str]:
     lines = ["## Aggregate async throughput", "",
              "Messages acknowledged by the broker per second, all worker processes together, "
              f"median of {res['reps']} repetitions (each trial: {sec['params']['duration']} s of "
-             "sending, then until every message is acknowledged).", ""]
+             "sending, then until every message is acknowledged); ±: half the range of the "
+             "repetitions, relative to the median.", ""]
     rows = []
     for cfg in sec["configs"]:
         r = cfg["results"]
         med = {c: _get(r, c, "median") for c in CONTENDERS}
         rows.append([str(cfg["workers"]), f"{cfg['size']} B", str(cfg["per_call"])]
-                    + [_num(med[c]) for c in CONTENDERS]
+                    + [_num(med[c]) + _spread(_get(r, c, "rates"), med[c]) for c in CONTENDERS]
                     + [_ratio(med[KAFKAD], med[KAFKA_PYTHON]), _ratio(med[KAFKAD], med[CONFLUENT]),
                        _num(_get(r, KAFKAD, "daemon_cpu_median"), "{:.2f}")])
     lines += _table(["Workers", "Size", "Msgs/call", "kafkad", "confluent-kafka", "kafka-python",
@@ -157,6 +165,20 @@ def _throughput(res: dict, charts: list[str]) -> list[str]:
         lines += _table(["Workers"] + list(CONTENDERS),
                         [[w] + [_num(v.get(c), "{:d}") for c in CONTENDERS] for w, v in conns.items()],
                         "rrrr")
+    for cfg in sec["configs"]:
+        for contender, r in cfg["results"].items():
+            lost = sum(r.get("sent", [])) - sum(r.get("acked", []))
+            if lost > 0:
+                first = (r.get("client_warnings") or [""])[0]
+                lines.append(f"- {contender}, {cfg['workers']} workers, {cfg['size']} B x{cfg['per_call']}: "
+                             f"{lost:,} of {sum(r['sent']):,} messages were not acknowledged (not counted)"
+                             + (f"; first client warning: `{first[:200]}`" if first else "") + ".")
+    if lines[-1].startswith("- "):
+        lines.append("")
+    unverified = sum(_get(cfg["results"], KAFKAD, "unverified_trials") or 0 for cfg in sec["configs"])
+    if unverified:
+        lines += [f"- {unverified} kafkad trial(s) could not read the daemon's delivered counter: their "
+                  "figure counts messages sent whose producer's stop() returned, not broker acknowledgements.", ""]
     lines += _errors(sec.get("errors", {}), "throughput")
     return lines
 

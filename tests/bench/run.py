@@ -162,7 +162,7 @@ def profile_daemon(ctx: BenchContext) -> dict:
     acked = 0
     cpu = 0.0
     try:
-        spec = {"bootstrap": ctx.bootstrap, "endpoint": daemon.endpoint}
+        spec = ctx.spec(4, daemon=daemon)
         with Contest(ctx, [KAFKAD], 4, spec) as contest:
             topic = new_topic_name("profile")
             create_topic(ctx.bootstrap, topic)
