@@ -188,10 +188,11 @@ class BrokerProducer:
             if old is not None:
                 old.close()
             self._conns[node] = BrokerConnection(self, node, host, port)
+        conns = self._conns
         for req in act.sends:
-            self._conns[req.node].send(req)
+            conns[req.node].send(req)
         for node in act.authenticate:
-            self._conns[node].start_auth()
+            conns[node].start_auth()
         if act.outcomes:
             try:
                 self._on_outcomes(act.outcomes)

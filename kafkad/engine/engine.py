@@ -453,6 +453,12 @@ class Engine:
         """The connection is gone: settle everything that was on it, then back off."""
         reqs = list(conn.inflight)
         conn.inflight.clear()
+        # Requests handed out but not yet written die with the connection too.
+        node = conn.node
+        if any(r.node == node for r in self._sends):
+            self._sends = [r for r in self._sends if r.node != node]
+        if node in self._auth:
+            self._auth = [n for n in self._auth if n != node]
         if conn.state is not ConnState.CONNECTING:
             self._meta_needed = True  # a lost broker often means moved leaders
         advance(conn, ConnState.BACKOFF)

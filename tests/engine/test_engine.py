@@ -606,3 +606,16 @@ def test_state_machines_show_in_repr_and_refuse_illegal_moves():
     lane = h.engine.lanes[("t", 0, (1, 1000, 0, None))]
     assert lane.batches[0].state is BatchState.IN_FLIGHT
     assert "IN_FLIGHT" in repr(lane) and "IN_FLIGHT" in repr(lane.batches[0])
+
+
+def test_requests_not_yet_handed_out_die_with_their_connection():
+    h = Harness(cluster("t"))
+    h.submit("t", 0, [b"x"], token="x")
+    act = h.engine.poll(h.now)
+    (node, _, _), = act.connects
+    h.engine.connected(node, h.now)          # ApiVersions is queued for the next poll...
+    h.engine.disconnected(node, h.now, "test: reset by peer")   # ...but the socket died
+    act = h.engine.poll(h.now)
+    assert [r for r in act.sends if r.node == node] == []
+    h.run(until=h.now + 2)
+    assert h.by_token()["x"][0].error == 0
