@@ -619,3 +619,42 @@ def test_requests_not_yet_handed_out_die_with_their_connection():
     assert [r for r in act.sends if r.node == node] == []
     h.run(until=h.now + 2)
     assert h.by_token()["x"][0].error == 0
+
+
+def test_batch_refused_as_too_large_is_halved_and_resent_in_order():
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    c.produce_errors[("t", 0)].extend([10, 10])   # the broker's limit is below ours
+    values = [f"v{i}".encode() for i in range(8)]
+    h.submit("t", 0, values, token="eight")
+    h.run()
+    assert h.values("t", 0)[1:] == values
+    assert sum(o.delivered for o in h.by_token()["eight"]) == 8
+    assert [w.sequence for w in c.logs[("t", 0)]] == list(range(9))
+    c.produce_errors[("t", 0)].append(10)
+    h.submit("t", 0, [b"alone"], token="alone")
+    h.run()
+    assert [(o.error, o.failed) for o in h.by_token()["alone"]] == [(10, 1)]
+
+
+def test_reload_applies_live_settings_and_names_the_rest():
+    h = Harness(cluster("t"))
+    from dataclasses import replace
+
+    new = replace(h.kafka, linger_ms=25.0, bootstrap_servers=("10.0.0.1:9092",),
+                  idempotence=False)
+    need = h.engine.reconfigure(new, QueueConfig(max_messages=3))
+    assert need == ["kafka.bootstrap_servers", "kafka.idempotence"]
+    assert h.engine.kafka.linger_ms == 25.0
+    assert h.engine.kafka.bootstrap_servers == h.kafka.bootstrap_servers
+    with pytest.raises(QueueFull):
+        h.submit("t", 0, [b"a"] * 4)
+
+
+def test_record_size_bound_is_linear_as_the_engine_assumes():
+    from kafkad.protocol import record_size_upper_bound as bound
+
+    base = bound(None, None)
+    for k, v in [(0, 0), (1, 100), (300, 70_000), (None, 5), (2**20, 2**21)]:
+        assert bound(k, v) == base + (k or 0) + (v or 0)
