@@ -87,6 +87,7 @@ _REQUEST_OVERHEAD = 128
 _PARTITION_OVERHEAD = 32
 _INF = float("inf")
 _LATENCY_SAMPLES = 1024
+_FAILURE_LOG_INTERVAL = 60.0
 _LOG_VALUE_CHARS = 100
 _LOG_MESSAGES_MAX = 20
 
@@ -145,7 +146,7 @@ class Conn:
     """One broker node's connection as the engine sees it (the driver owns the socket)."""
 
     __slots__ = ("node", "host", "port", "state", "inflight", "versions", "retry_at",
-                 "failures", "bootstrap", "api_versions_version")
+                 "failures", "bootstrap", "api_versions_version", "logged_at")
 
     def __init__(self, node: int, host: str, port: int, bootstrap: bool = False) -> None:
         self.node = node
@@ -158,6 +159,7 @@ class Conn:
         self.failures = 0
         self.bootstrap = bootstrap
         self.api_versions_version = API_VERSIONS_SUPPORTED[API_VERSIONS][1]
+        self.logged_at = -_INF   # when a failure of this connection was last logged loudly
 
     def __repr__(self) -> str:
         return (f"<Conn node={self.node} {self.host}:{self.port} {self.state.name} "
@@ -419,8 +421,7 @@ class Engine:
         conn = self.conns.get(node)
         if conn is None or conn.state in (ConnState.DOWN, ConnState.BACKOFF):
             return
-        log.warning("kafka broker %s (%s:%s): connection failed: %s",
-                    node, conn.host, conn.port, reason)
+        self._log_failure(conn, now, logging.WARNING, "connection failed: %s", reason)
         self._lost(conn, now, timed_out=None)
 
     def disconnected(self, node: int, now: float, reason: str) -> None:
@@ -440,10 +441,22 @@ class Engine:
         conn = self.conns.get(node)
         if conn is None or conn.state is not ConnState.AUTHENTICATING:
             return
-        log.error("kafka broker %s (%s:%s): authentication failed: %s",
-                  node, conn.host, conn.port, reason)
+        self._log_failure(conn, now, logging.ERROR, "authentication failed: %s", reason)
         conn.failures = max(conn.failures, 30)  # permanent: the longest backoff
         self._lost(conn, now, timed_out=None)
+
+    def _log_failure(self, conn: Conn, now: float, level: int, fmt: str, *args) -> None:
+        """Log a connection failure loudly at most once a minute per broker, else at DEBUG.
+
+        A broker that stays away for an hour is retried every second or so;
+        its first failure (and one a minute after) is what the operator needs.
+        """
+        loud = now - conn.logged_at >= _FAILURE_LOG_INTERVAL
+        if loud:
+            conn.logged_at = now
+            fmt += " (retrying with backoff; repeats are logged at DEBUG for a minute)"
+        log.log(level if loud else logging.DEBUG, "kafka broker %s (%s:%s): " + fmt,
+                conn.node, conn.host, conn.port, *args)
 
     def versions(self, node: int) -> dict[int, tuple[int, int]]:
         """The API version ranges broker `node` announced ({api_key: (min, max)})."""

@@ -658,3 +658,14 @@ def test_record_size_bound_is_linear_as_the_engine_assumes():
     base = bound(None, None)
     for k, v in [(0, 0), (1, 100), (300, 70_000), (None, 5), (2**20, 2**21)]:
         assert bound(k, v) == base + (k or 0) + (v or 0)
+
+
+def test_a_broker_that_stays_away_is_logged_loudly_once_a_minute(caplog):
+    h = Harness(cluster("t"), reconnect_backoff_ms=100, reconnect_backoff_max_ms=500)
+    h.up.clear()
+    with caplog.at_level(logging.DEBUG, logger="kafkad.engine"):
+        h.submit("t", 0, [b"x"])
+        h.run(until=h.now + 90)
+    failures = [r for r in caplog.records if "connection failed" in r.getMessage()]
+    loud = [r for r in failures if r.levelno >= logging.WARNING]
+    assert len(failures) > 100 and len(loud) == 2
