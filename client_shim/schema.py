@@ -181,22 +181,35 @@ def _settings(v, name):
 
 
 def _entries(v, name):
+    # The hot path of the daemon (one call per SEND frame, hundreds of entries
+    # each): checks are inlined, and a topic name is checked once per frame.
     if type(v) is not list or not v:
         raise SchemaError(E_MALFORMED, f"{name} must be a non-empty list")
-    seq = _int(0, MAX_SEQ)
-    part = _int(0, MAX_PARTITION)
-    ts = _int(-1, 2**63 - 1)
+    good_topics: set = set()
     for e in v:
         if type(e) is not list or len(e) < 6:
             raise SchemaError(E_MALFORMED, f"{name} items must be [first_seq, topic, partition, ts_ms, keys, values]")
-        seq(e[0], "first_seq")
-        _topic(e[1], "topic")
-        part(e[2], "partition")
-        ts(e[3], "timestamp_ms")
-        _keys(e[4], "keys")
-        _values(e[5], "values")
-        if e[4] is not None and len(e[4]) != len(e[5]):
-            raise SchemaError(E_MALFORMED, "keys and values must have the same length")
+        first, topic, partition, ts, keys, values = e[0], e[1], e[2], e[3], e[4], e[5]
+        if type(first) is not int or not 0 <= first <= MAX_SEQ:
+            raise SchemaError(E_MALFORMED, f"first_seq must be an int in [0, {MAX_SEQ}]")
+        if topic not in good_topics:
+            _topic(topic, "topic")
+            good_topics.add(topic)
+        if type(partition) is not int or not 0 <= partition <= MAX_PARTITION:
+            raise SchemaError(E_MALFORMED, f"partition must be an int in [0, {MAX_PARTITION}]")
+        if type(ts) is not int or not -1 <= ts <= 2**63 - 1:
+            raise SchemaError(E_MALFORMED, "timestamp_ms must be an int in [-1, 2**63-1]")
+        if type(values) is not list or not values:
+            if type(values) is not list:
+                raise SchemaError(E_MALFORMED, "values must be a list")
+            raise SchemaError(E_INVALID, "values must hold at least one message")
+        for item in values:
+            if item is not None and type(item) is not bytes:
+                raise SchemaError(E_MALFORMED, "values items must be bytes or nil")
+        if keys is not None:
+            _blobs(keys, "keys")
+            if len(keys) != len(values):
+                raise SchemaError(E_MALFORMED, "keys and values must have the same length")
     return v
 
 
