@@ -297,6 +297,8 @@ def _external(res: dict) -> list[str]:
         lines += [f"### {name}", ""]
         if e["status"] != "ok":
             lines += [f"Not available ({e['status']}): {e.get('detail', '')}", ""]
+            if e.get("stderr"):
+                lines += ["```", e["stderr"], "```", ""]
         text = (e.get("stdout") or "").strip()
         if text:
             if all(l.startswith(("|", "#", "-", "*")) or not l.strip() for l in text.splitlines()) \

@@ -83,6 +83,8 @@ def top_functions(raw_path: str, limit: int = 20) -> tuple[int, list[dict]]:
             stack, _, count = line.rstrip("\n").rpartition(" ")
             if not stack or not count.isdigit():
                 continue
+            if "<frozen importlib" in stack:
+                continue        # start-up imports, not the steady state being profiled
             n = int(count)
             total += n
             frames = [_frame_name(fr) for fr in stack.split(";") if fr]
@@ -225,9 +227,10 @@ def run_external(ctx: BenchContext) -> dict:
         if r.returncode == 0:
             entry["status"] = "ok"
         else:
+            err = r.stderr.strip().splitlines()
             entry["status"] = "failed"
-            entry["detail"] = f"exit status {r.returncode}: " + \
-                " | ".join(r.stderr.strip().splitlines()[-5:])
+            entry["detail"] = f"exit status {r.returncode}: " + (err[-1] if err else "no error output")
+            entry["stderr"] = "\n".join(err[-15:])
         out[name] = entry
     return out
 
