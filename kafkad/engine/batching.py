@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from kafkad.engine.states import BatchState, advance
+from kafkad.engine.states import BatchState, PidState, advance
 from kafkad.engine.types import Submission
 
 SEQ_MODULO = 2**31  # sequence numbers are int32 and wrap to 0
@@ -222,3 +222,29 @@ class Lane:
             if b.seq >= 0:
                 self.assign_sequence(b)
                 b.maybe_written = False  # under the new epoch it was never sent
+
+
+class Group:
+    """Lanes sharing batch settings; with acks != 0 and idempotence, one producer id."""
+
+    __slots__ = ("key", "acks", "timeout_ms", "codec", "level", "state", "producer_id",
+                 "epoch", "inflight", "retry_at", "lanes", "fresh_id")
+
+    def __init__(self, key: tuple, idempotent: bool) -> None:
+        self.key = key
+        self.acks, self.timeout_ms, self.codec, self.level = key
+        self.state = PidState.NONE if idempotent else PidState.DISABLED
+        self.producer_id = -1
+        self.epoch = -1
+        self.inflight = 0          # batches of this group on the wire
+        self.retry_at = 0.0
+        self.lanes: list[Lane] = []
+        self.fresh_id = False      # the next InitProducerId must ask for a new id, not a bump
+
+    def __repr__(self) -> str:
+        return (f"<Group acks={self.acks} timeout={self.timeout_ms} codec={self.codec} "
+                f"{self.state.name} pid={self.producer_id}/{self.epoch} inflight={self.inflight}>")
+
+    @property
+    def idempotent(self) -> bool:
+        return self.state is not PidState.DISABLED

@@ -36,14 +36,14 @@ import logging
 import random
 from collections import deque
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
-from kafkad.engine.batching import SEQ_MODULO, Batch, Chunk, Lane, SessionHold
+from kafkad.engine.batching import SEQ_MODULO, Batch, Chunk, Group, Lane, SessionHold
+from kafkad.engine.connections import Actions, Conn, Request
 from kafkad.engine.metadata import MetadataCache
 from kafkad.engine.states import BatchState, ConnState, PidState, advance
 from kafkad.engine.types import Outcome, QueueFull, Submission
 from kafkad.protocol import (
-    API_VERSIONS_SUPPORTED,
     BATCH_OVERHEAD,
     UNSUPPORTED_VERSION,
     ApiVersionsRequest,
@@ -68,6 +68,7 @@ UNKNOWN_SERVER_ERROR = -1
 UNKNOWN_TOPIC_OR_PARTITION = 3
 MESSAGE_TOO_LARGE = 10
 REQUEST_TIMED_OUT = 7
+NETWORK_EXCEPTION = 13   # what a lost connection counts as
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
 INVALID_PRODUCER_EPOCH = 47
@@ -90,110 +91,6 @@ _LATENCY_SAMPLES = 1024
 _FAILURE_LOG_INTERVAL = 60.0
 _LOG_VALUE_CHARS = 100
 _LOG_MESSAGES_MAX = 20
-
-
-class Actions:
-    """What the driver must do after `Engine.poll`, in this order: close, connect, send."""
-
-    __slots__ = ("closes", "connects", "sends", "authenticate", "outcomes", "deadline")
-
-    def __init__(self) -> None:
-        self.closes: list[int] = []
-        self.connects: list[tuple[int, str, int]] = []
-        self.sends: list[Request] = []
-        self.authenticate: list[int] = []
-        self.outcomes: list[Outcome] = []
-        self.deadline: float | None = None
-
-    def __repr__(self) -> str:
-        return (f"<Actions close={self.closes} connect={[c[0] for c in self.connects]} "
-                f"send={self.sends} auth={self.authenticate} outcomes={len(self.outcomes)} "
-                f"deadline={self.deadline}>")
-
-
-class Request:
-    """One request handed to the driver: write `msg` at `version` to `node`.
-
-    `expects_response` is False only for acks=0 Produce requests. The driver
-    passes the same object back to `Engine.response` with the decoded answer.
-    """
-
-    __slots__ = ("node", "msg", "version", "expects_response", "sent_at", "batches", "group",
-                 "response_cls")
-
-    def __init__(self, node: int, msg, version: int, response_cls, now: float,
-                 expects_response: bool = True, batches: list[Batch] | None = None,
-                 group: "Group | None" = None) -> None:
-        self.node = node
-        self.msg = msg
-        self.version = version
-        self.response_cls = response_cls
-        self.expects_response = expects_response
-        self.sent_at = now
-        self.batches = batches
-        self.group = group
-
-    @property
-    def api_key(self) -> int:
-        return self.msg.API_KEY
-
-    def __repr__(self) -> str:
-        extra = f" batches={len(self.batches)}" if self.batches else ""
-        return f"<Request {type(self.msg).__name__} v{self.version} node={self.node}{extra}>"
-
-
-class Conn:
-    """One broker node's connection as the engine sees it (the driver owns the socket)."""
-
-    __slots__ = ("node", "host", "port", "state", "inflight", "versions", "retry_at",
-                 "failures", "bootstrap", "api_versions_version", "logged_at")
-
-    def __init__(self, node: int, host: str, port: int, bootstrap: bool = False) -> None:
-        self.node = node
-        self.host = host
-        self.port = port
-        self.state = ConnState.DOWN
-        self.inflight: deque[Request] = deque()
-        self.versions: dict[int, tuple[int, int]] = {}
-        self.retry_at = 0.0
-        self.failures = 0
-        self.bootstrap = bootstrap
-        self.api_versions_version = API_VERSIONS_SUPPORTED[API_VERSIONS][1]
-        self.logged_at = -_INF   # when a failure of this connection was last logged loudly
-
-    def __repr__(self) -> str:
-        return (f"<Conn node={self.node} {self.host}:{self.port} {self.state.name} "
-                f"inflight={len(self.inflight)}>")
-
-    def version(self, api_key: int) -> int | None:
-        rng = self.versions.get(api_key)
-        return None if rng is None else pick_version(api_key, rng[0], rng[1])
-
-
-class Group:
-    """Lanes sharing batch settings; with acks != 0 and idempotence, one producer id."""
-
-    __slots__ = ("key", "acks", "timeout_ms", "codec", "level", "state", "producer_id",
-                 "epoch", "inflight", "retry_at", "lanes", "fresh_id")
-
-    def __init__(self, key: tuple, idempotent: bool) -> None:
-        self.key = key
-        self.acks, self.timeout_ms, self.codec, self.level = key
-        self.state = PidState.NONE if idempotent else PidState.DISABLED
-        self.producer_id = -1
-        self.epoch = -1
-        self.inflight = 0          # batches of this group on the wire
-        self.retry_at = 0.0
-        self.lanes: list[Lane] = []
-        self.fresh_id = False      # the next InitProducerId must ask for a new id, not a bump
-
-    def __repr__(self) -> str:
-        return (f"<Group acks={self.acks} timeout={self.timeout_ms} codec={self.codec} "
-                f"{self.state.name} pid={self.producer_id}/{self.epoch} inflight={self.inflight}>")
-
-    @property
-    def idempotent(self) -> bool:
-        return self.state is not PidState.DISABLED
 
 
 class _TopicWait:
@@ -486,7 +383,7 @@ class Engine:
                 timed = req is timed_out or now - req.sent_at >= rt
                 for b in req.batches:
                     b.maybe_written = True
-                    self._batch_failed(b, REQUEST_TIMED_OUT if timed else UNKNOWN_SERVER_ERROR,
+                    self._batch_failed(b, REQUEST_TIMED_OUT if timed else NETWORK_EXCEPTION,
                                        now, timeout=timed, lost=True)
             elif key == API_METADATA:
                 self._meta_inflight = False
@@ -755,9 +652,9 @@ class Engine:
         b.wire = None
         idx = lane.batches.index(b)
         lane.batches.insert(idx, first)
-        self._cap_warning_once(lane)
+        self._log_split(lane)
 
-    def _cap_warning_once(self, lane: Lane) -> None:
+    def _log_split(self, lane: Lane) -> None:
         log.warning("%s[%d]: broker refused a batch as too large; sending smaller batches "
                     "(lower [kafka] batch_max_bytes to match the topic's max.message.bytes)",
                     lane.topic, lane.partition)
@@ -790,7 +687,7 @@ class Engine:
             self.retried += b.count
 
     def _drop_from_batch(self, b: Batch, keep: list[Chunk], failed: list[tuple[Chunk, int]],
-                         now: float) -> None:
+                         now: float, why: str | None = None) -> None:
         """Fail `failed` chunks out of `b` (state RETRY or not yet sent), fixing sequences."""
         lane = b.lane
         group = lane.group
@@ -805,7 +702,7 @@ class Engine:
         lane.queued -= removed
         self.queued -= removed
         for c, code in failed:
-            self._fail_chunk(c, code, None, lane=lane)
+            self._fail_chunk(c, code, why, lane=lane)
         if keep:
             b.chunks = keep
             b.count -= removed
@@ -819,9 +716,7 @@ class Engine:
         for b in list(lane.batches):
             if b.state is BatchState.IN_FLIGHT:
                 continue
-            self._drop_from_batch(b, [], [(c, code) for c in b.chunks], now)
-        if why:
-            log.debug("%s[%d]: %s", lane.topic, lane.partition, why)
+            self._drop_from_batch(b, [], [(c, code) for c in b.chunks], now, why or None)
 
     def _fail_chunk(self, c: Chunk, code: int, why: str | None, lane: Lane | None = None) -> None:
         """Report `c` failed with `code`: one outcome, one log line, counted."""

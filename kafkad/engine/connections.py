@@ -1,0 +1,101 @@
+"""What the engine knows about broker connections, and what it asks the driver to do.
+
+* `Conn`: one broker node as the engine sees it (state machine, requests in
+  flight in send order, the API versions it announced, reconnect backoff).
+  The driver owns the socket; the engine only reads and moves this record.
+* `Request`: one request handed to the driver, handed back with its answer.
+* `Actions`: everything one `Engine.poll` asks the driver to do.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from kafkad.engine.states import ConnState
+from kafkad.engine.types import Outcome
+from kafkad.protocol import API_VERSIONS_SUPPORTED, pick_version
+
+if TYPE_CHECKING:
+    from kafkad.engine.batching import Batch, Group
+
+API_VERSIONS = 18
+_INF = float("inf")
+
+
+class Actions:
+    """What the driver must do after `Engine.poll`, in this order: close, connect, send."""
+
+    __slots__ = ("closes", "connects", "sends", "authenticate", "outcomes", "deadline")
+
+    def __init__(self) -> None:
+        self.closes: list[int] = []
+        self.connects: list[tuple[int, str, int]] = []
+        self.sends: list[Request] = []
+        self.authenticate: list[int] = []
+        self.outcomes: list[Outcome] = []
+        self.deadline: float | None = None
+
+    def __repr__(self) -> str:
+        return (f"<Actions close={self.closes} connect={[c[0] for c in self.connects]} "
+                f"send={self.sends} auth={self.authenticate} outcomes={len(self.outcomes)} "
+                f"deadline={self.deadline}>")
+
+
+class Request:
+    """One request handed to the driver: write `msg` at `version` to `node`.
+
+    `expects_response` is False only for acks=0 Produce requests. The driver
+    passes the same object back to `Engine.response` with the decoded answer.
+    """
+
+    __slots__ = ("node", "msg", "version", "expects_response", "sent_at", "batches", "group",
+                 "response_cls")
+
+    def __init__(self, node: int, msg, version: int, response_cls, now: float,
+                 expects_response: bool = True, batches: list[Batch] | None = None,
+                 group: Group | None = None) -> None:
+        self.node = node
+        self.msg = msg
+        self.version = version
+        self.response_cls = response_cls
+        self.expects_response = expects_response
+        self.sent_at = now
+        self.batches = batches
+        self.group = group
+
+    @property
+    def api_key(self) -> int:
+        return self.msg.API_KEY
+
+    def __repr__(self) -> str:
+        extra = f" batches={len(self.batches)}" if self.batches else ""
+        return f"<Request {type(self.msg).__name__} v{self.version} node={self.node}{extra}>"
+
+
+class Conn:
+    """One broker node's connection as the engine sees it (the driver owns the socket)."""
+
+    __slots__ = ("node", "host", "port", "state", "inflight", "versions", "retry_at",
+                 "failures", "bootstrap", "api_versions_version", "logged_at")
+
+    def __init__(self, node: int, host: str, port: int, bootstrap: bool = False) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self.state = ConnState.DOWN
+        self.inflight: deque[Request] = deque()
+        self.versions: dict[int, tuple[int, int]] = {}
+        self.retry_at = 0.0
+        self.failures = 0
+        self.bootstrap = bootstrap
+        self.api_versions_version = API_VERSIONS_SUPPORTED[API_VERSIONS][1]
+        self.logged_at = -_INF   # when a failure of this connection was last logged loudly
+
+    def __repr__(self) -> str:
+        return (f"<Conn node={self.node} {self.host}:{self.port} {self.state.name} "
+                f"inflight={len(self.inflight)}>")
+
+    def version(self, api_key: int) -> int | None:
+        rng = self.versions.get(api_key)
+        return None if rng is None else pick_version(api_key, rng[0], rng[1])
