@@ -106,6 +106,12 @@ class Engine:
 
     def __init__(self, kafka, queue, *, rng: random.Random | None = None,
                  client_version: str = "") -> None:
+        if not kafka.bootstrap_servers:
+            raise ValueError("kafka.bootstrap_servers: at least one host:port is needed")
+        if kafka.idempotence and kafka.max_in_flight_per_connection > 5:
+            raise ValueError("kafka.max_in_flight_per_connection: at most 5 with idempotence "
+                             f"(brokers remember 5 batches per producer), not "
+                             f"{kafka.max_in_flight_per_connection}")
         self.kafka = kafka
         self.queue = queue
         self._rng = rng or random.Random()

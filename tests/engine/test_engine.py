@@ -669,3 +669,13 @@ def test_a_broker_that_stays_away_is_logged_loudly_once_a_minute(caplog):
     failures = [r for r in caplog.records if "connection failed" in r.getMessage()]
     loud = [r for r in failures if r.levelno >= logging.WARNING]
     assert len(failures) > 100 and len(loud) == 2
+
+
+@pytest.mark.parametrize("kw,word", [
+    (dict(bootstrap_servers=()), "bootstrap_servers"),
+    (dict(bootstrap_servers=("no-port",)), "bootstrap_servers"),
+    (dict(max_in_flight_per_connection=6), "max_in_flight_per_connection"),
+])
+def test_unusable_settings_are_refused_naming_the_key(kw, word):
+    with pytest.raises(ValueError, match=word):
+        Harness(cluster("t"), **kw)
