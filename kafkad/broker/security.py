@@ -32,7 +32,9 @@ Errors, by how the caller reacts:
   reconnect backoff, so a fixed password file is picked up on reload.
 - TLS verification failures surface from the connection attempt as
   ``ssl.SSLCertVerificationError``; `describe_tls_error` turns one into a
-  sentence that names the broker and what to check.
+  sentence that names the broker and what to check. A TLS connection closed
+  before the broker's first answer (how asyncio shows a refused client
+  certificate under TLS 1.3) is explained by `describe_early_close`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "AuthenticationError",
     "SecurityConfigError",
     "authenticate",
+    "describe_early_close",
     "describe_tls_error",
     "make_ssl_context",
     "resolve_password",
@@ -215,6 +218,22 @@ def describe_tls_error(exc: BaseException, broker: str, kafka_cfg: KafkaConfig) 
         return (f"TLS to {broker}: the broker's certificate was not accepted ({detail}); "
                 f"check that {trust} holds the CA that signed it")
     return f"TLS to {broker}: handshake failed ({_reason(exc)})"
+
+
+def describe_early_close(broker: str, kafka_cfg: KafkaConfig) -> str:
+    """One sentence for a TLS connection the broker closed before its first answer.
+
+    With TLS 1.3 a broker that refuses the client's certificate (or wants one
+    and got none) sends its alert after the client's side of the handshake
+    has finished; asyncio then reports a plain end of stream on the first
+    read. This names the likely cause instead of "closed by the broker".
+    """
+    tls = kafka_cfg.tls
+    if tls.cert_file:
+        return (f"TLS to {broker}: the broker closed the connection before answering; it may "
+                f"not accept the client certificate {tls.cert_file!r} (check that its CA trusts it)")
+    return (f"TLS to {broker}: the broker closed the connection before answering; it may require "
+            f"a client certificate (set [kafka.tls] cert_file and key_file)")
 
 
 def resolve_password(sasl_cfg: SaslConfig) -> str:

@@ -19,6 +19,7 @@ from kafkad.broker.security import (
     AuthenticationError,
     SecurityConfigError,
     authenticate,
+    describe_early_close,
     describe_tls_error,
     make_ssl_context,
     resolve_password,
@@ -150,6 +151,14 @@ def test_describe_tls_error_for_a_wrong_host_name(pki):
     _, text = _handshake_error(pki, pki.wrong_host_cert, pki.wrong_host_key,
                                _tls(ca_file=pki.ca_file))
     assert "not valid for this host name" in text and "check_hostname" in text
+
+
+def test_describe_early_close_points_at_the_client_certificate(pki):
+    without = describe_early_close("b:9093", _tls(ca_file=pki.ca_file))
+    assert "may require a client certificate" in without and "cert_file" in without
+    with_cert = describe_early_close("b:9093", _tls(cert_file=pki.client_cert,
+                                                    key_file=pki.client_key))
+    assert pki.client_cert in with_cert and "not accept" in with_cert
 
 
 # --- resolve_password ----------------------------------------------------------------------

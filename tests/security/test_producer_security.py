@@ -38,8 +38,12 @@ def _kafka(bootstrap: str, protocol: str, *, tls: TlsConfig | None = None,
                        connect_timeout_ms=3000, **timing)
 
 
-async def _produce(kafka: KafkaConfig, topic: str, timeout: float) -> list[Outcome]:
-    """Submit N_PER_PARTITION records to each partition; the outcomes once all are settled."""
+async def _produce(kafka: KafkaConfig, topic: str, timeout: float,
+                   stats: list | None = None) -> list[Outcome]:
+    """Submit N_PER_PARTITION records to each partition; the outcomes once all are settled.
+
+    `stats`, when given, receives the producer's stats() taken before it closes.
+    """
     outcomes: list[Outcome] = []
     settled = asyncio.Event()
     total = N_PER_PARTITION * PARTITIONS
@@ -61,6 +65,8 @@ async def _produce(kafka: KafkaConfig, topic: str, timeout: float) -> list[Outco
                 values=[b"p%d-%03d" % (p, i) for i in range(N_PER_PARTITION)],
                 timestamp_ms=now_ms, token=p))
         await asyncio.wait_for(settled.wait(), timeout)
+        if stats is not None:
+            stats.append(producer.stats())
     finally:
         await producer.close()
     return outcomes
@@ -154,14 +160,19 @@ def _reader_sasl(mechanism: str, protocol: str = "SASL_PLAINTEXT") -> dict:
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
-def test_sasl_with_good_credentials_delivers(sasl_stack, mechanism):
+def test_sasl_with_good_credentials_delivers(sasl_stack, mechanism, caplog):
     topic = sasl_stack.new_topic("kd-sasl")
     kafka = _kafka(sasl_stack.bootstrap, "SASL_PLAINTEXT",
                    sasl=SaslConfig(mechanism=mechanism, username="alice", password=USERS["alice"]))
     before = sasl_stack.gateway.authenticated.count((mechanism, "alice"))
-    _assert_all_delivered(_run(_produce(kafka, topic, timeout=20)), sasl_stack, topic,
-                          _reader_sasl(mechanism))
+    caplog.set_level(logging.DEBUG)
+    stats: list = []
+    _assert_all_delivered(_run(_produce(kafka, topic, timeout=20, stats=stats)), sasl_stack,
+                          topic, _reader_sasl(mechanism))
     assert sasl_stack.gateway.authenticated.count((mechanism, "alice")) > before
+    # The secret is in neither the logs (at any level) nor the stats.
+    assert USERS["alice"] not in caplog.text
+    assert stats and USERS["alice"] not in repr(stats[0])
 
 
 def test_sasl_scram_with_an_escaped_username(sasl_stack, tmp_path):
