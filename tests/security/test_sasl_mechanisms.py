@@ -129,8 +129,8 @@ def test_no_repr_or_error_shows_the_password():
     client = ScramClient("SCRAM-SHA-256", "user", secret, nonce="abc")
     assert secret not in repr(client)
     client.client_first()
+    client.client_final(b"r=abcdef,s=QSXCR+Q6sek8bf92,i=4096")
     with pytest.raises(ScramError) as info:
-        client.client_final(b"r=abcdef,s=QSXCR+Q6sek8bf92,i=4096")
         client.verify_server_final(b"v=" + base64.b64encode(b"x" * 32))
     assert secret not in str(info.value) and secret not in repr(client)
 
