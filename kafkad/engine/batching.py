@@ -119,7 +119,7 @@ class Batch:
 
     __slots__ = ("lane", "state", "chunks", "count", "nbytes", "created_at", "sync",
                  "seq", "sent_seq", "attempts", "retry_at", "maybe_written", "wire",
-                 "wire_key", "sent_at", "node")
+                 "wire_key", "sent_at", "node", "deadline")
 
     def __init__(self, lane: "Lane", created_at: float, overhead: int) -> None:
         self.lane = lane
@@ -138,6 +138,7 @@ class Batch:
         self.wire_key: tuple | None = None
         self.sent_at = 0.0
         self.node = -1
+        self.deadline = float("inf")   # the earliest delivery deadline of its records
 
     def __repr__(self) -> str:
         return (f"<Batch {self.lane.topic}[{self.lane.partition}] {self.state.name} "
@@ -149,9 +150,16 @@ class Batch:
         self.nbytes += chunk.nbytes
         if chunk.sync:
             self.sync = True
+        if chunk.deadline < self.deadline:
+            self.deadline = chunk.deadline
 
-    def oldest_deadline(self) -> float:
-        return min(c.deadline for c in self.chunks) if self.chunks else float("inf")
+    def set_chunks(self, chunks: list[Chunk], overhead: int) -> None:
+        """Keep only `chunks` (records were failed out of it or moved to another batch)."""
+        self.chunks = chunks
+        self.count = sum(c.hi - c.lo for c in chunks)
+        self.nbytes = overhead + sum(c.nbytes for c in chunks)
+        self.deadline = min((c.deadline for c in chunks), default=float("inf"))
+        self.wire = None
 
     def advance(self, new: BatchState) -> None:
         advance(self, new)

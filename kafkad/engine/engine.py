@@ -646,16 +646,13 @@ class Engine:
                 first.add(c.split(k, self._chunk_prefix_bytes(c, k)))
                 moved += k
                 keep.append(c)
-        b.chunks = keep
-        b.count -= first.count
-        b.nbytes = BATCH_OVERHEAD + sum(c.nbytes for c in keep)
+        b.set_chunks(keep, BATCH_OVERHEAD)
         first.state = BatchState.RETRY   # born a copy of b's state, not a transition
         first.attempts = b.attempts
         first.maybe_written = b.maybe_written
         if b.seq >= 0:
             first.seq = b.seq
             b.seq = (b.seq + first.count) % SEQ_MODULO
-        b.wire = None
         idx = lane.batches.index(b)
         lane.batches.insert(idx, first)
         self._log_split(lane)
@@ -710,10 +707,7 @@ class Engine:
         for c, code in failed:
             self._fail_chunk(c, code, why, lane=lane)
         if keep:
-            b.chunks = keep
-            b.count -= removed
-            b.nbytes = BATCH_OVERHEAD + sum(c.nbytes for c in keep)
-            b.wire = None
+            b.set_chunks(keep, BATCH_OVERHEAD)
         else:
             self._finish(b)
 
@@ -919,12 +913,12 @@ class Engine:
             for b in list(lane.batches):
                 if b.state is BatchState.IN_FLIGHT:
                     continue
-                expired = [c for c in b.chunks if now >= c.deadline]
-                if expired:
+                if now >= b.deadline:
                     keep = [c for c in b.chunks if now < c.deadline]
-                    self._drop_from_batch(b, keep, [(c, REQUEST_TIMED_OUT) for c in expired], now)
+                    expired = [(c, REQUEST_TIMED_OUT) for c in b.chunks if now >= c.deadline]
+                    self._drop_from_batch(b, keep, expired, now, "delivery timeout")
                 else:
-                    deadline = min(deadline, b.chunks[0].deadline)
+                    deadline = min(deadline, b.deadline)
                     break
             if not lane.batches:
                 continue

@@ -3,7 +3,7 @@
 Run: ``python -m tests.bench.bench_engine [--messages N] [--per-submission K] [--runs R]``
 
 Each run starts a fresh BrokerProducer, fills its queue with N messages of
-100 bytes (in submissions of K messages, spread over 3 partitions, acks=1,
+100 bytes (in submissions of K messages, spread over P partitions, acks=1,
 idempotent, no compression), then times from start of delivery until the
 broker has acknowledged every message. It prints the median over the runs,
 the submit cost per message, and a cProfile top-15 of one more run so the
@@ -30,7 +30,7 @@ PAYLOAD = b"x" * 100
 
 
 async def one_run(bootstrap: str, topic: str, messages: int, per: int,
-                  settings: SessionSettings) -> tuple[float, float]:
+                  settings: SessionSettings, partitions: int = 3) -> tuple[float, float]:
     """(seconds to deliver everything, seconds spent submitting) for one pre-filled run."""
     done = asyncio.get_running_loop().create_future()
     delivered = 0
@@ -56,7 +56,8 @@ async def one_run(bootstrap: str, topic: str, messages: int, per: int,
     values = [PAYLOAD] * per
     keys = [None] * per
     for i in range(messages // per):
-        producer.submit(Submission(b"bench", settings, topic, i % 3, keys, values, ts, i))
+        producer.submit(Submission(b"bench", settings, topic, i % partitions, keys, values,
+                                   ts, i))
     t1 = time.perf_counter()
     await asyncio.wait_for(done, 300)
     t2 = time.perf_counter()
@@ -73,6 +74,7 @@ def main() -> None:
     ap.add_argument("--per-submission", type=int, default=100,
                     help="messages per Submission (one shim send_messages call)")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--partitions", type=int, default=3)
     ap.add_argument("--no-profile", action="store_true")
     args = ap.parse_args()
     per = args.per_submission
@@ -81,20 +83,23 @@ def main() -> None:
     broker = Tansu().start()
     try:
         topic = "bench-engine"
-        broker.create_topic(topic, partitions=3)
+        broker.create_topic(topic, partitions=args.partitions)
         rates, submit_us = [], []
         for _ in range(args.runs):
-            took, sub = asyncio.run(one_run(broker.bootstrap, topic, messages, per, settings))
+            took, sub = asyncio.run(one_run(broker.bootstrap, topic, messages, per, settings,
+                                            args.partitions))
             rates.append(messages / took)
             submit_us.append(sub / messages * 1e6)
-        print(f"messages={messages} size=100B per_submission={per} acks=1 idempotent codec=none")
+        print(f"messages={messages} size=100B per_submission={per} partitions={args.partitions} "
+              "acks=1 idempotent codec=none")
         print(f"delivery: median {statistics.median(rates):,.0f} msg/s "
               f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})")
         print(f"submit:   median {statistics.median(submit_us):.2f} us/message")
         if not args.no_profile:
             prof = cProfile.Profile()
             prof.enable()
-            asyncio.run(one_run(broker.bootstrap, topic, messages, per, settings))
+            asyncio.run(one_run(broker.bootstrap, topic, messages, per, settings,
+                                args.partitions))
             prof.disable()
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
