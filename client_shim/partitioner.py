@@ -15,6 +15,7 @@ partition, as in the Java client.
 from __future__ import annotations
 
 import abc
+import functools
 import random
 
 __all__ = ["Partitioner", "Murmur2Partitioner", "HashedPartitioner",
@@ -76,10 +77,13 @@ class Murmur2Partitioner(Partitioner):
             return random.choice(parts)
         if not isinstance(key, (bytes, bytearray, memoryview)):
             raise TypeError(f"key must be bytes to be hashed, not {type(key).__name__}")
-        return parts[(murmur2(bytes(key)) & 0x7FFFFFFF) % len(parts)]
+        return parts[(_murmur2_cached(bytes(key)) & 0x7FFFFFFF) % len(parts)]
 
 
 HashedPartitioner = Murmur2Partitioner
+
+# Keys repeat (user ids, order ids): remember recent hashes.
+_murmur2_cached = functools.lru_cache(maxsize=8192)(murmur2)
 
 
 class RoundRobinPartitioner(Partitioner):

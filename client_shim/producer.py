@@ -17,6 +17,7 @@ again in a forked child), which carries its delivery settings.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import random
@@ -58,7 +59,12 @@ def _number(name, value, *, minimum=0, integer=False, allow_none=False):
     return value
 
 
+_valid_topics: set[str] = set()   # names already checked (bounded; cleared when large)
+
+
 def _check_topic(topic) -> str:
+    if type(topic) is str and topic in _valid_topics:
+        return topic
     if isinstance(topic, (bytes, bytearray)):
         try:
             topic = bytes(topic).decode("ascii")
@@ -67,6 +73,9 @@ def _check_topic(topic) -> str:
     problem = schema.topic_problem(topic)
     if problem:
         raise (TypeError if not isinstance(topic, str) else ValueError)(f"topic {problem}")
+    if len(_valid_topics) > 10_000:
+        _valid_topics.clear()
+    _valid_topics.add(topic)
     return topic
 
 
@@ -221,16 +230,16 @@ class Producer:
     def send_messages(self, topic, partition, *msg):
         """Send `msg` payloads (bytes or None) to `topic`/`partition`; see the class doc."""
         topic = _check_topic(topic)
-        if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition <= 2**31 - 1:
+        if type(partition) is not int or not 0 <= partition <= 2**31 - 1:
             raise TypeError(f"partition must be an int >= 0, not {partition!r}")
-        return self._send_messages(topic, partition, *msg)
+        values = _check_payloads(msg, None)
+        return self._send_messages(self._get_session(), topic, partition, values)
 
-    def _send_messages(self, topic, partition, *msg, key=None):
-        values = _check_payloads(msg, key)
+    def _send_messages(self, session, topic, partition, values, key=None):
+        """Send already validated `values` (and `key`) to `topic`/`partition`."""
         if self.stopped and self._session_pid == os.getpid():
             raise IllegalStateError(f"{type(self).__name__} is stopped")
         keys = None if key is None else [key] * len(values)
-        session = self._get_session()
         if self.async_send:
             session.send_async(topic, partition, keys, values)
             return []
@@ -285,6 +294,13 @@ class Producer:
         return f"<{type(self).__name__} {mode} client={self.client!r}>"
 
 
+def _cached_partitions(session, client: DaemonClient, topic: str) -> list[int]:
+    """The topic's partition list: from this process's cache, else asked of the daemon."""
+    cache = getattr(session.link, "partition_cache", None)
+    parts = cache.get(topic) if cache is not None else None
+    return parts if parts else client.partitions_for(topic)
+
+
 class SimpleProducer(Producer):
     """Round-robin over the topic's partitions; all messages of one call go to one partition.
 
@@ -297,20 +313,23 @@ class SimpleProducer(Producer):
         self._cycles: dict[str, tuple[list, int]] = {}
         self._cycle_lock = threading.Lock()
 
-    def _next_partition(self, topic: str) -> int:
-        parts = self.client.partitions_for(topic)
-        with self._cycle_lock:
-            known = self._cycles.get(topic)
-            if known is None or known[0] != parts:
-                start = random.randrange(len(parts)) if self.random_start else 0
-                known = (parts, start)
-            self._cycles[topic] = (parts, (known[1] + 1) % len(parts))
-            return parts[known[1]]
+    def _next_partition(self, session, topic: str) -> int:
+        parts = _cached_partitions(session, self.client, topic)
+        known = self._cycles.get(topic)
+        if known is None or known[0] is not parts:
+            with self._cycle_lock:
+                known = self._cycles.get(topic)
+                if known is None or known[0] is not parts:
+                    start = random.randrange(len(parts)) if self.random_start else 0
+                    known = (parts, itertools.cycle(parts[start:] + parts[:start]))
+                    self._cycles[topic] = known
+        return next(known[1])      # atomic under the GIL: threads share the cycle safely
 
     def send_messages(self, topic, *msg):
         topic = _check_topic(topic)
-        _check_payloads(msg, None)
-        return self._send_messages(topic, self._next_partition(topic), *msg)
+        values = _check_payloads(msg, None)
+        session = self._get_session()
+        return self._send_messages(session, topic, self._next_partition(session, topic), values)
 
 
 class KeyedProducer(Producer):
@@ -324,8 +343,8 @@ class KeyedProducer(Producer):
         self.partitioners: dict[str, Partitioner] = {}
         super().__init__(*args, **kwargs)
 
-    def _next_partition(self, topic: str, key) -> int:
-        parts = self.client.partitions_for(topic)
+    def _next_partition(self, session, topic: str, key) -> int:
+        parts = _cached_partitions(session, self.client, topic)
         p = self.partitioners.get(topic)
         if p is None:
             p = self.partitioners[topic] = self.partitioner_class(parts)
@@ -333,8 +352,9 @@ class KeyedProducer(Producer):
 
     def send_messages(self, topic, key, *msg):
         topic = _check_topic(topic)
-        _check_payloads(msg, key)
-        return self._send_messages(topic, self._next_partition(topic, key), *msg, key=key)
+        values = _check_payloads(msg, key)
+        session = self._get_session()
+        return self._send_messages(session, topic, self._next_partition(session, topic, key), values, key=key)
 
     def send(self, topic, key, msg):
         """Deprecated alias of send_messages(topic, key, msg)."""
