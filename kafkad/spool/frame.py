@@ -115,22 +115,23 @@ class SpoolEntry:
     settings: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.session_id, bytes):
+        # Written for speed (one call per submission); the messages name the field.
+        if type(self.session_id) is not bytes:
             raise TypeError(f"session_id must be bytes, not {type(self.session_id).__name__}")
-        if not isinstance(self.topic, str) or not self.topic:
+        if type(self.topic) is not str or not self.topic:
             raise TypeError("topic must be a non-empty str")
-        for name in ("seq_first", "seq_last", "partition", "timestamp_ms"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        for name, value in (("seq_first", self.seq_first), ("seq_last", self.seq_last),
+                            ("partition", self.partition), ("timestamp_ms", self.timestamp_ms)):
+            if type(value) is not int or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, not {value!r}")
         if self.seq_last < self.seq_first:
             raise ValueError(f"seq_last ({self.seq_last}) is below seq_first ({self.seq_first})")
-        if not isinstance(self.values, (list, tuple)) or not self.values:
+        values, keys = self.values, self.keys
+        if type(values) not in (list, tuple) or not values:
             raise TypeError("values must be a non-empty list of bytes or None")
-        if self.keys is not None and (not isinstance(self.keys, (list, tuple))
-                                      or len(self.keys) != len(self.values)):
+        if keys is not None and (type(keys) not in (list, tuple) or len(keys) != len(values)):
             raise TypeError("keys must be None or a list as long as values")
-        if not isinstance(self.settings, dict):
+        if type(self.settings) is not dict:
             raise TypeError(f"settings must be a dict, not {type(self.settings).__name__}")
 
 

@@ -60,8 +60,10 @@ class RangeSet:
             ends.insert(i, hi)
             self._count += hi - lo
             return hi - lo
-        covered = sum(min(ends[k], hi) - max(starts[k], lo)
-                      for k in range(i, j) if min(ends[k], hi) > max(starts[k], lo))
+        if j == i + 1:               # the common case: one neighbour
+            covered = max(0, min(ends[i], hi) - max(starts[i], lo))
+        else:
+            covered = sum(max(0, min(ends[k], hi) - max(starts[k], lo)) for k in range(i, j))
         new_lo, new_hi = min(lo, starts[i]), max(hi, ends[j - 1])
         starts[i:j] = [new_lo]
         ends[i:j] = [new_hi]

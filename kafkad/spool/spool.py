@@ -616,21 +616,43 @@ class Spool:
     def release(self, ids) -> int:
         """Mark delivered entries (broker acknowledged) as released; returns how many were new.
 
-        Quick: the release record is written by the next commit. Segments whose
-        entries are all released are deleted once that record is durable.
+        `ids` is any iterable of ids (a `range` is cheapest). Quick: the release
+        record is written by the next commit. Segments whose entries are all
+        released are deleted once that record is durable. Releasing an id
+        twice is harmless.
         """
         self._check_usable()
-        ids = list(ids)
-        for entry_id in ids:
-            if not isinstance(entry_id, int) or not 1 <= entry_id < self._next_id:
-                raise ValueError(f"ids: {entry_id!r} is not an id this spool handed out")
+        top = self._next_id
+        if isinstance(ids, range) and ids.step == 1:
+            if ids and not (1 <= ids.start and ids.stop <= top):
+                raise ValueError(f"ids: {ids!r} holds ids this spool did not hand out")
+            runs = [(ids.start, ids.stop)] if ids else []
+        else:
+            ordered = sorted(set(ids))
+            for entry_id in ordered[:1] + ordered[-1:]:
+                if type(entry_id) is not int or not 1 <= entry_id < top:
+                    raise ValueError(f"ids: {entry_id!r} is not an id this spool handed out")
+            if any(type(i) is not int for i in ordered):
+                raise ValueError("ids: every id must be an int")
+            runs = []
+            for entry_id in ordered:
+                if runs and runs[-1][1] == entry_id:
+                    runs[-1][1] = entry_id + 1
+                else:
+                    runs.append([entry_id, entry_id + 1])
         new = 0
-        for entry_id in ids:
-            if self._released.add(entry_id):
-                self._release_buf.add(entry_id)
-                k = bisect_right(self._seg_firsts, entry_id) - 1
-                self._segments[k].unreleased -= 1
-                new += 1
+        firsts, segments = self._seg_firsts, self._segments
+        for lo, hi in runs:
+            while lo < hi:
+                k = bisect_right(firsts, lo) - 1
+                piece_hi = min(hi, firsts[k + 1]) if k + 1 < len(firsts) else hi
+                added = self._released.add_range(lo, piece_hi)
+                if added:
+                    self._release_buf.add_range(lo, piece_hi)
+                    if k >= 0:       # ids below every segment are released already
+                        segments[k].unreleased -= added
+                    new += added
+                lo = piece_hi
         return new
 
     def _drop_segment(self, seg: _Segment) -> None:
