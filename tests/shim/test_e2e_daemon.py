@@ -96,6 +96,25 @@ def test_codecs_deliver_readable_records(daemon, tansu, topic, codec):
     assert [v for _, v, _ in got[0]] == payloads
 
 
+def test_codec_and_acks_choose_the_daemons_producer_lane(daemon, topic):
+    """The daemon keeps one producer lane per (acks, codec): each setting must reach it."""
+    for codec in (client_shim.CODEC_GZIP, client_shim.CODEC_LZ4):
+        p = client_shim.Producer(daemon.endpoint, req_acks=-1, codec=codec)
+        assert p.send_messages(topic, 0, b"lane")[0].error == 0
+    lanes = client_shim.DaemonClient(daemon.endpoint).stats()["producer_ids"]
+    assert {"acks=-1,codec=1", "acks=-1,codec=3"} <= set(lanes), lanes
+
+
+def test_sync_fail_on_error_raises_or_returns_the_error(daemon, topic):
+    loud = client_shim.Producer(daemon.endpoint)
+    with pytest.raises(errors.UnknownTopicOrPartitionError) as info:
+        loud.send_messages(topic, 7, b"no such partition")
+    assert info.value.errno == 3
+    quiet = client_shim.Producer(daemon.endpoint, sync_fail_on_error=False)
+    assert quiet.send_messages(topic, 7, b"no such partition") == [
+        client_shim.ProduceResponsePayload(topic, 7, 3, -1)]
+
+
 def test_keyed_partitions_match_the_java_default_partitioner(daemon, tansu, topic):
     from confluent_kafka import Producer as CKProducer
 
