@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kafkad.broker")
 
 _READ_CHUNK = 256 * 1024
+# Bytes waiting in a socket's send buffer above which nothing new is handed to it.
+WRITE_BUFFER_LIMIT = 8 * 1024 * 1024
 # Largest answer accepted from a broker (Metadata of a very large cluster fits).
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
@@ -63,6 +65,7 @@ class BrokerConnection:
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"kafkad-broker-{node}")
         self._auth_task: asyncio.Task | None = None
+        self._drain_task: asyncio.Task | None = None
 
     def __repr__(self) -> str:
         return f"<BrokerConnection node={self.node} {self.host}:{self.port} pending={len(self._pending)}>"
@@ -79,7 +82,24 @@ class BrokerConnection:
             self._unanswered.append(corr)
             if len(self._unanswered) > 4096:
                 self._unanswered.popleft()
-        self._writer.write(data)
+        writer = self._writer
+        writer.write(data)
+        if (self._drain_task is None and writer.transport.get_write_buffer_size()
+                > WRITE_BUFFER_LIMIT):
+            self.owner.engine.set_writable(self.node, False)
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Wait for the send buffer to empty below asyncio's low-water mark, then resume."""
+        try:
+            await self._writer.drain()
+        except (OSError, ConnectionError):
+            return   # the read loop reports the lost connection
+        finally:
+            self._drain_task = None
+        if not self.closed:
+            self.owner.engine.set_writable(self.node, True)
+            self.owner.wake()
 
     async def exchange(self, msg, version: int):
         """Send `msg` outside the engine and await its answer (used by SASL)."""
@@ -201,7 +221,7 @@ class BrokerConnection:
         self._fail_exchanges("closed")
         if self._writer is not None:
             self._writer.close()
-        for task in (self._task, self._auth_task):
+        for task in (self._task, self._auth_task, self._drain_task):
             if task is not None and not task.done():
                 task.cancel()
 

@@ -170,7 +170,11 @@ class Engine:
             raise ValueError(f"sub.keys: {len(sub.keys)} keys for {n} values")
         if n == 0:
             raise ValueError("sub.values: a submission needs at least one message")
-        payload = sum(map(len, filter(None, values))) + sum(map(len, filter(None, sub.keys)))
+        if n == 1:   # the common shape (one send_messages call, one message): no iterators
+            v, k = values[0], sub.keys[0]
+            payload = (len(v) if v else 0) + (len(k) if k else 0)
+        else:
+            payload = sum(map(len, filter(None, values))) + sum(map(len, filter(None, sub.keys)))
         nbytes = payload + n * _RECORD_OVERHEAD
         q = self.queue
         live = self.queued + self.in_flight
@@ -361,6 +365,17 @@ class Engine:
         log.log(level if loud else logging.DEBUG, "kafka broker %s (%s:%s): " + fmt,
                 conn.node, conn.host, conn.port, *args)
 
+    def set_writable(self, node: int, writable: bool) -> None:
+        """The driver's send buffer for `node` is over (False) or back under (True) its limit.
+
+        Nothing new is sent to a node that is not writable, which bounds the
+        bytes waiting in a socket buffer when acks=0 traffic (no in-flight
+        limit) meets a slow broker.
+        """
+        conn = self.conns.get(node)
+        if conn is not None:
+            conn.writable = writable
+
     def versions(self, node: int) -> dict[int, tuple[int, int]]:
         """The API version ranges broker `node` announced ({api_key: (min, max)})."""
         return dict(self.conns[node].versions)
@@ -378,6 +393,7 @@ class Engine:
         if conn.state is not ConnState.CONNECTING:
             self._meta_needed = True  # a lost broker often means moved leaders
         advance(conn, ConnState.BACKOFF)
+        conn.writable = True
         conn.failures += 1
         base = self.kafka.reconnect_backoff_ms / 1000.0
         cap = self.kafka.reconnect_backoff_max_ms / 1000.0
@@ -954,7 +970,7 @@ class Engine:
                     self._meta_needed = True
                     continue
                 conn = conns[leader] = Conn(leader, *host_port)
-            if conn.state is not ConnState.READY:
+            if conn.state is not ConnState.READY or not conn.writable:
                 if conn.state is ConnState.DOWN:
                     self._want_connect.add(leader)
                 continue

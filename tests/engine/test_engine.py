@@ -679,3 +679,16 @@ def test_a_broker_that_stays_away_is_logged_loudly_once_a_minute(caplog):
 def test_unusable_settings_are_refused_naming_the_key(kw, word):
     with pytest.raises(ValueError, match=word):
         Harness(cluster("t"), **kw)
+
+
+def test_nothing_new_goes_to_a_broker_whose_send_buffer_is_full():
+    h = Harness(cluster("t"))
+    connect(h)
+    h.engine.set_writable(1, False)
+    h.submit("t", 0, [b"waits"], settings=settings(acks=0), token="w")
+    h.submit("t", 1, [b"goes"], settings=settings(acks=0), token="g")
+    h.run(until=h.now + 1)
+    assert "w" not in h.by_token() and h.by_token()["g"][0].error == 0
+    h.engine.set_writable(1, True)
+    h.run()
+    assert h.by_token()["w"][0].error == 0
