@@ -166,6 +166,11 @@ class Daemon:
 
     async def _start(self) -> None:
         cfg = self.config
+        if cfg.spool.enabled:
+            # Refuse rather than run without the durability the operator asked for.
+            raise StartupError("[spool] enabled = true is not supported by this kafkad version: "
+                               "the IPC server does not write accepted messages to the spool yet; "
+                               "set enabled = false (messages are then kept in memory until delivered)")
         event(log, logging.INFO, "starting", pid=os.getpid(), config=self.config_path or "-",
               endpoint=cfg.ipc.endpoint, brokers=cfg.kafka.bootstrap_servers,
               security_protocol=cfg.kafka.security_protocol)

@@ -191,6 +191,17 @@ def test_prometheus_address_in_use_is_a_clear_start_failure(tmp_path):
     assert not (tmp_path / "k.sock").exists(), "the IPC socket was left behind"
 
 
+def test_spool_enabled_is_refused_rather_than_ignored(tmp_path):
+    config = tmp_path / "k.toml"
+    config.write_text(f'[ipc]\nendpoint = "ipc://{tmp_path}/k.sock"\n'
+                      f'[spool]\nenabled = true\npath = "{tmp_path}/spool"\n')
+    r = subprocess.run(kafkad_cmd("run", "--config", str(config)), capture_output=True, text=True,
+                       timeout=30, env=daemon_env(**NOT_UNDER_SYSTEMD))
+    assert r.returncode == 1
+    assert "kafkad: cannot start: [spool] enabled = true is not supported" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "k.sock").exists()
+
+
 def test_sigint_stops_like_sigterm():
     with KafkadProcess(unreachable_broker(), env=NOT_UNDER_SYSTEMD) as d:
         d.start()
