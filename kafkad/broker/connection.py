@@ -18,7 +18,13 @@ import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from kafkad.protocol import FrameReader, ProtocolError, encode_request, peek_correlation_id
+from kafkad.protocol import (
+    FrameReader,
+    ProtocolError,
+    decode_response,
+    encode_request,
+    peek_correlation_id,
+)
 from kafkad.protocol.messages import RESPONSE_FOR
 
 if TYPE_CHECKING:
@@ -203,7 +209,6 @@ class BrokerConnection:
                 _, req = pending.popleft()
                 if isinstance(req, _Exchange):
                     if not req.future.done():
-                        from kafkad.protocol import decode_response
                         req.future.set_result(decode_response(req.response_cls, req.version, frame)[1])
                     continue
                 engine.response(req, engine.decode(req, frame), now)

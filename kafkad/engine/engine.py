@@ -424,7 +424,9 @@ class Engine:
         """The decoded answer to `req` (the oldest request in flight on its connection)."""
         conn = self.conns[req.node]
         if not conn.inflight or conn.inflight[0] is not req:
-            raise AssertionError(f"{req!r} answered out of order on {conn!r}")
+            if req in conn.inflight:
+                raise AssertionError(f"{req!r} answered out of order on {conn!r}")
+            return  # the connection was given up (and its requests settled) meanwhile
         conn.inflight.popleft()
         lat = self._latency.get(req.node)
         if lat is None:
