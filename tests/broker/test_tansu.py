@@ -133,3 +133,19 @@ def test_queue_full_refuses_and_drain_returns_what_cannot_go(topic):
     assert sorted(s.token for s in run.left) == list(range(10))
     assert run.stats["dropped"] == 10 and run.outcomes == []
     check_balanced(run.stats)
+
+
+def test_reload_applies_live_settings_and_names_those_needing_a_restart(tansu, topic):
+    from dataclasses import replace
+
+    async def script(producer, run):
+        kafka = replace(producer.kafka, linger_ms=0.0, client_id="other")
+        assert producer.reload(kafka, QueueConfig(max_messages=2)) == ["kafka.client_id"]
+        submit(producer, run, sub(topic, 0, [b"a", b"b"], token="fits"))
+        with pytest.raises(QueueFull):
+            producer.submit(sub(topic, 0, [b"c"], token="over"))
+        await producer.drain(asyncio.get_running_loop().time() + 10)
+
+    run = asyncio.run(run_producer(kafka_config(tansu.bootstrap), script))
+    assert run.by_token()["fits"][0].error == 0
+    assert run.stats["accepted"] == 2
