@@ -9,9 +9,11 @@ with MONOTONIC_USEC then READY=1, STOPPING=1 and the exit status.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import time
 import urllib.error
@@ -200,6 +202,20 @@ def test_spool_enabled_is_refused_rather_than_ignored(tmp_path):
     assert r.returncode == 1
     assert "kafkad: cannot start: [spool] enabled = true is not supported" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "k.sock").exists()
+
+
+def test_socket_mode_and_restart_after_a_crash():
+    with KafkadProcess(unreachable_broker(), env=NOT_UNDER_SYSTEMD,
+                       extra={"ipc": {"socket_mode": "0640"}}) as d:
+        d.start()
+        path = d.endpoint.removeprefix("ipc://")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+        assert d.kill9() == -signal.SIGKILL
+        assert os.path.exists(path)          # a crash leaves the socket file behind
+        d.restart()                          # ...and the next start replaces it
+        assert d.stats()["state"] == "running"
+        assert d.term() == 0
+        assert not os.path.exists(path)      # a clean stop removes it
 
 
 def test_sigint_stops_like_sigterm():
