@@ -81,6 +81,16 @@ def test_example_has_no_key_the_dataclasses_lack():
     assert set(keys(data)) == known
 
 
+def test_every_numeric_field_has_a_range_rule():
+    """A new int/float field must say its range in configfile._FIELD_RULES (negative timeouts...)."""
+    from kafkad.configfile import _FIELD_RULES
+
+    missing = [".".join(key) for key, f in _fields(Config)
+               if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)
+               and ".".join(key) not in _FIELD_RULES and key != ("ipc", "socket_mode")]
+    assert missing == []
+
+
 # --- values that load ----------------------------------------------------------
 
 
