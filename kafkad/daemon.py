@@ -366,6 +366,8 @@ class Daemon:
             snap = self.stats.snapshot()
             if self._state is State.RUNNING:
                 self.notifier.status(status_line(snap))
+            elif self._state is State.STOPPING:   # drain progress for `systemctl status`
+                self.notifier.status(f"stopping: draining; {status_line(snap)}")
             if snap["unaccounted"] and not warned:
                 warned = True
                 event(log, logging.ERROR, "accounting_mismatch", unaccounted=snap["unaccounted"],

@@ -147,12 +147,14 @@ def test_stop_counts_and_logs_what_was_not_delivered():
 
 def test_a_second_sigterm_cuts_the_drain_short():
     with KafkadProcess(unreachable_broker(), request_timeout_ms=1000, drain_timeout_s=600,
-                       env=NOT_UNDER_SYSTEMD) as d:
+                       env=NOT_UNDER_SYSTEMD, extra={"stats": {"status_interval_s": 0.1}}) as d:
         d.start()
         producer = queue_undeliverable(d, 3)
         try:
             d.signal(signal.SIGTERM)
             d.wait_notification("STOPPING=1")
+            # While it drains, STATUS= keeps saying so, with what is left.
+            d.wait_notification(lambda line: line.startswith("STATUS=stopping: draining; queued 3 "))
             assert d.term(timeout=30) == 0   # the second SIGTERM; the drain would take 600 s
         finally:
             producer.stop()
