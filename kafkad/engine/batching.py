@@ -169,7 +169,7 @@ class Lane:
     """One partition under one set of batch settings: an ordered deque of batches."""
 
     __slots__ = ("topic", "partition", "group", "batches", "inflight", "next_seq",
-                 "acked_seq", "node", "queued", "key")
+                 "acked_seq", "node", "queued", "key", "dirty", "wake_at")
 
     def __init__(self, key, topic: str, partition: int, group) -> None:
         self.key = key
@@ -182,6 +182,10 @@ class Lane:
         self.acked_seq = 0       # the sequence after the last acknowledged batch
         self.node = -1           # the node the in-flight batches went to
         self.queued = 0          # records in batches not on the wire
+        # Engine.poll looks at a lane only when it is dirty (something about it
+        # changed) or its next timer (linger, retry backoff, expiry) is due.
+        self.dirty = True
+        self.wake_at = float("inf")
 
     def __repr__(self) -> str:
         states = ",".join(b.state.name for b in self.batches)

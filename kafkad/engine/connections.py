@@ -77,7 +77,8 @@ class Conn:
     """One broker node's connection as the engine sees it (the driver owns the socket)."""
 
     __slots__ = ("node", "host", "port", "state", "inflight", "versions", "retry_at",
-                 "failures", "bootstrap", "api_versions_version", "logged_at", "writable")
+                 "failures", "bootstrap", "api_versions_version", "logged_at", "writable",
+                 "blocked")
 
     def __init__(self, node: int, host: str, port: int, bootstrap: bool = False) -> None:
         self.node = node
@@ -92,6 +93,7 @@ class Conn:
         self.api_versions_version = API_VERSIONS_SUPPORTED[API_VERSIONS][1]
         self.logged_at = -_INF   # when a failure of this connection was last logged loudly
         self.writable = True     # False while the socket's send buffer is over its limit
+        self.blocked: set = set()  # lanes with batches waiting for this connection
 
     def __repr__(self) -> str:
         return (f"<Conn node={self.node} {self.host}:{self.port} {self.state.name} "

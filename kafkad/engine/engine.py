@@ -105,7 +105,7 @@ class Engine:
     """All producer state. `kafka` and `queue` are kafkad.config KafkaConfig / QueueConfig."""
 
     def __init__(self, kafka, queue, *, rng: random.Random | None = None,
-                 client_version: str = "") -> None:
+                 client_version: str = "", sweep_interval: float = 1.0) -> None:
         if not kafka.bootstrap_servers:
             raise ValueError("kafka.bootstrap_servers: at least one host:port is needed")
         if kafka.idempotence and kafka.max_in_flight_per_connection > 5:
@@ -134,6 +134,9 @@ class Engine:
         self._closes: list[int] = []
         self._sends: list[Request] = []
         self._want_connect: set[int] = set()
+        self._dirty_all = True
+        self._last_sweep = -_INF
+        self._sweep_interval = sweep_interval
         # metadata
         self._wanted: set[str] = set()
         self._meta_inflight = False
@@ -225,6 +228,8 @@ class Engine:
         self._cap = min(kafka.batch_max_bytes,
                         kafka.request_max_bytes - _REQUEST_OVERHEAD - _PARTITION_OVERHEAD - 255)
         self._delivery_s = kafka.delivery_timeout_ms / 1000.0
+        self._linger_s = kafka.linger_ms / 1000.0
+        self._dirty_all = True
 
     def _chunk_prefix_bytes(self, chunk: Chunk, k: int) -> int:
         sub = chunk.sub
@@ -263,6 +268,7 @@ class Engine:
             batch = lane.open_batch(now, BATCH_OVERHEAD)
         batch.add(chunk)
         lane.queued += chunk.hi - chunk.lo
+        lane.dirty = True
         self._active[lane] = None
 
     def _records_fitting(self, chunk: Chunk, room: int) -> int:
@@ -321,7 +327,7 @@ class Engine:
 
     def connected(self, node: int, now: float) -> None:
         conn = self.conns[node]
-        advance(conn, ConnState.NEGOTIATING)
+        self._move(conn, ConnState.NEGOTIATING)
         self._send_api_versions(conn, now)
 
     def connect_failed(self, node: int, now: float, reason: str) -> None:
@@ -341,7 +347,7 @@ class Engine:
 
     def authenticated(self, node: int, now: float) -> None:
         conn = self.conns[node]
-        advance(conn, ConnState.READY)
+        self._move(conn, ConnState.READY)
         conn.failures = 0
 
     def auth_failed(self, node: int, now: float, reason: str) -> None:
@@ -365,6 +371,11 @@ class Engine:
         log.log(level if loud else logging.DEBUG, "kafka broker %s (%s:%s): " + fmt,
                 conn.node, conn.host, conn.port, *args)
 
+    def _move(self, obj, state) -> None:
+        """Change a connection's or producer id's state; every lane may be affected."""
+        advance(obj, state)
+        self._dirty_all = True
+
     def set_writable(self, node: int, writable: bool) -> None:
         """The driver's send buffer for `node` is over (False) or back under (True) its limit.
 
@@ -373,8 +384,9 @@ class Engine:
         limit) meets a slow broker.
         """
         conn = self.conns.get(node)
-        if conn is not None:
+        if conn is not None and conn.writable != writable:
             conn.writable = writable
+            self._dirty_all = True
 
     def versions(self, node: int) -> dict[int, tuple[int, int]]:
         """The API version ranges broker `node` announced ({api_key: (min, max)})."""
@@ -392,7 +404,7 @@ class Engine:
             self._auth = [n for n in self._auth if n != node]
         if conn.state is not ConnState.CONNECTING:
             self._meta_needed = True  # a lost broker often means moved leaders
-        advance(conn, ConnState.BACKOFF)
+        self._move(conn, ConnState.BACKOFF)
         conn.writable = True
         conn.failures += 1
         base = self.kafka.reconnect_backoff_ms / 1000.0
@@ -411,7 +423,7 @@ class Engine:
                 self._meta_inflight = False
             elif key == API_INIT_PID:
                 group = req.group
-                advance(group, PidState.NONE)
+                self._move(group, PidState.NONE)
                 group.retry_at = now + self._jitter(0.1)
 
     # ------------------------------------------------------------------ responses
@@ -428,6 +440,10 @@ class Engine:
                 raise AssertionError(f"{req!r} answered out of order on {conn!r}")
             return  # the connection was given up (and its requests settled) meanwhile
         conn.inflight.popleft()
+        if conn.blocked:
+            for lane in conn.blocked:
+                lane.dirty = True
+            conn.blocked.clear()
         lat = self._latency.get(req.node)
         if lat is None:
             lat = self._latency[req.node] = deque(maxlen=_LATENCY_SAMPLES)
@@ -466,10 +482,10 @@ class Engine:
                                    f"(broker offers {conn.versions})")
             return
         if self._sasl:
-            advance(conn, ConnState.AUTHENTICATING)
+            self._move(conn, ConnState.AUTHENTICATING)
             self._auth.append(conn.node)
         else:
-            advance(conn, ConnState.READY)
+            self._move(conn, ConnState.READY)
             conn.failures = 0
 
     def _protocol_failure(self, conn: Conn, now: float, why: str) -> None:
@@ -485,6 +501,7 @@ class Engine:
         self._push(conn, Request(conn.node, msg, v, ApiVersionsResponse, now))
 
     def _on_metadata(self, msg, now: float) -> None:
+        self._dirty_all = True   # leaders may have moved
         self._meta_inflight = False
         self._meta_needed = False
         self.metadata.update(msg, now)
@@ -523,25 +540,25 @@ class Engine:
             group.producer_id = msg.producer_id
             group.epoch = msg.producer_epoch
             group.fresh_id = False
-            advance(group, PidState.READY)
+            self._move(group, PidState.READY)
             for lane in group.lanes:
                 lane.resequence()
             return
         info = error_info(code)
         if info.retriable:
-            advance(group, PidState.NONE)
+            self._move(group, PidState.NONE)
             group.retry_at = now + self._jitter(0.1)
         elif code in (INVALID_PRODUCER_EPOCH, PRODUCER_FENCED) and group.producer_id >= 0:
             # The bump was refused: start over with a new producer id.
             log.warning("producer id %d epoch %d cannot be bumped (%s); asking for a new id",
                         group.producer_id, group.epoch, _err_name(code))
             group.fresh_id = True
-            advance(group, PidState.NONE)
+            self._move(group, PidState.NONE)
         else:
             log.error("InitProducerId failed with %s: sending acks=%d batches without "
                       "idempotence (retries may then duplicate records)",
                       _err_name(code), group.acks)
-            advance(group, PidState.DISABLED)
+            self._move(group, PidState.DISABLED)
             for lane in group.lanes:
                 for b in lane.batches:
                     b.seq = -1
@@ -567,6 +584,7 @@ class Engine:
 
     def _off_wire(self, b: Batch) -> None:
         lane = b.lane
+        lane.dirty = True
         if lane.group.acks != 0:
             lane.inflight -= 1
             lane.group.inflight -= 1
@@ -632,7 +650,7 @@ class Engine:
                 log.warning("%s[%d]: broker lost producer %d's sequence (%s): bumping the epoch",
                             lane.topic, lane.partition, group.producer_id, _err_name(code))
                 group.fresh_id = code == INVALID_PRODUCER_EPOCH
-                advance(group, PidState.BUMP_PENDING)
+                self._move(group, PidState.BUMP_PENDING)
             retriable = True
         elif code in SEQUENCE_LOST:
             retriable = True         # sent before a bump already under way
@@ -711,13 +729,14 @@ class Engine:
                          now: float, why: str | None = None) -> None:
         """Fail `failed` chunks out of `b` (state RETRY or not yet sent), fixing sequences."""
         lane = b.lane
+        lane.dirty = True
         group = lane.group
         removed = sum(c.count for c, _ in failed)
         if b.seq >= 0:
             if b.maybe_written and group.state is PidState.READY:
                 # Unknown whether the broker wrote them: only a new epoch makes the
                 # remaining sequence numbers safe again.
-                advance(group, PidState.BUMP_PENDING)
+                self._move(group, PidState.BUMP_PENDING)
             elif group.state is PidState.READY:
                 lane.remove_sequence_gap(b, removed)
         lane.queued -= removed
@@ -784,7 +803,7 @@ class Engine:
                     deadline = min(deadline, first.sent_at + rt)
             if conn.state is ConnState.BACKOFF:
                 if now >= conn.retry_at:
-                    advance(conn, ConnState.DOWN)
+                    self._move(conn, ConnState.DOWN)
                 else:
                     deadline = min(deadline, conn.retry_at)
         # 2. session holds
@@ -811,7 +830,7 @@ class Engine:
         act.outcomes, self._outcomes = self._outcomes, []
         for conn in self.conns.values():
             if conn.state is ConnState.DOWN and conn.node in self._want_connect:
-                advance(conn, ConnState.CONNECTING)
+                self._move(conn, ConnState.CONNECTING)
                 act.connects.append((conn.node, conn.host, conn.port))
         self._want_connect.clear()
         act.sends, self._sends = self._sends, []
@@ -903,8 +922,8 @@ class Engine:
             log.error("broker %s does not offer InitProducerId: sending without idempotence",
                       conn.node)
             if st is PidState.BUMP_PENDING:
-                advance(group, PidState.INITIALIZING)
-            advance(group, PidState.DISABLED)
+                self._move(group, PidState.INITIALIZING)
+            self._move(group, PidState.DISABLED)
             for lane in group.lanes:
                 for b in lane.batches:
                     b.seq = -1
@@ -914,88 +933,114 @@ class Engine:
         msg = InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000,
                                     producer_id=group.producer_id if bump else -1,
                                     producer_epoch=group.epoch if bump else -1)
-        advance(group, PidState.INITIALIZING)
+        self._move(group, PidState.INITIALIZING)
         self._push(conn, Request(conn.node, msg, v, InitProducerIdResponse, now, group=group))
         return _INF
 
     def _poll_lanes(self, now: float, act: Actions) -> float:
+        """Visit the lanes that changed or whose timers are due; send what can go."""
         deadline = _INF
-        linger = self.kafka.linger_ms / 1000.0
-        draining = self.draining
-        md = self.metadata
-        conns = self.conns
+        if self._active and now - self._last_sweep >= self._sweep_interval:
+            # Safety net: look at every lane now and then even if no event said so.
+            self._dirty_all = True
+        visit_all = self._dirty_all
+        if visit_all:
+            self._dirty_all = False
+            self._last_sweep = now
         buckets: dict[tuple, list[list[Batch]]] = {}
         for lane in list(self._active):
-            group = lane.group
-            # expiry of records not on the wire
-            for b in list(lane.batches):
-                if b.state is BatchState.IN_FLIGHT:
-                    continue
-                if now >= b.deadline:
-                    keep = [c for c in b.chunks if now < c.deadline]
-                    expired = [(c, REQUEST_TIMED_OUT) for c in b.chunks if now >= c.deadline]
-                    self._drop_from_batch(b, keep, expired, now, "delivery timeout")
-                else:
-                    deadline = min(deadline, b.deadline)
-                    break
-            if not lane.batches:
+            if not (visit_all or lane.dirty or now >= lane.wake_at):
+                if lane.wake_at < deadline:
+                    deadline = lane.wake_at
                 continue
-            # readiness
-            waiting_retry = False
-            for b in lane.batches:
-                st = b.state
-                if st is BatchState.OPEN:
-                    if b.sync or draining or now >= b.created_at + linger:
-                        advance(b, BatchState.READY)
-                    else:
-                        deadline = min(deadline, b.created_at + linger)
-                elif st is BatchState.RETRY:
-                    if lane.inflight or waiting_retry:
-                        waiting_retry = True
-                    elif now >= b.retry_at:
-                        advance(b, BatchState.READY)
-                    else:
-                        deadline = min(deadline, b.retry_at)
-                        waiting_retry = True
-            if group.state is not PidState.READY and group.idempotent:
-                continue
-            leader = md.leader(lane.topic, lane.partition)
-            if leader < 0:
-                self._meta_needed = True
-                continue
-            if lane.inflight and lane.node != leader:
-                continue  # the leader moved: let the old leader's answers settle first
-            conn = conns.get(leader)
-            if conn is None:
-                host_port = md.brokers.get(leader)
-                if host_port is None:
-                    self._meta_needed = True
-                    continue
-                conn = conns[leader] = Conn(leader, *host_port)
-            if conn.state is not ConnState.READY or not conn.writable:
-                if conn.state is ConnState.DOWN:
-                    self._want_connect.add(leader)
-                continue
-            if group.acks == 0:
-                limit = _INF
-            elif group.idempotent:
-                limit = self.kafka.max_in_flight_per_connection
-            else:
-                limit = 1   # without sequence numbers only one at a time keeps the order
-            picked: list[Batch] = []
-            n_inflight = lane.inflight
-            for b in lane.batches:
-                st = b.state
-                if st is BatchState.IN_FLIGHT:
-                    continue
-                if st is not BatchState.READY or n_inflight + len(picked) >= limit:
-                    break
-                picked.append(b)
-            if picked:
-                bkey = (leader, group.acks, group.timeout_ms)
-                buckets.setdefault(bkey, []).append(picked)
+            lane.dirty = False
+            wake = self._visit_lane(lane, now, buckets)
+            lane.wake_at = wake
+            if wake < deadline:
+                deadline = wake
         for (node, acks, timeout_ms), lanes in buckets.items():
-            self._build_requests(conns[node], acks, timeout_ms, lanes, now)
+            self._build_requests(self.conns[node], acks, timeout_ms, lanes, now)
+        if self._active:
+            deadline = min(deadline, self._last_sweep + self._sweep_interval)
+        return deadline
+
+    def _visit_lane(self, lane: Lane, now: float, buckets: dict) -> float:
+        """Expire, ready and pick `lane`'s batches; return when it needs a look again."""
+        deadline = _INF
+        group = lane.group
+        # expiry of records not on the wire
+        for b in list(lane.batches):
+            if b.state is BatchState.IN_FLIGHT:
+                continue
+            if now >= b.deadline:
+                keep = [c for c in b.chunks if now < c.deadline]
+                expired = [(c, REQUEST_TIMED_OUT) for c in b.chunks if now >= c.deadline]
+                self._drop_from_batch(b, keep, expired, now, "delivery timeout")
+            else:
+                deadline = b.deadline
+                break
+        if not lane.batches:
+            return _INF
+        # readiness
+        linger = self._linger_s
+        draining = self.draining
+        waiting_retry = False
+        for b in lane.batches:
+            st = b.state
+            if st is BatchState.OPEN:
+                if b.sync or draining or now >= b.created_at + linger:
+                    advance(b, BatchState.READY)
+                else:
+                    deadline = min(deadline, b.created_at + linger)
+            elif st is BatchState.RETRY:
+                if lane.inflight or waiting_retry:
+                    waiting_retry = True
+                elif now >= b.retry_at:
+                    advance(b, BatchState.READY)
+                else:
+                    deadline = min(deadline, b.retry_at)
+                    waiting_retry = True
+        # The checks below that give up wait for an event that marks lanes dirty:
+        # a producer id, metadata, a connection state change, an answer.
+        if group.state is not PidState.READY and group.idempotent:
+            return deadline
+        md = self.metadata
+        leader = md.leader(lane.topic, lane.partition)
+        if leader < 0:
+            self._meta_needed = True
+            return deadline
+        if lane.inflight and lane.node != leader:
+            return deadline  # the leader moved: let the old leader's answers settle first
+        conn = self.conns.get(leader)
+        if conn is None:
+            host_port = md.brokers.get(leader)
+            if host_port is None:
+                self._meta_needed = True
+                return deadline
+            conn = self.conns[leader] = Conn(leader, *host_port)
+        if conn.state is not ConnState.READY or not conn.writable:
+            conn.blocked.add(lane)
+            if conn.state is ConnState.DOWN:
+                self._want_connect.add(leader)
+            return deadline
+        if group.acks == 0:
+            limit = _INF
+        elif group.idempotent:
+            limit = self.kafka.max_in_flight_per_connection
+        else:
+            limit = 1   # without sequence numbers only one at a time keeps the order
+        picked: list[Batch] = []
+        n_inflight = lane.inflight
+        for b in lane.batches:
+            st = b.state
+            if st is BatchState.IN_FLIGHT:
+                continue
+            if st is not BatchState.READY or n_inflight + len(picked) >= limit:
+                break
+            picked.append(b)
+        if picked:
+            bkey = (leader, group.acks, group.timeout_ms)
+            buckets.setdefault(bkey, []).append(picked)
         return deadline
 
     def _build_requests(self, conn: Conn, acks: int, timeout_ms: int,
@@ -1006,6 +1051,7 @@ class Engine:
         queues = [deque(picked) for picked in lanes]
         while queues:
             if acks != 0 and len(conn.inflight) >= max_inflight:
+                conn.blocked.update(q[0].lane for q in queues)
                 return
             batches: list[Batch] = []
             tps: set[tuple[str, int]] = set()
@@ -1095,6 +1141,7 @@ class Engine:
     def start_drain(self) -> None:
         """From now on: release every hold and send every batch without lingering."""
         self.draining = True
+        self._dirty_all = True
         self._hold_due = 0.0
 
     @property

@@ -190,7 +190,8 @@ class Harness:
         queue = kafka.pop("queue", QueueConfig())
         kafka.setdefault("bootstrap_servers", ("127.0.0.1:9001",))
         self.kafka = KafkaConfig(**kafka)
-        self.engine = Engine(self.kafka, queue, rng=random.Random(7))
+        # No safety sweep: a lane that misses its wake-up must show up as a failure here.
+        self.engine = Engine(self.kafka, queue, rng=random.Random(7), sweep_interval=float("inf"))
         self.now = 1000.0
         self.outcomes = []
         self.up: set[int] = set(self.cluster.brokers)   # brokers accepting connections
