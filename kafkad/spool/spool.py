@@ -248,6 +248,7 @@ class Spool:
         self._boundary = 1                  # ids below were recovered from disk at open
         self._written_id = 0
         self._synced_id = 0
+        self._handed_out = 0                # highest durable id a commit has returned
         self._data_bytes = 0
         self._blocked_need = 0
         self._dir_dirty = False
@@ -365,7 +366,7 @@ class Spool:
         released_top = max((hi for _, hi in self._released.ranges()), default=1)
         self._next_id = max(end, released_top, 1)
         self._boundary = self._next_id
-        self._written_id = self._synced_id = self._next_id - 1
+        self._written_id = self._synced_id = self._handed_out = self._next_id - 1
         self._seg_firsts = [s.first_id for s in self._segments]
         self._data_bytes = sum(s.size for s in self._segments)
         self._ack_synced = True
@@ -802,7 +803,8 @@ class Spool:
         if job is not None:
             job.run()
             self.finish_sync(job)
-        return self.durable_id
+        self._handed_out = self.durable_id
+        return self._handed_out
 
     def prepare_sync(self, *, force: bool = False) -> SyncJob | None:
         """Write buffered data (quick, no fsync) and return the blocking rest as a
@@ -822,8 +824,12 @@ class Spool:
         unsynced = self._written_id > self._synced_id or not self._ack_synced
         sync_data = unsynced and (force or policy == "always" or (
             policy == "interval" and now - self._last_sync >= self.cfg.fsync_interval_ms / 1000))
+        # A segment goes only once its entries were handed out as durable by an
+        # earlier commit: the caller has acknowledged them to the shims by then, so
+        # a crash cannot leave a shim replaying an entry the spool no longer knows.
         doomed = [s for s in self._segments[:-1]
-                  if s.unreleased == 0 and not s.doomed and not s.buf]
+                  if s.unreleased == 0 and not s.doomed and not s.buf
+                  and s.last_id <= self._handed_out]
         if self._state is State.DISK_FULL and len(self._release_buf):
             # The release record cannot be written; deleting still frees space. After a
             # crash before it is written the range is reported as a missing segment.
@@ -900,7 +906,8 @@ class Spool:
             if seg.fd is not None and not seg.buf and seg.written and job.data_upto >= seg.last_id:
                 os.close(seg.fd)   # rolled and fsynced: the loop needs its descriptor no more
                 seg.fd = None
-        return self.durable_id
+        self._handed_out = self.durable_id
+        return self._handed_out
 
     # ---------------------------------------------------------------- reading back
 

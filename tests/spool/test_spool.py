@@ -301,3 +301,17 @@ def test_close_fsyncs_under_every_policy_and_repr_shows_state(tmp_path, fsyncs):
     assert sp.synced_id == 1 and sp.state is State.CLOSED
     with pytest.raises(spool_mod.SpoolError, match="closed"):
         sp.append(entry(2))
+
+
+def test_a_segment_outlives_the_commit_that_made_its_entries_durable(tmp_path):
+    # The broker may acknowledge before the spool's commit; the shim must have been
+    # told "durable" (after that commit) before the records are deleted.
+    path = tmp_path / "sp"
+    with spool_mod.open(config(path, segment_bytes=1024)) as sp:
+        ids = [sp.append(entry(n)) for n in range(1, 30)]
+        sp.release(ids[:20])
+        assert sp.commit() == 29
+        kept = segment_files(path)
+        assert int(kept[0].split(".")[0]) == 1, "deleted before its entries were handed out"
+        sp.commit()
+        assert int(segment_files(path)[0].split(".")[0]) > 1
