@@ -173,6 +173,11 @@ class Engine:
             raise ValueError(f"sub.keys: {len(sub.keys)} keys for {n} values")
         if n == 0:
             raise ValueError("sub.values: a submission needs at least one message")
+        if type(sub.timestamp_ms) is not int:
+            raise TypeError(f"sub.timestamp_ms: expected int milliseconds, "
+                            f"got {type(sub.timestamp_ms).__name__}")
+        _check_bytes("sub.values", values)
+        _check_bytes("sub.keys", sub.keys)
         if n == 1:   # the common shape (one send_messages call, one message): no iterators
             v, k = values[0], sub.keys[0]
             payload = (len(v) if v else 0) + (len(k) if k else 0)
@@ -1062,13 +1067,22 @@ class Engine:
                 tp = (lane.topic, lane.partition)
                 if tp in tps:
                     continue   # same partition under other batch settings: next request
-                need = len(self._encode(b)) + len(lane.topic) + _PARTITION_OVERHEAD
+                try:
+                    wire = self._encode(b)
+                except Exception as exc:  # noqa: BLE001 - a failing codec must not wedge the lane
+                    q.popleft()
+                    self._drop_from_batch(
+                        b, [], [(c, UNKNOWN_SERVER_ERROR) for c in b.chunks], now,
+                        f"could not encode the batch: {type(exc).__name__}: {exc}")
+                    continue
+                need = len(wire) + len(lane.topic) + _PARTITION_OVERHEAD
                 if batches and size + need > cap:
                     continue
                 size += need
                 tps.add(tp)
                 batches.append(q.popleft())
-            self._send_produce(conn, acks, timeout_ms, batches, now)
+            if batches:
+                self._send_produce(conn, acks, timeout_ms, batches, now)
             queues = [q for q in queues if q]
 
     def _encode(self, b: Batch) -> bytes:
@@ -1239,6 +1253,15 @@ class Engine:
             "producer_ids": {f"acks={g.acks},codec={g.codec}": g.state.value
                              for g in self.groups.values()},
         }
+
+
+def _check_bytes(what: str, items: list) -> None:
+    """TypeError naming the first entry that is neither bytes nor None."""
+    if all(type(x) is bytes or x is None for x in items):
+        return
+    for i, x in enumerate(items):
+        if type(x) is not bytes and x is not None:
+            raise TypeError(f"{what}[{i}]: expected bytes or None, got {type(x).__name__}")
 
 
 def _split_hostport(addr: str) -> tuple[str, int]:

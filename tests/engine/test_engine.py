@@ -692,3 +692,41 @@ def test_nothing_new_goes_to_a_broker_whose_send_buffer_is_full():
     h.engine.set_writable(1, True)
     h.run()
     assert h.by_token()["w"][0].error == 0
+
+
+@pytest.mark.parametrize("field,bad,word", [
+    ("values", [b"ok", "text"], r"sub.values\[1\]: expected bytes or None, got str"),
+    ("keys", [7], r"sub.keys\[0\]: expected bytes or None, got int"),
+])
+def test_submissions_with_wrong_types_are_refused_before_anything_is_taken(field, bad, word):
+    from kafkad.engine.types import SessionSettings, Submission
+
+    h = Harness(cluster("t"))
+    kw = dict(keys=[None] * len(bad), values=[b"v"] * len(bad))
+    kw[field] = bad
+    with pytest.raises(TypeError, match=word):
+        h.engine.submit(Submission(b"s", SessionSettings(), "t", 0, timestamp_ms=0, **kw), h.now)
+    assert h.engine.accepted == 0
+
+
+def test_a_batch_that_cannot_be_encoded_fails_without_wedging_its_lane(monkeypatch, caplog):
+    import kafkad.engine.engine as engine_mod
+
+    h = Harness(cluster("t"))
+    connect(h)
+    real = engine_mod.encode_record_batch
+
+    def broken(keys, values, *a, **kw):
+        if b"poison" in values:
+            raise RuntimeError("codec library missing")
+        return real(keys, values, *a, **kw)
+
+    monkeypatch.setattr(engine_mod, "encode_record_batch", broken)
+    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
+        h.submit("t", 0, [b"poison"], token="p")
+        h.run()
+        h.submit("t", 0, [b"after"], token="a")
+        h.run()
+    assert [(o.error, o.failed) for o in h.by_token()["p"]] == [(-1, 1)]
+    assert h.by_token()["a"][0].error == 0
+    assert any("codec library missing" in r.getMessage() for r in caplog.records)
