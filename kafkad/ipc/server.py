@@ -85,19 +85,23 @@ class _Session:
 class _AsyncToken:
     """One Submission made of one or more SEND entries of a session (same topic and partition).
 
-    `entries` are [first_seq, count, runs] in submission order; outcomes
-    arrive as runs over the submission and are mapped back onto them.
+    `firsts`/`counts` describe the entries in submission order; outcomes
+    arrive as runs over the submission and are mapped back onto them
+    (`runs`: entry position -> failed [index, count, error] runs, only when
+    something failed).
     """
 
-    __slots__ = ("session", "entries", "values", "done", "entry_index", "entry_done")
+    __slots__ = ("session", "firsts", "counts", "values", "done", "entry_index", "entry_done", "runs")
 
-    def __init__(self, session: _Session, entries: list, values: list):
+    def __init__(self, session: _Session, firsts: list[int], counts: list[int], values: list):
         self.session = session
-        self.entries = entries
+        self.firsts = firsts
+        self.counts = counts
         self.values = values
         self.done = 0            # messages of the submission reported so far
         self.entry_index = 0     # the entry the next reported message belongs to
         self.entry_done = 0      # messages of that entry reported so far
+        self.runs: dict[int, list] | None = None
 
 
 class _SyncToken:
@@ -517,7 +521,9 @@ class IpcServer:
                     keys = None if all(e[4] is None for e in group) else \
                         [k for e in group for k in (e[4] if e[4] is not None else [None] * len(e[5]))]
                     ts = group[0][3]
-                token = _AsyncToken(s, [[e[0], len(e[5]), []] for e in group], values)
+                firsts = [e[0] for e in group]
+                counts = [len(e[5]) for e in group]
+                token = _AsyncToken(s, firsts, counts, values)
                 sub = Submission(sid, s.settings, topic, partition, keys if keys is not None else [None] * n,
                                  values, ts, token)
                 try:
@@ -525,9 +531,14 @@ class IpcServer:
                 except QueueFull as exc:
                     code, why = schema.E_QUEUE_FULL, str(exc)
                 else:
-                    for e in group:
-                        s.inflight[e[0]] = token
-                        self._taken(s, e[0], len(e[5]))
+                    inflight = s.inflight
+                    for first, count in zip(firsts, counts):
+                        inflight[first] = token
+                        if first == s.next_seq and not s.taken_above:
+                            s.next_seq = first + count          # the common case, inlined
+                            s.gap_reported = False
+                        else:
+                            self._taken(s, first, count)
                     s.inflight_msgs += n
                     s.sent += n
                     self._c["messages_in"] += n
@@ -673,29 +684,38 @@ class IpcServer:
         count = o.delivered + o.failed
         if o.failed:
             self._log_failure(s, o.topic, o.partition, token.values[token.done:token.done + count], o.error)
+            if token.runs is None:
+                token.runs = {}
         token.done += count
-        while count and token.entry_index < len(token.entries):
-            first, n, runs = token.entries[token.entry_index]
+        firsts, counts, runs = token.firsts, token.counts, token.runs
+        done_acks = None
+        while count and token.entry_index < len(firsts):
+            i = token.entry_index
+            n = counts[i]
             take = min(count, n - token.entry_done)
             if o.failed:
-                runs.append([token.entry_done, take, o.error])
+                runs.setdefault(i, []).append([token.entry_done, take, o.error])
             token.entry_done += take
             count -= take
             if token.entry_done < n:
                 continue
-            token.entry_index += 1
+            token.entry_index = i + 1
             token.entry_done = 0
+            first = firsts[i]
             s.inflight.pop(first, None)
             s.inflight_msgs -= n
-            if runs:
-                bad = sum(r[1] for r in runs)
+            entry_runs = runs.get(i) if runs else None
+            if entry_runs:
+                bad = sum(r[1] for r in entry_runs)
                 s.failed += bad
                 s.delivered += n - bad
-                self._remember_failed(s, first, runs)
-                failed.setdefault(s, []).append([first, runs])
+                self._remember_failed(s, first, entry_runs)
+                failed.setdefault(s, []).append([first, entry_runs])
             else:
                 s.delivered += n
-                acks.setdefault(s, []).append(first)
+                if done_acks is None:
+                    done_acks = acks.setdefault(s, [])
+                done_acks.append(first)
 
     def _remember_failed(self, s: _Session, first: int, runs: list) -> None:
         s.recent_failed[first] = runs
