@@ -178,7 +178,12 @@ class BrokerProducer:
             return
         loop = self.loop
         now = loop.time()
-        act = self.engine.poll(now)
+        try:
+            act = self.engine.poll(now)
+        except Exception:  # noqa: BLE001 - a bug must not stop delivery for good
+            log.exception("the producer engine failed in poll(); trying again in 1 s")
+            loop.call_later(1.0, self.wake)
+            return
         for node in act.closes:
             conn = self._conns.pop(node, None)
             if conn is not None:
