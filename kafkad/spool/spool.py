@@ -284,10 +284,16 @@ class Spool:
         `release_log_bytes` is when the release log is folded into the checkpoint.
         """
         spool = cls(cfg, clock=clock, environ=environ, release_log_bytes=release_log_bytes)
-        spool._check_format()
         try:
+            spool._check_format()
             spool._lock()
             spool._recover()
+        except OSError as exc:
+            spool._close_fds()
+            raise SpoolUnavailable(
+                f"spool {spool.path}: cannot open: {exc.strerror or exc}"
+                f"{f' ({exc.filename})' if exc.filename else ''}",
+                op="open", errno=exc.errno, filename=exc.filename) from exc
         except BaseException:
             spool._close_fds()
             raise
@@ -345,7 +351,9 @@ class Spool:
         seg_ids = sorted(int(m.group(1)) for n in names if (m := _SEGMENT_RE.match(n)))
         seg_ids = [s for s in seg_ids if s > 0]
         prev_last = 0          # highest valid id seen so far
-        gap_cause = "missing"  # why ids between prev_last and the next valid frame are absent
+        # Why ids between prev_last and the next valid frame are absent. Below the first
+        # segment, without a readable checkpoint, they are most likely delivered and deleted.
+        gap_cause = "unknown" if self._damage["bad_checkpoint"] else "missing"
         for k, first in enumerate(seg_ids):
             is_last = k == len(seg_ids) - 1
             upper = seg_ids[k + 1] if not is_last else None
@@ -375,6 +383,14 @@ class Spool:
             # so the damage is counted once, not again at every start.
             self._write_releases()
             self._sync_release_log()
+        if self._damage["bad_checkpoint"]:
+            # Replace the unreadable checkpoint by one of what is known now, so the next
+            # start neither counts it again nor guesses about the ids below the first segment.
+            doc = {"v": 1, "gen": self._ack_gen, "next": self._next_id,
+                   "released": self._released.flat()}
+            data = encode_frame(self._ack_gen, msgpack.packb(doc))
+            _install_checkpoint(self.path, data, None)
+            self._checkpoint_bytes = len(data)
         for seg in list(self._segments):
             if seg.unreleased == 0:
                 self._drop_segment(seg)
@@ -511,6 +527,13 @@ class Spool:
             return
         lost = (hi - lo) - self._released.count_in(lo, hi)
         if not lost:
+            return
+        if cause == "unknown":
+            log.warning("spool %s: ids %d..%d are not on disk and the damaged checkpoint cannot "
+                        "say whether they were delivered; taking them as delivered", self.path,
+                        lo, hi - 1)
+            self._released.add_range(lo, hi)
+            self._release_buf.add_range(lo, hi)
             return
         self._damage["damaged_entries"] += lost
         if cause == "missing":

@@ -137,20 +137,28 @@ def test_a_missing_newest_segment_is_noticed_through_the_checkpoint(tmp_path):
 
 def test_a_damaged_checkpoint_is_counted_and_only_causes_replays(tmp_path):
     path = tmp_path / "sp"
-    cfg = config(path, segment_bytes=1 << 20)
+    cfg = config(path, segment_bytes=1024)
     with spool_mod.open(cfg, release_log_bytes=1) as sp:
-        for n in range(1, 11):
+        for n in range(1, 41):
             sp.append(entry(n))
         sp.commit()
-        sp.release([1, 2, 3])
+        sp.release(range(1, 21))
         sp.commit()
+        sp.commit()                                  # deletes the delivered segments
+        first_kept = int(segment_files(path)[0].split(".")[0])
+        assert first_kept > 1
     with open(path / "checkpoint", "r+b") as f:
         f.seek(HEADER_BYTES + 2)
         f.write(b"\xff")
     with spool_mod.open(cfg) as sp:
         got = [number(e) for _, e in sp.pending()]
-        assert got[-7:] == list(range(4, 11))          # nothing undelivered is lost
-        assert sp.stats(time.time())["bad_checkpoint"] == 1
+        st_ = sp.stats(time.time())
+    assert got == list(range(first_kept, 41))         # nothing undelivered is lost
+    assert st_["bad_checkpoint"] == 1
+    assert st_["missing_segments"] == 0               # deleted segments are not "missing"
+    with spool_mod.open(cfg) as sp:                      # repaired: counted once
+        assert [number(e) for _, e in sp.pending()] == got
+        assert sp.stats(time.time())["bad_checkpoint"] == 0
 
 
 @pytest.mark.parametrize("content", [b"kafkad-spool 2\n", b"something else"])
