@@ -41,7 +41,8 @@ from kafkad.config import SpoolConfig
 
 from .crash import CrashPoints
 from .errors import SpoolError, SpoolFormatError, SpoolFull, SpoolLockedError, SpoolUnavailable
-from .frame import HEADER_BYTES, MAGIC, BadRegion, Frame, SpoolEntry, decode_entry, encode_entry, encode_frame, frame_at, scan
+from .frame import (HEADER_BYTES, MAGIC, BadRegion, Frame, SpoolEntry, decode_entry, encode_entry,
+                    encode_frame, frame_at, scan)
 from .ranges import RangeSet
 
 log = logging.getLogger("kafkad.spool")
@@ -853,7 +854,7 @@ class Spool:
         doomed = [s for s in self._segments[:-1]
                   if s.unreleased == 0 and not s.doomed and not s.buf
                   and s.last_id <= self._handed_out]
-        if self._state is State.DISK_FULL and len(self._release_buf):
+        if doomed and self._state is State.DISK_FULL and len(self._release_buf):
             # The release record cannot be written; deleting still frees space. After a
             # crash before it is written the range is reported as a missing segment.
             log.warning("spool %s: deleting %d delivered segments without a release record "
@@ -864,14 +865,15 @@ class Spool:
         job = SyncJob(dir_path=self.path, crash=self._crash, data_upto=self._written_id,
                       ack_writes=self._ack_writes)
         try:
-            if sync_data or doomed or compact:
-                for seg in self._segments:
-                    if seg.fd is not None and not seg.doomed:
-                        job.sync_fds.append(os.dup(seg.fd))
-                if self._ack_fd is not None:
-                    job.sync_fds.append(os.dup(self._ack_fd))
-                job.sync_dir = self._dir_dirty
-                self._dir_dirty = False
+            # Deleting and compacting need the release records durable first, so every
+            # job fsyncs what is open, whatever made it necessary.
+            for seg in self._segments:
+                if seg.fd is not None and not seg.doomed:
+                    job.sync_fds.append(os.dup(seg.fd))
+            if self._ack_fd is not None:
+                job.sync_fds.append(os.dup(self._ack_fd))
+            job.sync_dir = self._dir_dirty
+            self._dir_dirty = False
             if compact:
                 self._rotate_release_log(job)
         except OSError as exc:

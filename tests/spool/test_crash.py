@@ -19,7 +19,7 @@ import pytest
 
 import kafkad.spool as spool_mod
 from kafkad.spool import CRASH_EXIT_CODE, CRASH_STEPS
-from tests.spool.helpers import config, entry, number
+from tests.spool.helpers import config, number
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
