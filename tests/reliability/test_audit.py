@@ -77,13 +77,17 @@ def test_details_lists_what_is_wrong():
 
 
 def test_accounting_balances_or_says_why():
-    good = {"accepted": 10, "delivered": 6, "failed": 1, "dropped": 0, "queued": 2, "in_flight": 1}
+    good = {"accepted": 10, "delivered": 6, "failed": 1, "dropped": 0, "queued_messages": 2,
+            "in_flight": 1, "unaccounted": 0}
     assert check_accounting(good) == []
-    assert check_accounting({"messages": good, "brokers": {}}) == []
-    bad = dict(good, delivered=7)
-    [problem] = check_accounting(bad)
+    legacy = dict(good, queued=2)
+    del legacy["queued_messages"]
+    assert check_accounting(legacy) == []
+    [problem] = check_accounting(dict(good, delivered=7, unaccounted=-1))
     assert "accepted=10" in problem and "=11" in problem
-    assert check_accounting(dict(good, queued=-1)) == ["queued: negative (-1)"]
+    [problem] = check_accounting(dict(good, unaccounted=3))
+    assert problem.startswith("unaccounted=3")
+    assert check_accounting(dict(good, queued_messages=-1)) == ["queued_messages: negative (-1)"]
     missing = dict(good)
     del missing["dropped"]
     assert check_accounting(missing) == ["dropped: missing or not an integer (None)"]

@@ -212,25 +212,33 @@ def check_accounting(stats: Mapping) -> list[str]:
     """Problems in the daemon's books (empty when they balance).
 
     accepted = delivered + failed + dropped + queued + in_flight, all
-    non-negative integers. `stats` is the parsed `kafkad stats --json`; the
-    counters may sit at the top level or under a "messages" section.
+    non-negative integers. `stats` is the parsed `kafkad stats --json`
+    (kafkad names the queued gauge `queued_messages`; `queued` is accepted
+    too). When the daemon reports its own `unaccounted` figure, it must be 0
+    and agree with the sum computed here.
     """
-    names = ("accepted", "delivered", "failed", "dropped", "queued", "in_flight")
-    src = stats.get("messages", stats) if isinstance(stats.get("messages"), Mapping) else stats
+    terms = {"accepted": ("accepted",), "delivered": ("delivered",), "failed": ("failed",),
+             "dropped": ("dropped",), "queued": ("queued_messages", "queued"),
+             "in_flight": ("in_flight",)}
     problems = []
     vals = {}
-    for n in names:
-        v = src.get(n)
+    for name, keys in terms.items():
+        key = next((k for k in keys if k in stats), keys[0])
+        v = stats.get(key)
         if not isinstance(v, int) or isinstance(v, bool):
-            problems.append(f"{n}: missing or not an integer ({v!r})")
+            problems.append(f"{key}: missing or not an integer ({v!r})")
         elif v < 0:
-            problems.append(f"{n}: negative ({v})")
+            problems.append(f"{key}: negative ({v})")
         else:
-            vals[n] = v
-    if not problems:
-        rhs = sum(vals[n] for n in names[1:])
-        if vals["accepted"] != rhs:
-            problems.append(
-                f"accepted={vals['accepted']} but delivered+failed+dropped+queued+in_flight={rhs} "
-                f"({', '.join(f'{n}={vals[n]}' for n in names[1:])})")
+            vals[name] = v
+    if problems:
+        return problems
+    rhs = sum(v for k, v in vals.items() if k != "accepted")
+    if vals["accepted"] != rhs:
+        problems.append(
+            f"accepted={vals['accepted']} but delivered+failed+dropped+queued+in_flight={rhs} "
+            f"({', '.join(f'{k}={v}' for k, v in vals.items() if k != 'accepted')})")
+    if "unaccounted" in stats and stats["unaccounted"] != vals["accepted"] - rhs:
+        problems.append(f"unaccounted={stats['unaccounted']!r} disagrees with the counters "
+                        f"({vals['accepted'] - rhs})")
     return problems

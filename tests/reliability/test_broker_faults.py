@@ -1,0 +1,195 @@
+"""Broker-side faults against the real daemon: Tansu behind the fault proxy.
+
+Writers are real processes using the shim (async KeyedProducer keyed by
+worker id); everything is read back from the broker and audited. Each test
+has a short form for `make test` and a full-length form under
+`@pytest.mark.slow` for `make reliability`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.reliability.harness import audit_topic, report, start_worker, wait_until
+from tests.support.audit import check_accounting
+
+pytestmark = pytest.mark.broker
+
+
+def _records_through(proxied) -> int:
+    return proxied.proxy.stats().records
+
+
+def _finish(workers, timeout=120.0) -> list[dict]:
+    results = [w.wait(timeout) for w in workers]
+    for r in results:
+        assert r["errors"] == [], r
+    return results
+
+
+def _settled_stats(daemon, timeout=20.0) -> dict:
+    """Stats once nothing is queued or in flight (the books can only balance at rest)."""
+    def settled():
+        s = daemon.stats()
+        return s if s["queued_messages"] == 0 and s["in_flight"] == 0 else None
+    return wait_until(settled, timeout, "the daemon to have nothing queued or in flight", 0.1)
+
+
+def _outage(proxied, ptopic, kafkad_factory, *, workers, count, rate, outage_s, request_timeout_ms,
+            name):
+    d = kafkad_factory(proxied.bootstrap, request_timeout_ms=request_timeout_ms, drain_timeout_s=10)
+    d.start()
+    ws = [start_worker(d.endpoint, ptopic, w, count, rate=rate) for w in range(workers)]
+    # The fault starts mid-stream: once some records went through.
+    wait_until(lambda: _records_through(proxied) >= workers * 10, 30, "the first records at the broker")
+    proxied.proxy.refuse(outage_s)
+    cut = proxied.proxy.cut()
+    t0 = time.monotonic()
+    wait_until(lambda: time.monotonic() - t0 > outage_s, outage_s + 5, "the outage to pass")
+    refused = proxied.proxy.stats().refused
+    results = _finish(ws)
+    assert sum(r["failed"] for r in results) == 0, results
+    rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)})
+    problems = check_accounting(_settled_stats(d))
+    report(name, rep, d, outage_s=outage_s, connections_cut=cut, connects_refused=refused)
+    assert refused > 0, "the daemon never tried to reconnect during the outage"
+    assert rep.n_missing == 0 and rep.n_disorder == 0 and rep.foreign == 0, rep.details()
+    # Idempotence is on by default and Tansu deduplicates (test_broker_facts.py).
+    assert rep.n_duplicated == 0, rep.details()
+    assert problems == []
+    assert d.term() == 0
+
+
+def test_broker_unreachable_longer_than_request_timeout(proxied, ptopic, kafkad_factory):
+    _outage(proxied, ptopic, kafkad_factory, workers=2, count=1500, rate=1000, outage_s=2.5,
+            request_timeout_ms=1000, name="broker-unreachable")
+
+
+@pytest.mark.slow
+def test_broker_unreachable_long(proxied, ptopic, kafkad_factory):
+    _outage(proxied, ptopic, kafkad_factory, workers=4, count=20000, rate=2000, outage_s=15,
+            request_timeout_ms=2000, name="broker-unreachable-long")
+
+
+def _lost_answers(proxied, ptopic, kafkad_factory, *, idempotence, lose, count, name):
+    d = kafkad_factory(proxied.bootstrap, request_timeout_ms=1000, idempotence=idempotence)
+    d.start()
+    # The stream lasts longer than the losses take to be noticed (about one
+    # request timeout each), so the daemon is busy when each answer is lost:
+    # test_lost_answer_on_a_quiet_link covers the idle case.
+    ws = [start_worker(d.endpoint, ptopic, w, count, rate=500) for w in range(2)]
+    wait_until(lambda: _records_through(proxied) >= 20, 30, "the first records at the broker")
+    proxied.proxy.lose_responses(lose)
+    results = _finish(ws)
+    lost = proxied.proxy.stats().lost_responses
+    assert sum(r["failed"] for r in results) == 0, results
+    rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(2)})
+    report(name, rep, d, idempotence=idempotence, lost_answers=lost)
+    assert lost == lose, "the fault did not bite: fewer Produce answers were lost than asked"
+    assert rep.n_missing == 0 and rep.n_disorder == 0, rep.details()
+    return rep
+
+
+def test_response_lost_idempotent_is_deduplicated(proxied, ptopic, kafkad_factory):
+    rep = _lost_answers(proxied, ptopic, kafkad_factory, idempotence=True, lose=3, count=2500,
+                        name="response-lost-idempotent")
+    assert rep.n_duplicated == 0, rep.details()
+
+
+def test_response_lost_without_idempotence_duplicates_are_caught(proxied, ptopic, kafkad_factory):
+    rep = _lost_answers(proxied, ptopic, kafkad_factory, idempotence=False, lose=3, count=2500,
+                        name="response-lost-no-idempotence")
+    # The broker wrote each batch whose answer was lost; the retry wrote it again.
+    assert rep.n_duplicated > 0, rep.details()
+
+
+@pytest.mark.parametrize("idempotence", [True, False], ids=["idempotent", "plain"])
+def test_lost_answers_on_a_quiet_link(proxied, ptopic, kafkad_factory, idempotence):
+    """One sync send on an idle daemon, its answer lost twice (the second time on the retry)."""
+    import threading
+
+    from client_shim import KeyedProducer
+
+    from tests.support.audit import audit, read_topic, stamp, worker_key
+
+    d = kafkad_factory(proxied.bootstrap, request_timeout_ms=1000, idempotence=idempotence,
+                       extra={"kafka": {"delivery_timeout_ms": 60000}})
+    d.start()
+    p = KeyedProducer(d.endpoint)
+    try:
+        assert p.send_messages(ptopic, worker_key(0), stamp(0, 0))[0].error == 0
+        proxied.proxy.reset_stats()
+        proxied.proxy.lose_responses(2)
+        result = []
+        t = threading.Thread(target=lambda: result.append(
+            p.send_messages(ptopic, worker_key(0), stamp(0, 1))), daemon=True)
+        t.start()
+        wait_until(lambda: proxied.proxy.stats().lost_responses == 2, 20, "two answers to be lost")
+        # Allow ten request timeouts for the retry after the second loss.
+        wait_until(lambda: len(proxied.proxy.stats().batches) >= 3, 10,
+                   "the daemon to retry the batch whose answer was lost (request_timeout_ms=1000)")
+        t.join(10)
+        assert result and result[0][0].error == 0
+    finally:
+        p.stop()
+    rep = audit(read_topic(proxied.bootstrap, ptopic, expected=2), {0: range(2)})
+    report(f"lost-answers-quiet-link-{'idempotent' if idempotence else 'plain'}", rep, d)
+    assert len(proxied.proxy.stats().batches) == 3
+    assert rep.n_missing == 0 and rep.n_disorder == 0
+    # Three copies of the batch reached the broker: one written with idempotence, three without.
+    assert rep.n_duplicated == (0 if idempotence else 2), rep.details()
+
+
+def test_answers_lost_as_the_stream_ends(proxied, ptopic, kafkad_factory):
+    """Answers lost at the end of a burst: the daemon must still notice and retry on its own.
+
+    Nothing wakes the daemon after the last submission but its own timers:
+    this caught a poll that armed no timer for requests it had just put in
+    flight (a request stayed unanswered for minutes with request_timeout_ms=1000).
+    """
+    d = kafkad_factory(proxied.bootstrap, request_timeout_ms=1000)
+    d.start()
+    ws = [start_worker(d.endpoint, ptopic, w, 1000, rate=800, stop_timeout=15) for w in range(2)]
+    wait_until(lambda: _records_through(proxied) >= 20, 30, "the first records at the broker")
+    proxied.proxy.lose_responses(3)
+    results = [w.wait(60) for w in ws]
+    rep = audit_topic(proxied.bootstrap, ptopic, {w: range(1000) for w in range(2)})
+    report("answers-lost-as-stream-ends", rep, d, lost_answers=proxied.proxy.stats().lost_responses)
+    assert [r["not_delivered"] for r in results] == [0, 0], results
+    assert rep.clean, rep.details()
+
+
+@pytest.mark.slow
+def test_response_lost_many_times(proxied, ptopic, kafkad_factory):
+    rep = _lost_answers(proxied, ptopic, kafkad_factory, idempotence=True, lose=25, count=15000,
+                        name="response-lost-idempotent-long")
+    assert rep.n_duplicated == 0, rep.details()
+
+
+def _slow(proxied, ptopic, kafkad_factory, *, count, latency, name):
+    d = kafkad_factory(proxied.bootstrap, request_timeout_ms=1000)
+    d.start()
+    proxied.proxy.set_latency(latency)
+    ws = [start_worker(d.endpoint, ptopic, w, count, rate=1000) for w in range(2)]
+    # Part of the stream with answers slower than the request timeout, then healed.
+    wait_until(lambda: _records_through(proxied) >= 10, 30, "the first records at the broker")
+    proxied.proxy.set_latency(1.5, up=False)
+    t0 = time.monotonic()
+    wait_until(lambda: time.monotonic() - t0 > 3, 10, "the over-timeout phase to pass")
+    proxied.proxy.set_latency(latency)
+    results = _finish(ws)
+    assert sum(r["failed"] for r in results) == 0, results
+    rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(2)})
+    report(name, rep, d, latency_s=latency)
+    assert rep.clean, rep.details()
+
+
+def test_slow_broker(proxied, ptopic, kafkad_factory):
+    _slow(proxied, ptopic, kafkad_factory, count=1000, latency=0.1, name="slow-broker")
+
+
+@pytest.mark.slow
+def test_slow_broker_long(proxied, ptopic, kafkad_factory):
+    _slow(proxied, ptopic, kafkad_factory, count=10000, latency=0.3, name="slow-broker-long")
