@@ -80,6 +80,8 @@ def _check_topic(topic) -> str:
 
 
 def _check_payloads(msg: tuple, key) -> list:
+    if len(msg) == 1 and type(msg[0]) is bytes and (key is None or type(key) is bytes):
+        return [msg[0]]                     # the common case, checked at once
     if not msg:
         raise TypeError("send_messages needs at least one message payload")
     for m in msg:
@@ -174,6 +176,7 @@ class Producer:
         self.async_log_messages_on_error = bool(async_log_messages_on_error)
         self.async_stop_timeout = async_stop_timeout
         self.stopped = False
+        self._stopped_pid = None
         self._session = None
         self._session_pid = None
         self._session_lock = threading.Lock()
@@ -206,10 +209,13 @@ class Producer:
         }
 
     def _get_session(self):
-        pid = os.getpid()
+        """This process's session (made at the first send, and again in a forked child)."""
+        pid = os.getpid()               # the pid check: never use a parent's session in a child
         session = self._session
-        if session is not None and self._session_pid == pid:
+        if session is not None and self._session_pid == pid and not self.stopped:
             return session
+        if self.stopped and self._stopped_pid == pid:
+            raise IllegalStateError(f"{type(self).__name__} is stopped")
         if self._lock_pid != pid:       # forked: the parent's lock may be held forever
             self._session_lock = threading.Lock()
             self._lock_pid = pid
@@ -223,8 +229,10 @@ class Producer:
                     label=f"{type(self).__name__}@{id(self):x} (pid {pid})")
                 link.add_session(session)
                 self._session, self._session_pid = session, pid
-                if self.stopped:            # a stopped producer copied into a child is usable there
+                if self.stopped:            # a producer stopped in the parent is usable in a child
                     self.stopped = False
+                if self.async_send:
+                    _linkmod.stop_at_exit(self)
         return self._session
 
     def send_messages(self, topic, partition, *msg):
@@ -237,8 +245,6 @@ class Producer:
 
     def _send_messages(self, session, topic, partition, values, key=None):
         """Send already validated `values` (and `key`) to `topic`/`partition`."""
-        if self.stopped and self._session_pid == os.getpid():
-            raise IllegalStateError(f"{type(self).__name__} is stopped")
         keys = None if key is None else [key] * len(values)
         if self.async_send:
             session.send_async(topic, partition, keys, values)
@@ -270,6 +276,7 @@ class Producer:
         if self.stopped:
             return
         self.stopped = True
+        self._stopped_pid = os.getpid()
         _linkmod.forget_at_exit(self)
         session = self._session
         if session is None or self._session_pid != os.getpid():
