@@ -794,8 +794,17 @@ class Engine:
         act = Actions()
         deadline = _INF
         rt = self.kafka.request_timeout_ms / 1000.0
-        # 1. request timeouts and reconnect backoffs
+        # 1. request timeouts, reconnect backoffs, bootstrap connections no longer needed
+        retire = bool(self.metadata.brokers)
         for conn in list(self.conns.values()):
+            if (retire and conn.bootstrap and conn.state is ConnState.READY
+                    and not conn.inflight):
+                # The cluster's own broker list is known: talk to brokers by node id
+                # only, so that each broker sees one connection from this daemon.
+                self._closes.append(conn.node)
+                self._move(conn, ConnState.BACKOFF)
+                conn.retry_at = now
+                continue
             if conn.inflight:
                 first = conn.inflight[0]
                 if now - first.sent_at >= rt:
@@ -861,7 +870,9 @@ class Engine:
         if any(c.state in (ConnState.CONNECTING, ConnState.NEGOTIATING, ConnState.AUTHENTICATING)
                for c in self.conns.values()):
             return
-        candidates = [c for c in self.conns.values() if c.state is ConnState.DOWN]
+        down = [c for c in self.conns.values() if c.state is ConnState.DOWN]
+        # Brokers from metadata first; bootstrap addresses when none of them can be tried.
+        candidates = [c for c in down if not c.bootstrap] or down
         if not candidates:
             return
         self._bootstrap_cursor = (self._bootstrap_cursor + 1) % len(candidates)

@@ -302,7 +302,7 @@ def test_request_timeout_closes_the_connection_and_retries():
     h.hold_answers.add(1)
     h.submit("t", 0, [b"slow"], token="slow")
     h.run(until=h.now + 0.9)
-    assert not h.closes
+    assert 1 not in h.closes
     h.hold_answers.clear()
     h.run(until=h.now + 0.2)
     assert 1 in h.closes
@@ -730,3 +730,13 @@ def test_a_batch_that_cannot_be_encoded_fails_without_wedging_its_lane(monkeypat
     assert [(o.error, o.failed) for o in h.by_token()["p"]] == [(-1, 1)]
     assert h.by_token()["a"][0].error == 0
     assert any("codec library missing" in r.getMessage() for r in caplog.records)
+
+
+def test_bootstrap_connections_are_closed_once_the_brokers_are_known():
+    h = Harness(cluster("t"), metadata_max_age_ms=1000)
+    connect(h)
+    assert -1 in h.closes
+    assert h.engine.conns[-1].state in (ConnState.BACKOFF, ConnState.DOWN)
+    h.run(until=h.now + 1.5)   # the next refresh goes to a broker by node id
+    meta = [r for r in h.sent if type(r.msg).__name__ == "MetadataRequest"]
+    assert meta and all(r.node > 0 for r in meta)
