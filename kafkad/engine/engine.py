@@ -642,11 +642,13 @@ class Engine:
         advance(b, BatchState.RETRY)
         info = error_info(code)
         if info.invalid_metadata:
-            self.metadata.forget_leader(lane.topic, lane.partition)
-            self._meta_needed = True
             hint = getattr(answer, "current_leader", None)
-            if hint is not None and hint.leader_id >= 0:
-                self._meta_next = 0.0
+            if hint is not None and self.metadata.leader_hint(
+                    lane.topic, lane.partition, hint.leader_id, hint.leader_epoch):
+                self._dirty_all = True   # the resend can go to the new leader at once
+            else:
+                self.metadata.forget_leader(lane.topic, lane.partition)
+            self._meta_needed = True
         collateral = False
         if code in SEQUENCE_LOST and group.state is PidState.READY:
             if code == OUT_OF_ORDER_SEQUENCE_NUMBER and b.sent_seq != lane.acked_seq:

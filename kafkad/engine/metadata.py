@@ -57,6 +57,17 @@ class MetadataCache:
             _, epoch = info.leaders[partition]
             info.leaders[partition] = (-1, epoch)
 
+    def leader_hint(self, topic: str, partition: int, leader: int, epoch: int) -> bool:
+        """Take a Produce answer's current-leader hint (KIP-951) if it is newer; True if taken."""
+        info = self.topics.get(topic)
+        if info is None or leader < 0 or leader not in self.brokers:
+            return False
+        _, held = info.leaders.get(partition, (-1, -1))
+        if epoch < 0 or epoch < held:
+            return False
+        info.leaders[partition] = (leader, epoch)
+        return True
+
     def update(self, response, now: float) -> list[str]:
         """Fold a MetadataResponse in; return the topics the answer mentioned."""
         brokers = {b.node_id: (b.host, b.port) for b in response.brokers}

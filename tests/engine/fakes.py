@@ -53,6 +53,7 @@ class FakeCluster:
     leader_epochs: dict[tuple[str, int], int] = field(default_factory=dict)
     dedupe: bool = True
     auto_create: bool = False
+    leader_hints: bool = False   # NOT_LEADER answers name the new leader (KIP-951)
     api_versions_max: int = 3
     logs: dict[tuple[str, int], list[Written]] = field(default_factory=lambda: defaultdict(list))
     # (topic, partition) -> error codes to answer the next produce attempts with
@@ -151,13 +152,16 @@ class FakeCluster:
     def _produce_partition(self, node: int, topic: str, partition: int, records: bytes):
         tp = (topic, partition)
 
-        def resp(code: int, offset: int = -1):
+        def resp(code: int, offset: int = -1, **kw):
             return PR.PartitionProduceResponse(
-                index=partition, error_code=code, base_offset=offset)
+                index=partition, error_code=code, base_offset=offset, **kw)
 
         if topic not in self.topics or partition >= self.topics[topic]:
             return resp(3)
         if self.leaders[tp] != node:
+            if self.leader_hints:
+                return resp(6, current_leader=PR.LeaderIdAndEpoch(
+                    leader_id=self.leaders[tp], leader_epoch=self.leader_epochs[tp]))
             return resp(6)
         if self.produce_errors[tp]:
             return resp(self.produce_errors[tp].popleft())

@@ -740,3 +740,27 @@ def test_bootstrap_connections_are_closed_once_the_brokers_are_known():
     h.run(until=h.now + 1.5)   # the next refresh goes to a broker by node id
     meta = [r for r in h.sent if type(r.msg).__name__ == "MetadataRequest"]
     assert meta and all(r.node > 0 for r in meta)
+
+
+def test_a_not_leader_answer_naming_the_new_leader_is_followed_at_once():
+    c = cluster("t", leader_hints=True)
+    h = Harness(c)
+    connect(h)
+    c.move_leader("t", 0, 3)
+    h.sent.clear()
+    h.submit("t", 0, [b"moved"], token="m")
+    h.step()   # sent to broker 1, answered NOT_LEADER naming broker 3
+    assert [(type(r.msg).__name__, r.node) for r in h.sent] == [("ProduceRequest", 1)]
+    assert h.engine.metadata.leader("t", 0) == 3   # taken from the answer, no Metadata yet
+    h.run()
+    assert h.produce_requests()[-1].node == 3 and h.by_token()["m"][0].error == 0
+
+
+def test_a_leader_hint_older_than_what_we_know_is_ignored():
+    h = Harness(cluster("t"))
+    connect(h)
+    md = h.engine.metadata
+    md.topics["t"].leaders[0] = (2, 5)
+    assert not md.leader_hint("t", 0, 1, 4)
+    assert md.leader_hint("t", 0, 3, 6) and md.leader("t", 0) == 3
+    assert not md.leader_hint("t", 0, 99, 7)   # a broker we do not know
