@@ -57,6 +57,9 @@ DEFAULT_TIMEOUT_S = 5.0
 # A sync send the daemon has taken waits for Kafka's answer; the daemon
 # always answers (its delivery timeout fails records), this is only a backstop.
 RESULT_TIMEOUT_S = 300.0
+# After sending async entries the I/O thread waits this long (ms) for more
+# before packing the next frame, instead of sleeping until woken per send.
+_LINGER_MS = 1
 _REPLAY_BACKOFF_MIN_S = 0.01
 _REPLAY_BACKOFF_MAX_S = 1.0
 
@@ -293,7 +296,16 @@ class _Link:
         self._waiting: list[_Request] = []                       # not sendable yet
         try:
             while not self._stop:
+                sent_before = self.stats["entries_sent"]
                 busy = self._step(sock, mon)
+                if self.stats["entries_sent"] != sent_before and not busy:
+                    # Async sends are arriving: linger a moment without asking
+                    # callers to wake us (no pipe write per send), so the next
+                    # frame carries many entries. Requests still wake us at once.
+                    events = dict(poller.poll(_LINGER_MS))
+                    if self._rfd in events:
+                        self._drain_wake_pipe()
+                    continue
                 self.sleeping = True
                 if self.incoming or self.ops or self._has_unsent():
                     self.sleeping = False
@@ -302,11 +314,7 @@ class _Link:
                 events = dict(poller.poll(timeout))
                 self.sleeping = False
                 if self._rfd in events:
-                    try:
-                        while os.read(self._rfd, 4096):
-                            pass
-                    except BlockingIOError:
-                        pass
+                    self._drain_wake_pipe()
         except Exception:
             log.exception("client_shim I/O thread for %s failed", self.endpoint)
             self._fail_all(KafkadUnavailableError("the client_shim I/O thread failed; see the log"))
@@ -315,6 +323,13 @@ class _Link:
             sock.disable_monitor()
             mon.close(0)
             sock.close(0)
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._rfd, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def _has_unsent(self) -> bool:
         if not self.connected:
