@@ -219,6 +219,9 @@ class Engine:
         self.held += n
         if hold.count >= hold.batch_n:
             self._release(hold, now, everything=False)
+            if not hold.count:
+                del self.holds[key]
+                return
         due = hold.due
         if due < self._hold_due:
             self._hold_due = due
@@ -1236,17 +1239,16 @@ class Engine:
     def stats(self) -> dict:
         """A plain-dict snapshot (all counts are messages unless named bytes)."""
         brokers = {}
-        for node, lat in self._latency.items():
-            if not lat:
-                continue
-            xs = sorted(lat)
-            conn = self.conns.get(node)
+        for node, conn in self.conns.items():
+            xs = sorted(self._latency.get(node, ()))
             brokers[str(node)] = {
-                "address": f"{conn.host}:{conn.port}" if conn else "",
-                "state": conn.state.value if conn else "unknown",
-                "latency_p50_ms": round(xs[len(xs) // 2] * 1000, 3),
-                "latency_p99_ms": round(xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000, 3),
-                "in_flight_requests": len(conn.inflight) if conn else 0,
+                "address": f"{conn.host}:{conn.port}",
+                "state": conn.state.value,
+                # over the last answers (up to 1024); None before the first one
+                "latency_p50_ms": round(xs[len(xs) // 2] * 1000, 3) if xs else None,
+                "latency_p99_ms": (round(xs[min(len(xs) - 1, int(len(xs) * 0.99))] * 1000, 3)
+                                   if xs else None),
+                "in_flight_requests": len(conn.inflight),
             }
         return {
             "accepted": self.accepted,
