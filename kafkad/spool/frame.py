@@ -18,8 +18,8 @@ bytes, `mmap` objects or anything else with `find` and slicing; they do no I/O.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple
 
 import crc32c
 import msgpack
@@ -95,13 +95,13 @@ def scan(buf: Any, start: int = 0, limit: int | None = None) -> Iterator[Frame |
         yield BadRegion(bad_start, pos)
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolEntry:
-    """One submission as the spool keeps it.
+class SpoolEntry(NamedTuple):
+    """One submission as the spool keeps it (immutable; a tuple for speed).
 
     `seq_first`..`seq_last` is the session's sequence range of the messages
     (one per value); `keys` is None (no keys) or a list as long as `values`;
-    `settings` is the session's settings as a msgpack-able map.
+    `settings` is the session's settings as a msgpack-able map. `check_entry`
+    validates one (`Spool.append` does).
     """
 
     session_id: bytes
@@ -112,39 +112,59 @@ class SpoolEntry:
     keys: list[bytes | None] | None
     values: list[bytes | None]
     timestamp_ms: int
-    settings: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # Written for speed (one call per submission); the messages name the field.
-        if type(self.session_id) is not bytes:
-            raise TypeError(f"session_id must be bytes, not {type(self.session_id).__name__}")
-        if type(self.topic) is not str or not self.topic:
-            raise TypeError("topic must be a non-empty str")
-        for name, value in (("seq_first", self.seq_first), ("seq_last", self.seq_last),
-                            ("partition", self.partition), ("timestamp_ms", self.timestamp_ms)):
-            if type(value) is not int or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, not {value!r}")
-        if self.seq_last < self.seq_first:
-            raise ValueError(f"seq_last ({self.seq_last}) is below seq_first ({self.seq_first})")
-        values, keys = self.values, self.keys
-        if type(values) not in (list, tuple) or not values:
-            raise TypeError("values must be a non-empty list of bytes or None")
-        if keys is not None and (type(keys) not in (list, tuple) or len(keys) != len(values)):
-            raise TypeError("keys must be None or a list as long as values")
-        if type(self.settings) is not dict:
-            raise TypeError(f"settings must be a dict, not {type(self.settings).__name__}")
+    settings: dict
 
 
-def encode_entry(entry: SpoolEntry) -> bytes:
-    """The entry's payload bytes (a msgpack array led by ENTRY_VERSION)."""
+def check_entry(e: SpoolEntry) -> None:
+    """TypeError/ValueError naming the field when `e` is not a storable entry."""
+    # Written for speed (one call per submission).
+    if type(e) is not SpoolEntry:
+        raise TypeError(f"entry must be a SpoolEntry, not {type(e).__name__}")
+    if type(e.session_id) is not bytes:
+        raise TypeError(f"session_id must be bytes, not {type(e.session_id).__name__}")
+    if type(e.topic) is not str or not e.topic:
+        raise TypeError("topic must be a non-empty str")
+    if type(e.seq_first) is not int or e.seq_first < 0:
+        raise ValueError(f"seq_first must be a non-negative int, not {e.seq_first!r}")
+    if type(e.seq_last) is not int or e.seq_last < e.seq_first:
+        raise ValueError(f"seq_last must be an int >= seq_first ({e.seq_first}), not {e.seq_last!r}")
+    if type(e.partition) is not int or e.partition < 0:
+        raise ValueError(f"partition must be a non-negative int, not {e.partition!r}")
+    if type(e.timestamp_ms) is not int or e.timestamp_ms < 0:
+        raise ValueError(f"timestamp_ms must be a non-negative int, not {e.timestamp_ms!r}")
+    values, keys = e.values, e.keys
+    if type(values) not in (list, tuple) or not values:
+        raise TypeError("values must be a non-empty list of bytes or None")
+    if keys is not None and (type(keys) not in (list, tuple) or len(keys) != len(values)):
+        raise TypeError("keys must be None or a list as long as values")
+    if type(e.settings) is not dict:
+        raise TypeError(f"settings must be a dict, not {type(e.settings).__name__}")
+
+
+def pack_settings(settings: dict) -> bytes:
+    """The msgpack form of a settings map (callers may cache it per session)."""
     try:
-        return msgpack.packb(
-            [ENTRY_VERSION, entry.session_id, entry.seq_first, entry.seq_last, entry.topic,
-             entry.partition, entry.keys, entry.values, entry.timestamp_ms, entry.settings],
-            use_bin_type=True)
+        return msgpack.packb(settings, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise TypeError(f"entry cannot be stored: {exc} (keys/values must be bytes or None, "
-                        "settings plain msgpack types)") from None
+        raise TypeError(f"settings cannot be stored: {exc} (plain msgpack types only)") from None
+
+
+def encode_entry(entry: SpoolEntry, packed_settings: bytes | None = None) -> bytes:
+    """The entry's payload bytes: a msgpack array led by ENTRY_VERSION.
+
+    `packed_settings`, if given, must be `pack_settings(entry.settings)`; it
+    saves encoding the same map for every submission of a session.
+    """
+    if packed_settings is None:
+        packed_settings = pack_settings(entry.settings)
+    try:
+        head = msgpack.packb(
+            [ENTRY_VERSION, entry.session_id, entry.seq_first, entry.seq_last, entry.topic,
+             entry.partition, entry.keys, entry.values, entry.timestamp_ms], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"entry cannot be stored: {exc} (keys and values must be bytes or None)") from None
+    # head is a 9-element fixarray (one header byte, 0x99): widen it to 10 elements.
+    return b"\x9a" + head[1:] + packed_settings
 
 
 def decode_entry(payload: bytes) -> SpoolEntry:
@@ -155,7 +175,9 @@ def decode_entry(payload: bytes) -> SpoolEntry:
         raise ValueError(f"undecodable entry: {exc}") from None
     if not isinstance(item, list) or len(item) != 10 or item[0] != ENTRY_VERSION:
         raise ValueError("not a spool entry of format version 1")
+    entry = SpoolEntry(*item[1:])
     try:
-        return SpoolEntry(*item[1:])
+        check_entry(entry)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"malformed entry: {exc}") from None
+    return entry

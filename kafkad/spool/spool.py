@@ -41,8 +41,8 @@ from kafkad.config import SpoolConfig
 
 from .crash import CrashPoints
 from .errors import SpoolError, SpoolFormatError, SpoolFull, SpoolLockedError, SpoolUnavailable
-from .frame import (HEADER_BYTES, MAGIC, BadRegion, Frame, SpoolEntry, decode_entry, encode_entry,
-                    encode_frame, frame_at, scan)
+from .frame import (HEADER_BYTES, MAGIC, BadRegion, Frame, SpoolEntry, check_entry, decode_entry,
+                    encode_entry, encode_frame, frame_at, pack_settings, scan)
 from .ranges import RangeSet
 
 log = logging.getLogger("kafkad.spool")
@@ -255,6 +255,9 @@ class Spool:
         self._dir_dirty = False
         self._last_sync = clock()
         self._sessions: dict[bytes, int] = {}
+        # Encoded settings maps by the id of the caller's dict, with a copy to compare:
+        # a session's map is encoded once, not for every submission.
+        self._settings_cache: dict[int, tuple[dict, bytes]] = {}
         self._time_index: list[tuple[int, int]] = []
         self._job: SyncJob | None = None
         # release log
@@ -595,10 +598,17 @@ class Spool:
         space is freed), ValueError if the entry is larger than `max_bytes`
         could ever hold, SpoolUnavailable after an I/O error.
         """
-        self._check_usable()
-        if not isinstance(entry, SpoolEntry):
-            raise TypeError(f"entry must be a SpoolEntry, not {type(entry).__name__}")
-        payload = encode_entry(entry)
+        if self._state is State.FAILED or self._state is State.CLOSED:
+            self._check_usable()
+        check_entry(entry)
+        settings = entry.settings
+        cached = self._settings_cache.get(id(settings))
+        if cached is None or cached[0] != settings:
+            if len(self._settings_cache) >= 4096:
+                self._settings_cache.clear()
+            cached = (dict(settings), pack_settings(settings))
+            self._settings_cache[id(settings)] = cached
+        payload = encode_entry(entry, cached[1])
         need = HEADER_BYTES + len(payload)
         if need > self.cfg.max_bytes:
             raise ValueError(f"entry of {need} bytes can never fit in the spool "
@@ -626,7 +636,9 @@ class Spool:
         seg.unreleased += 1
         self._data_bytes += need
         self._next_id = entry_id + 1
-        self._index_time(entry_id, entry.timestamp_ms)
+        idx = self._time_index
+        if not idx or entry.timestamp_ms >= idx[-1][1] + 1000:
+            self._index_time(entry_id, entry.timestamp_ms)
         return entry_id
 
     def _index_time(self, entry_id: int, ts_ms: int) -> None:

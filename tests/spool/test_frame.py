@@ -56,9 +56,12 @@ def test_entries_round_trip(e):
     assert decode_entry(encode_entry(e)) == e
 
 
-def test_unstorable_settings_are_a_type_error():
+def test_unstorable_fields_are_a_type_error():
     e = SpoolEntry(b"s", 0, 0, "t", 0, None, [b"v"], 0, {"x": 2**70})
-    with pytest.raises(TypeError, match="cannot be stored"):
+    with pytest.raises(TypeError, match="settings cannot be stored"):
+        encode_entry(e)
+    e = SpoolEntry(b"s", 0, 0, "t", 0, None, [object()], 0, {})
+    with pytest.raises(TypeError, match="entry cannot be stored"):
         encode_entry(e)
 
 

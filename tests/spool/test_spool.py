@@ -47,15 +47,32 @@ def test_round_trip_keeps_every_field_and_order(tmp_path):
         assert sp.stats(time.time())["replayed"] == 59
 
 
-def test_entry_validation_names_the_field():
-    with pytest.raises(TypeError, match="session_id"):
-        SpoolEntry("text", 0, 0, "t", 0, None, [b"v"], 1, {})
-    with pytest.raises(ValueError, match="seq_last"):
-        SpoolEntry(b"s", 5, 4, "t", 0, None, [b"v"], 1, {})
-    with pytest.raises(TypeError, match="keys"):
-        SpoolEntry(b"s", 0, 1, "t", 0, [b"k"], [b"v", b"w"], 1, {})
-    with pytest.raises(ValueError, match="partition"):
-        SpoolEntry(b"s", 0, 0, "t", -1, None, [b"v"], 1, {})
+def test_entry_validation_names_the_field(tmp_path):
+    with spool_mod.open(config(tmp_path / "sp")) as sp:
+        for bad, kind, field in [
+            (SpoolEntry("text", 0, 0, "t", 0, None, [b"v"], 1, {}), TypeError, "session_id"),
+            (SpoolEntry(b"s", 5, 4, "t", 0, None, [b"v"], 1, {}), ValueError, "seq_last"),
+            (SpoolEntry(b"s", 0, 1, "t", 0, [b"k"], [b"v", b"w"], 1, {}), TypeError, "keys"),
+            (SpoolEntry(b"s", 0, 0, "t", -1, None, [b"v"], 1, {}), ValueError, "partition"),
+            (SpoolEntry(b"s", 0, 0, "t", 0, None, [], 1, {}), TypeError, "values"),
+            (SpoolEntry(b"s", 0, 0, "t", 0, None, [b"v"], 1, []), TypeError, "settings"),
+            ((b"s", 0, 0, "t", 0, None, [b"v"], 1, {}), TypeError, "SpoolEntry"),
+        ]:
+            with pytest.raises(kind, match=field):
+                sp.append(bad)
+        assert sp.next_id == 1                      # nothing was taken
+
+
+def test_a_changed_settings_map_is_encoded_again(tmp_path):
+    cfg = config(tmp_path / "sp")
+    settings = {"acks": 1}
+    with spool_mod.open(cfg) as sp:
+        sp.append(SpoolEntry(b"s", 0, 0, "t", 0, None, [b"a"], 1, settings))
+        settings["acks"] = -1
+        sp.append(SpoolEntry(b"s", 1, 1, "t", 0, None, [b"b"], 1, settings))
+        sp.commit()
+    with spool_mod.open(cfg) as sp:
+        assert [e.settings for _, e in sp.pending()] == [{"acks": 1}, {"acks": -1}]
 
 
 def test_bad_config_is_refused_naming_the_key(tmp_path):
