@@ -38,7 +38,7 @@ import logging
 import os
 import stat
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import msgpack
 import zmq
