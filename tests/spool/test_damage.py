@@ -284,3 +284,36 @@ def test_real_full_disk_on_a_small_tmpfs(tmp_path):
             assert sp2.stats(time.time())["damaged"] == 0
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_enospc_on_the_release_log_keeps_the_releases_and_retries(tmp_path, monkeypatch):
+    path = tmp_path / "sp"
+    cfg = config(path, segment_bytes=1 << 20)
+    with spool_mod.open(cfg) as sp:
+        for n in range(1, 11):
+            sp.append(entry(n))
+        sp.commit()
+        restore = _raise_on(monkeypatch, "write", errno.ENOSPC)
+        sp.release([1, 2, 3])
+        sp.commit()
+        assert sp.state is State.DISK_FULL
+        restore()
+        sp.commit()
+        assert sp.state is State.OPEN
+    with spool_mod.open(cfg) as sp:
+        assert [number(e) for _, e in sp.pending()] == list(range(4, 11))
+
+
+def test_a_failed_fsync_in_the_executor_job_is_reported_by_finish_sync(tmp_path, monkeypatch):
+    with spool_mod.open(config(tmp_path / "sp")) as sp:
+        sp.append(entry(1))
+        assert sp.commit() == 1
+        sp.append(entry(2))
+        job = sp.prepare_sync()
+        _raise_on(monkeypatch, "fsync", errno.EIO)
+        job.run()                                   # never raises: the error is kept
+        assert job.error is not None and job.error.errno == errno.EIO
+        with pytest.raises(SpoolUnavailable, match="fsync"):
+            sp.finish_sync(job)
+        assert sp.durable_id == 1 and sp.synced_id == 1
+        monkeypatch.undo()

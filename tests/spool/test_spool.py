@@ -332,3 +332,45 @@ def test_a_segment_outlives_the_commit_that_made_its_entries_durable(tmp_path):
         assert int(kept[0].split(".")[0]) == 1, "deleted before its entries were handed out"
         sp.commit()
         assert int(segment_files(path)[0].split(".")[0]) > 1
+
+
+def test_is_full_holds_until_the_refused_entry_would_fit(tmp_path):
+    cfg = config(tmp_path / "sp", max_bytes=6000, segment_bytes=1024, when_full="block")
+    with spool_mod.open(cfg) as sp:
+        ids = []
+        while True:
+            try:
+                ids.append(sp.append(entry(len(ids) + 1)))
+            except SpoolFull as exc:
+                assert exc.when_full == "block" and exc.needed > exc.free
+                break
+        sp.commit()
+        assert sp.is_full()
+        sp.release(ids[:1])                          # frees nothing yet: its segment has others
+        sp.commit()
+        sp.commit()
+        assert sp.is_full()
+        sp.release(ids[:14])                         # whole segments released
+        sp.commit()
+        sp.commit()                                  # deleted one commit after durable
+        assert not sp.is_full()
+        assert sp.append(entry(99)) == ids[-1] + 1
+
+
+def test_cursor_skips_segments_deleted_while_replaying(tmp_path):
+    cfg = config(tmp_path / "sp", segment_bytes=1024)
+    with spool_mod.open(cfg) as sp:
+        for n in range(1, 41):
+            sp.append(entry(n))
+        sp.commit()
+    with spool_mod.open(cfg) as sp:
+        cur = sp.cursor()
+        assert [i for i, _ in cur.read(3)] == [1, 2, 3]
+        sp.release(range(1, 30))                     # delivered meanwhile (another path)
+        sp.commit()
+        sp.append(entry(41))
+        sp.commit()
+        sp.commit()
+        assert int(segment_files(tmp_path / "sp")[0].split(".")[0]) > 1
+        assert [i for i, _ in cur.read(100)] == list(range(30, 42))
+        assert cur.caught_up()
