@@ -71,6 +71,22 @@ def one_run(root: str, policy: str, per: int, group: int, seconds: float) -> dic
             "us_per_msg": elapsed / messages * 1e6, "fsyncs_per_s": fsyncs / elapsed}
 
 
+def filesystem_of(path: str) -> str:
+    """'<type> on <mount point>' for the file system holding `path` (from /proc/mounts)."""
+    path = os.path.realpath(path)
+    best = ("?", "")
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                mnt, fstype = parts[1], parts[2]
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best[1]):
+                    best = (fstype, mnt)
+    except OSError:
+        pass
+    return f"{best[0]} on {best[1] or '?'}"
+
+
 def main() -> None:
     quick = os.environ.get("KAFKAD_BENCH_QUICK") == "1"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,7 +97,8 @@ def main() -> None:
     args = ap.parse_args()
     results = []
     print(f"spool benchmark: 100-byte messages, group commit every {args.group} submissions, "
-          f"median of {args.runs} run(s) of {args.seconds:g} s, spool under {args.dir}")
+          f"median of {args.runs} run(s) of {args.seconds:g} s, spool under {args.dir} "
+          f"({filesystem_of(args.dir)})")
     print(f"{'policy':<9} {'msgs/sub':>8} {'msgs/s':>12} {'MB/s':>8} {'us/msg':>8} {'fsyncs/s':>9}")
     for policy in POLICIES:
         for per in SIZES:
@@ -95,6 +112,7 @@ def main() -> None:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "bench_spool.json"), "w") as f:
             json.dump({"group": args.group, "seconds": args.seconds, "runs": args.runs,
+                       "filesystem": filesystem_of(args.dir),
                        "results": results}, f, indent=2)
 
 
