@@ -290,7 +290,8 @@ class Spool:
         spool = cls(cfg, clock=clock, environ=environ, release_log_bytes=release_log_bytes)
         try:
             spool._check_format()
-            spool._lock()
+            if spool._lock_fd is None:
+                spool._lock()
             spool._recover()
         except OSError as exc:
             spool._close_fds()
@@ -320,6 +321,10 @@ class Spool:
                     f"spool directory {path} has no FORMAT file but is not empty "
                     f"({', '.join(sorted(leftovers)[:5])}...): not a kafkad spool, or a damaged "
                     "one; refusing to touch it") from None
+            self._lock()      # before writing anything: two starts must not both initialise
+            if os.path.exists(fmt):
+                self._check_format()    # the other one did; read what it wrote
+                return
             tmp = fmt + ".tmp"
             with open(tmp, "wb") as f:
                 f.write(FORMAT_TEXT.encode())
