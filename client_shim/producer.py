@@ -29,6 +29,7 @@ from client_shim import schema
 from client_shim.client import DaemonClient, as_client
 from client_shim.errors import (
     IllegalStateError,
+    MessageSizeTooLargeError,
     UnsupportedCodecError,
     for_code,
 )
@@ -80,7 +81,8 @@ def _check_topic(topic) -> str:
 
 
 def _check_payloads(msg: tuple, key) -> list:
-    if len(msg) == 1 and type(msg[0]) is bytes and (key is None or type(key) is bytes):
+    if len(msg) == 1 and type(msg[0]) is bytes and (key is None or type(key) is bytes) \
+            and len(msg[0]) < schema.MAX_CALL_BYTES:
         return [msg[0]]                     # the common case, checked at once
     if not msg:
         raise TypeError("send_messages needs at least one message payload")
@@ -95,6 +97,11 @@ def _check_payloads(msg: tuple, key) -> list:
     values = [m if m is None or type(m) is bytes else bytes(m) for m in msg]
     if key is None and any(v is None for v in values):
         raise TypeError("a message needs a key or a payload: key and payload are both None")
+    size = sum(len(v) for v in values if v is not None) + (len(key) * len(values) if key else 0)
+    if size >= schema.MAX_CALL_BYTES:
+        raise MessageSizeTooLargeError(
+            f"one send_messages call carries {size} bytes; the link to kafkad takes less than "
+            f"{schema.MAX_CALL_BYTES} per call (and brokers usually accept about 1 MiB per message)")
     return values
 
 

@@ -69,6 +69,9 @@ SESSION_ID_LEN = 16
 MAX_REQ_ID = 2**63 - 1
 MAX_SEQ = 2**63 - 1
 MAX_PARTITION = 2**31 - 1
+# One send_messages call (its payloads and keys) must stay below this, so an
+# entry always fits a frame under the daemon's default max_frame_bytes (16 MiB).
+MAX_CALL_BYTES = 8 * 1024 * 1024
 # The shim cuts SEND frames at about this size (many entries per frame); the
 # daemon's own cap ([ipc] max_frame_bytes) is what it enforces.
 TARGET_FRAME_BYTES = 256 * 1024

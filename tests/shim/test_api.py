@@ -91,6 +91,8 @@ def test_unsupported_codec_error_is_exported_everywhere():
     (lambda p: p.send_messages("..", 0, b"x"), ValueError, "not allowed"),
     (lambda p: p.send_messages("x" * 250, 0, b"x"), ValueError, "legal"),
     (lambda p: p.send_messages(7, 0, b"x"), TypeError, "str"),
+    (lambda p: p.send_messages("t", 0, b"x" * (8 << 20)), errors.MessageSizeTooLargeError, "8388608"),
+    (lambda p: p.send_messages("t", 0, *[b"x" * (1 << 20)] * 8), errors.MessageSizeTooLargeError, "per call"),
 ])
 def test_send_messages_validates_before_anything_leaves(call, exc, word):
     p = client_shim.Producer(NO_DAEMON, async_send=True)
