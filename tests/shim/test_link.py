@@ -376,3 +376,32 @@ def test_stats_through_the_client(server):
     assert stats["answer"] == 42 and stats["ipc"]["sessions"] == 0
     info = client(server).ping()
     assert info["version"] == 1 and len(info["instance_id"]) == 32
+
+
+def test_sync_producer_shared_by_threads(server):
+    p = client_shim.Producer(client(server))
+    offsets = []
+
+    def work():
+        for _ in range(25):
+            offsets.append(p.send_messages("t", 0, b"x")[0].offset)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(offsets) == list(range(200))
+
+
+def test_evicted_session_registers_again_and_replays():
+    with ServerThread(max_sessions=1) as st:
+        a = client_shim.Producer(client(st), async_send=True)
+        a.send_messages("t", 0, b"a-1")
+        assert a._session.wait_drained(10) == []
+        b = client_shim.Producer(client(st))
+        b.send_messages("t", 1, b"b-1")                   # a was idle: evicted to make room
+        assert st.server.stats()["sessions_evicted"] == 1
+        a.send_messages("t", 0, b"a-2")                   # UNKNOWN_SESSION -> register, replay
+        assert a._session.wait_drained(10) == []
+        assert sorted(values(st)) == [b"a-1", b"a-2", b"b-1"]
