@@ -149,22 +149,26 @@ def pack_settings(settings: dict) -> bytes:
         raise TypeError(f"settings cannot be stored: {exc} (plain msgpack types only)") from None
 
 
-def encode_entry(entry: SpoolEntry, packed_settings: bytes | None = None) -> bytes:
+def encode_entry(entry: SpoolEntry, packed_settings: bytes | None = None,
+                 packer: msgpack.Packer | None = None) -> bytes:
     """The entry's payload bytes: a msgpack array led by ENTRY_VERSION.
 
     `packed_settings`, if given, must be `pack_settings(entry.settings)`; it
-    saves encoding the same map for every submission of a session.
+    saves encoding the same map for every submission of a session. `packer`
+    (a `msgpack.Packer(use_bin_type=True)` the caller owns) saves building one.
     """
     if packed_settings is None:
         packed_settings = pack_settings(entry.settings)
+    head = (ENTRY_VERSION, entry.session_id, entry.seq_first, entry.seq_last, entry.topic,
+            entry.partition, entry.keys, entry.values, entry.timestamp_ms)
     try:
-        head = msgpack.packb(
-            [ENTRY_VERSION, entry.session_id, entry.seq_first, entry.seq_last, entry.topic,
-             entry.partition, entry.keys, entry.values, entry.timestamp_ms], use_bin_type=True)
+        packed = packer.pack(head) if packer is not None else msgpack.packb(head, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
+        if packer is not None:
+            packer.reset()      # drop whatever half-packed bytes the failure left behind
         raise TypeError(f"entry cannot be stored: {exc} (keys and values must be bytes or None)") from None
-    # head is a 9-element fixarray (one header byte, 0x99): widen it to 10 elements.
-    return b"\x9a" + head[1:] + packed_settings
+    # packed is a 9-element fixarray (one header byte, 0x99): widen it to 10 elements.
+    return b"\x9a" + packed[1:] + packed_settings
 
 
 def decode_entry(payload: bytes) -> SpoolEntry:

@@ -258,6 +258,7 @@ class Spool:
         # Encoded settings maps by the id of the caller's dict, with a copy to compare:
         # a session's map is encoded once, not for every submission.
         self._settings_cache: dict[int, tuple[dict, bytes]] = {}
+        self._packer = msgpack.Packer(use_bin_type=True)
         self._time_index: list[tuple[int, int]] = []
         self._job: SyncJob | None = None
         # release log
@@ -603,7 +604,8 @@ class Spool:
         space is freed), ValueError if the entry is larger than `max_bytes`
         could ever hold, SpoolUnavailable after an I/O error.
         """
-        if self._state is State.FAILED or self._state is State.CLOSED:
+        state = self._state
+        if state is not State.OPEN and state is not State.DISK_FULL:
             self._check_usable()
         check_entry(entry)
         settings = entry.settings
@@ -613,27 +615,29 @@ class Spool:
                 self._settings_cache.clear()
             cached = (dict(settings), pack_settings(settings))
             self._settings_cache[id(settings)] = cached
-        payload = encode_entry(entry, cached[1])
+        payload = encode_entry(entry, cached[1], self._packer)
         need = HEADER_BYTES + len(payload)
-        if need > self.cfg.max_bytes:
+        max_bytes = self.cfg.max_bytes
+        if need > max_bytes:
             raise ValueError(f"entry of {need} bytes can never fit in the spool "
-                             f"([spool] max_bytes = {self.cfg.max_bytes})")
-        if self._state is State.DISK_FULL:
+                             f"([spool] max_bytes = {max_bytes})")
+        if state is State.DISK_FULL:
             self._counters["full_rejections"] += 1
             raise SpoolFull(f"spool {self.path}: the disk is full", needed=need,
                             free=self.free_bytes, reason="disk full", when_full=self.cfg.when_full)
-        if self._data_bytes + need > self.cfg.max_bytes:
+        if self._data_bytes + need > max_bytes:
             self._blocked_need = need
             self._counters["full_rejections"] += 1
             raise SpoolFull(f"spool {self.path} is full ({self._data_bytes} of "
-                            f"{self.cfg.max_bytes} bytes; the entry needs {need})",
+                            f"{max_bytes} bytes; the entry needs {need})",
                             needed=need, free=self.free_bytes, reason="max_bytes",
                             when_full=self.cfg.when_full)
         entry_id = self._next_id
-        seg = self._segments[-1] if self._segments else None
+        segments = self._segments
+        seg = segments[-1] if segments else None
         if seg is None or seg.recovered or (seg.size and seg.size + need > self.cfg.segment_bytes):
             seg = _Segment(entry_id, os.path.join(self.path, _segment_name(entry_id)))
-            self._segments.append(seg)
+            segments.append(seg)
             self._seg_firsts.append(entry_id)
         seg.buf += encode_frame(entry_id, payload)
         seg.buf_last_id = seg.last_id = entry_id

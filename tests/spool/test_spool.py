@@ -57,10 +57,15 @@ def test_entry_validation_names_the_field(tmp_path):
             (SpoolEntry(b"s", 0, 0, "t", 0, None, [], 1, {}), TypeError, "values"),
             (SpoolEntry(b"s", 0, 0, "t", 0, None, [b"v"], 1, []), TypeError, "settings"),
             ((b"s", 0, 0, "t", 0, None, [b"v"], 1, {}), TypeError, "SpoolEntry"),
+            (SpoolEntry(b"s", 0, 0, "t", 0, None, [object()], 1, {}), TypeError, "cannot be stored"),
         ]:
             with pytest.raises(kind, match=field):
                 sp.append(bad)
         assert sp.next_id == 1                      # nothing was taken
+        sp.append(entry(1))                         # a failed encoding leaves nothing behind
+        sp.commit()
+    with spool_mod.open(config(tmp_path / "sp")) as sp:
+        assert [number(e) for _, e in sp.pending()] == [1]
 
 
 def test_a_changed_settings_map_is_encoded_again(tmp_path):
