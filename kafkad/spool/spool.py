@@ -734,9 +734,12 @@ class Spool:
     def _write_out(self) -> None:
         """Write buffered entries and release records to the files (no fsync)."""
         wrote = False
-        for seg in self._segments:
+        buffered = []
+        for seg in reversed(self._segments):   # buffered segments are always a suffix
             if not seg.buf:
-                continue
+                break
+            buffered.append(seg)
+        for seg in reversed(buffered):
             try:
                 if seg.fd is None:
                     seg.fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
