@@ -1270,9 +1270,12 @@ class Engine:
         }
 
 
+_BYTES_OR_NONE = frozenset({bytes, type(None)})
+
+
 def _check_bytes(what: str, items: list) -> None:
     """TypeError naming the first entry that is neither bytes nor None."""
-    if all(type(x) is bytes or x is None for x in items):
+    if _BYTES_OR_NONE.issuperset(map(type, items)):   # C speed for the common case
         return
     for i, x in enumerate(items):
         if type(x) is not bytes and x is not None:
