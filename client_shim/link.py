@@ -60,6 +60,9 @@ RESULT_TIMEOUT_S = 300.0
 # After sending async entries the I/O thread waits this long (ms) for more
 # before packing the next frame, instead of sleeping until woken per send.
 _LINGER_MS = 1
+# Frames waiting for the socket (its high-water mark reached) before the I/O
+# thread stops packing more; what is not packed stays in the sessions.
+_OUTBOX_FRAMES = 64
 _REPLAY_BACKOFF_MIN_S = 0.01
 _REPLAY_BACKOFF_MAX_S = 1.0
 
@@ -332,7 +335,7 @@ class _Link:
             pass
 
     def _has_unsent(self) -> bool:
-        if not self.connected:
+        if not self.connected or len(self._outbox) >= _OUTBOX_FRAMES:
             return False
         now = time.monotonic()
         for s in self.sessions.values():
@@ -487,6 +490,8 @@ class _Link:
         self._waiting = keep
 
     def _send_entries(self) -> None:
+        if len(self._outbox) >= _OUTBOX_FRAMES:
+            return          # the daemon is not keeping up: entries wait in `unsent`, not as frames
         now = time.monotonic()
         for s in self.sessions.values():
             if not s.registered or s.paused:
@@ -497,7 +502,7 @@ class _Link:
                 s.rebuild_unsent(s.replay_from)
                 s.replay_from = None
             unsent = s.unsent
-            while unsent:
+            while unsent and len(self._outbox) < _OUTBOX_FRAMES:
                 batch = []
                 size = 0
                 while unsent and size < schema.TARGET_FRAME_BYTES:
