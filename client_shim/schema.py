@@ -18,6 +18,7 @@ it, and it never imports either side.
 
 from __future__ import annotations
 
+import math
 import re
 
 import msgpack
@@ -180,6 +181,8 @@ def _settings(v, name):
             raise SchemaError(E_MALFORMED, f"{name}.{key} must not be a bool")
         if not isinstance(val, types):
             raise SchemaError(E_MALFORMED, f"{name}.{key} has the wrong type")
+        if type(val) is float and not math.isfinite(val):
+            raise SchemaError(E_INVALID, f"{name}.{key} must be a finite number")
     return v
 
 

@@ -248,6 +248,8 @@ HOSTILE = [
     (msgpack.packb([schema.REGISTER, 999, 5, b"x" * 16, 0, SETTINGS]), schema.E_BAD_VERSION),
     (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, dict(SETTINGS, acks=5)]), schema.E_INVALID),
     (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, {"acks": 1}]), schema.E_MALFORMED),
+    (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, dict(SETTINGS, batch_t=float("nan"))]), schema.E_INVALID),
+    (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, dict(SETTINGS, acks=True)]), schema.E_MALFORMED),
     (msgpack.packb([schema.METADATA, 5, "." ]), schema.E_INVALID),
     (msgpack.packb([schema.STATS, -5]), schema.E_MALFORMED),
     (b"\xdd\xff\xff\xff\xff", schema.E_MALFORMED),                 # claims a 4G-element array
