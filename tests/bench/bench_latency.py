@@ -27,7 +27,7 @@ QUANTILES = {"p50": 0.50, "p99": 0.99, "p999": 0.999}
 def plan(quick: bool) -> dict:
     if quick:
         return {"workers": [1, 8], "duration": 1.0, "caller_calls": 5_000}
-    return {"workers": [1, 8], "duration": 3.0, "caller_calls": 20_000}
+    return {"workers": [1, 8], "duration": 3.0, "caller_calls": 50_000}
 
 
 def run_latency(ctx: BenchContext) -> dict:

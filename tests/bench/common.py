@@ -23,6 +23,7 @@ do not use.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -136,8 +137,11 @@ class ContenderError(RuntimeError):
     """A contender could not be set up or failed during a trial."""
 
 
-class _Client:
-    """The common shape of a contender inside a worker process."""
+class _Client(abc.ABC):
+    """The common shape of a contender inside a worker process.
+
+    `sent` counts messages handed to the client since the last prepare().
+    """
 
     name = ""
 
@@ -145,21 +149,24 @@ class _Client:
         self.spec = spec
         self.sent = 0
 
+    @abc.abstractmethod
     def prepare(self, topic: str, *, sync: bool, codec: str | None, size: int = 100) -> None:
-        raise ContenderError(f"{self.name}: prepare() is not implemented")
+        """Create a producer for `topic` and warm it up (metadata, connections)."""
 
+    @abc.abstractmethod
     def send_async(self, topic: str, values: list[bytes]) -> None:
-        raise ContenderError(f"{self.name}: send_async() is not implemented")
+        """Hand `values` over without waiting for the broker."""
 
+    @abc.abstractmethod
     def send_sync(self, topic: str, value: bytes) -> None:
-        raise ContenderError(f"{self.name}: send_sync() is not implemented")
+        """Send one message and return once the broker acknowledged it."""
 
     def service(self) -> None:
         """Give the client a chance to run callbacks (outside timed sections)."""
 
+    @abc.abstractmethod
     def finish(self) -> int:
         """Wait until everything sent since prepare() is acknowledged; return how many were."""
-        raise ContenderError(f"{self.name}: finish() is not implemented")
 
     def close(self) -> None:
         """Release the producer (not timed)."""
