@@ -67,6 +67,21 @@ def test_leader_moves_during_a_steady_stream(mock_cluster, mc_topic):
     read_back(mock_cluster, mc_topic, run)
 
 
+def test_api_versions_error_35_steps_down_to_the_version_the_broker_speaks(mock_cluster, mc_topic):
+    # The mock cluster answers ApiVersions v3 with error 35 and a v0 body.
+    versions = {}
+
+    async def script(producer, run):
+        assert (await producer.fetch_partitions(mc_topic, 10))[0] == 0
+        versions.update({n: c.api_versions_version for n, c in producer.engine.conns.items()
+                         if c.versions})
+        stream(producer, run, mc_topic, 0, 3)
+
+    run = asyncio.run(run_producer(kafka_config(mock_cluster.bootstrap, **FAST), script))
+    assert versions and all(v < 3 for v in versions.values())
+    assert run.errors() == {} and run.stats["delivered"] == 15
+
+
 def test_leader_broker_down_then_up(mock_cluster, mc_topic):
     async def script(producer, run):
         stream(producer, run, mc_topic, 0, 30)

@@ -149,3 +149,32 @@ def test_reload_applies_live_settings_and_names_those_needing_a_restart(tansu, t
     run = asyncio.run(run_producer(kafka_config(tansu.bootstrap), script))
     assert run.by_token()["fits"][0].error == 0
     assert run.stats["accepted"] == 2
+
+
+def test_records_queue_while_no_broker_listens_and_go_once_one_does(topic):
+    # A broker that is not there yet: connections are refused, records wait, then go.
+    from tests.support.net import free_port
+    from tests.support.readback import read_all_confluent
+    from tests.support.tansu import Tansu
+
+    port = free_port()
+    late = Tansu(port=port)
+    kafka = kafka_config(f"127.0.0.1:{port}", reconnect_backoff_ms=20,
+                         reconnect_backoff_max_ms=100, allow_auto_create_topics=False,
+                         unknown_topic_wait_ms=10_000)
+
+    async def script(producer, run):
+        for i in range(6):
+            submit(producer, run, sub("late", i % 3, [f"w{i}".encode()], token=i))
+        await asyncio.sleep(0.3)   # several refused connection attempts
+        assert run.outcomes == [] and producer.stats()["queued"] == 6
+        await asyncio.get_running_loop().run_in_executor(None, late.start)
+        await asyncio.get_running_loop().run_in_executor(None, late.create_topic, "late", 3)
+
+    try:
+        run = asyncio.run(run_producer(kafka, script))
+        assert run.left == [] and run.errors() == {}
+        got = read_all_confluent(late.bootstrap, "late", 3, expected=6)
+        check_read_back(run, got)
+    finally:
+        late.stop()
