@@ -861,8 +861,15 @@ class Spool:
         Run it with ``await loop.run_in_executor(None, job.run)`` then call
         `finish_sync(job)` on the loop. Only one job may be outstanding; while
         one is, this only writes and returns None. `force` fsyncs regardless of
-        the policy (clean shutdown).
+        the policy (clean shutdown). Acknowledge up to `durable_id` right after
+        this returns (for "interval" and "never" the written entries are durable
+        now) and again after `finish_sync`.
         """
+        job = self._prepare_sync(force)
+        self._handed_out = self.durable_id
+        return job
+
+    def _prepare_sync(self, force: bool) -> SyncJob | None:
         self._check_usable()
         self._write_out()
         if self._job is not None:
