@@ -171,8 +171,8 @@ class _Session:
 
     # --- I/O-thread side ------------------------------------------------------
 
-    def settle(self, first_seqs, failed: dict | None = None) -> None:
-        """Entries done (acknowledged, or failed and already reported): forget them."""
+    def settle(self, first_seqs) -> int:
+        """Entries done (acknowledged, or failed and already reported): forget them; return their size."""
         freed = 0
         with self.lock:
             for seq in first_seqs:
@@ -184,6 +184,7 @@ class _Session:
                 self.space.notify_all()
                 if not self.pending:
                     self.drained.notify_all()
+        return freed
 
     def schedule_replay(self, from_seq: int, delay: float) -> None:
         if self.replay_from is None or from_seq < self.replay_from:
@@ -558,9 +559,7 @@ class _Link:
     def _h_ack(self, msg) -> None:
         s = self.sessions.get(msg[1])
         if s is not None:
-            with s.lock:
-                s.delivered_messages += sum(len(s.pending[q][5]) for q in msg[2] if q in s.pending)
-            s.settle(msg[2])
+            s.delivered_messages += s.settle(msg[2])
 
     def _h_failed(self, msg) -> None:
         s = self.sessions.get(msg[1])
