@@ -70,6 +70,7 @@ def _machine(res: dict) -> list[str]:
     rows = [["Date", m["date_utc"]], ["CPU", m["cpu"]], ["Cores", str(m["cores"])],
             ["RAM", f"{m['ram_gib']} GiB"], ["Kernel", m["kernel"]], ["Python", m["python"]],
             ["Load average at start (1/5/15 min)", " / ".join(str(x) for x in m["load_at_start"])],
+            ["Load average at the end", " / ".join(str(x) for x in m.get("load_at_end", [])) or "n/a"],
             ["Versions", ", ".join(f"{k} {val}" for k, val in v.items())],
             ["Run", f"{'quick' if res.get('quick') else 'full'}, {res['reps']} repetitions, "
                     f"{res.get('total_seconds', 0):.0f} s in total"]]

@@ -279,10 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     for c in CONTENDERS:
         if c not in wanted:
             missing[c] = "not selected (--contenders)"
-    workdir = make_workdir()
     from tests.support.tansu import Tansu
 
-    broker = Tansu().start()
+    try:
+        broker = Tansu().start()
+    except Exception as exc:  # no broker, no benchmark: say why and stop
+        print(f"bench: cannot start the local Tansu broker: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    workdir = make_workdir()
     daemon = None
     try:
         if KAFKAD in contenders:
@@ -323,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         broker.stop()
         remove_workdir(workdir)
     results["total_seconds"] = round(time.monotonic() - log.t0, 1)
+    results["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     _save(results, args.out)
     paths = report.write(results, args.out)
     log(f"done in {results['total_seconds']:.0f} s: {', '.join(paths)}")
