@@ -81,7 +81,7 @@ API_PRODUCE, API_METADATA, API_VERSIONS, API_INIT_PID = 0, 3, 18, 22
 # Fewest seconds between two Metadata requests (refreshes asked for by many
 # errors at once collapse into one request).
 METADATA_MIN_INTERVAL = 0.1
-# Only ApiVersions 0 is certain to be understood; its body lists the others.
+# The size bound of one record beyond its key and value bytes.
 _RECORD_OVERHEAD = record_size_upper_bound(None, None)
 # Upper bounds of a Produce request's bytes around its batches.
 _REQUEST_OVERHEAD = 128
@@ -91,14 +91,6 @@ _LATENCY_SAMPLES = 1024
 _FAILURE_LOG_INTERVAL = 60.0
 _LOG_VALUE_CHARS = 100
 _LOG_MESSAGES_MAX = 20
-
-
-class _TopicWait:
-    __slots__ = ("since", "error")
-
-    def __init__(self, since: float, error: int) -> None:
-        self.since = since
-        self.error = error
 
 
 class Engine:
@@ -123,7 +115,7 @@ class Engine:
         for i, addr in enumerate(kafka.bootstrap_servers):
             host, port = _split_hostport(addr)
             self.conns[-1 - i] = Conn(-1 - i, host, port, bootstrap=True)
-        self._bootstrap_cursor = 0
+        self._connect_cursor = 0
         self.groups: dict[tuple, Group] = {}
         self.lanes: dict[tuple, Lane] = {}
         self._active: dict[Lane, None] = {}      # lanes with batches, in insertion order
@@ -142,7 +134,7 @@ class Engine:
         self._meta_inflight = False
         self._meta_needed = True
         self._meta_next = 0.0
-        self._topic_wait: dict[str, _TopicWait] = {}
+        self._topic_wait: dict[str, float] = {}   # topic -> since when the cluster says unknown
         self.draining = False
         # counters (messages unless named otherwise)
         self.accepted = 0
@@ -327,8 +319,8 @@ class Engine:
         yet...) never are; anything else at once.
         """
         if code == UNKNOWN_TOPIC_OR_PARTITION:
-            wait = self._topic_wait.get(topic)
-            return wait is None or now - wait.since >= self.kafka.unknown_topic_wait_ms / 1000.0
+            since = self._topic_wait.get(topic)
+            return since is None or now - since >= self.kafka.unknown_topic_wait_ms / 1000.0
         return not error_info(code).retriable
 
     # ------------------------------------------------------------------ connection events
@@ -529,11 +521,7 @@ class Engine:
                     self._meta_needed = True
             elif name is not None:
                 self._meta_needed = True
-                wait = self._topic_wait.get(name)
-                if wait is None:
-                    self._topic_wait[name] = _TopicWait(now, t.error_code)
-                else:
-                    wait.error = t.error_code
+                self._topic_wait.setdefault(name, now)
 
     def _fail_missing_partitions(self, topic: str, parts: set[int], now: float) -> None:
         for lane in list(self._active):
@@ -880,8 +868,8 @@ class Engine:
         candidates = [c for c in down if not c.bootstrap] or down
         if not candidates:
             return
-        self._bootstrap_cursor = (self._bootstrap_cursor + 1) % len(candidates)
-        self._want_connect.add(candidates[self._bootstrap_cursor].node)
+        self._connect_cursor = (self._connect_cursor + 1) % len(candidates)
+        self._want_connect.add(candidates[self._connect_cursor].node)
 
     def _poll_metadata(self, now: float, act: Actions) -> float:
         md = self.metadata
@@ -890,7 +878,7 @@ class Engine:
         # records of topics the cluster says do not exist: fail them after the wait
         wait_s = self.kafka.unknown_topic_wait_ms / 1000.0
         deadline = _INF
-        for name, wait in list(self._topic_wait.items()):
+        for name, since in list(self._topic_wait.items()):
             info = md.topics.get(name)
             if info is None or info.error == 0:
                 continue
@@ -901,8 +889,8 @@ class Engine:
                 # stop asking about it until someone sends to it again
                 self._wanted.discard(name)
                 del self._topic_wait[name]
-            elif now - wait.since < wait_s:
-                deadline = min(deadline, wait.since + wait_s)
+            elif now - since < wait_s:
+                deadline = min(deadline, since + wait_s)
         if md.updated_at is not None and not self._meta_needed:
             deadline = min(deadline, md.updated_at + self.kafka.metadata_max_age_ms / 1000.0)
         if not self._meta_needed or self._meta_inflight:
