@@ -1017,6 +1017,7 @@ class Engine:
         leader = md.leader(lane.topic, lane.partition)
         if leader < 0:
             self._meta_needed = True
+            self._wanted.add(lane.topic)   # records released from a hold after a give-up
             return deadline
         if lane.inflight and lane.node != leader:
             return deadline  # the leader moved: let the old leader's answers settle first

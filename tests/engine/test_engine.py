@@ -764,3 +764,14 @@ def test_a_leader_hint_older_than_what_we_know_is_ignored():
     assert not md.leader_hint("t", 0, 1, 4)
     assert md.leader_hint("t", 0, 3, 6) and md.leader("t", 0) == 3
     assert not md.leader_hint("t", 0, 99, 7)   # a broker we do not know
+
+
+def test_held_records_for_an_unknown_topic_fail_as_unknown_when_released_later():
+    h = Harness(cluster("t"), unknown_topic_wait_ms=1000, allow_auto_create_topics=False)
+    h.submit("gone", 0, [b"sync"], token="sync")
+    h.submit("gone", 0, [b"held"], settings=settings(async_send=True, batch_n=10, batch_t=5.0),
+             token="held")
+    h.run(until=h.now + 2)
+    assert [o.error for o in h.by_token()["sync"]] == [3]
+    h.run(until=h.now + 10)
+    assert [(o.error, o.failed) for o in h.by_token()["held"]] == [(3, 1)]
