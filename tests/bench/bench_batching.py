@@ -90,7 +90,7 @@ def _trial(ctx: BenchContext, contest: Contest, proxy, contender: str, codec: st
     bootstrap = proxy.address
     topic = new_topic_name("batch")
     create_topic(bootstrap, topic)
-    job = {"kind": "paced", "topic": topic, "codec": codec, "payload": "json",
+    job = {"kind": "paced", "topic": topic, "codec": codec,
            "distinct": p["distinct_payloads"], "rate": p["rate_per_worker"], "duration": p["duration"]}
     before = {}
 

@@ -148,6 +148,7 @@ class _Client(abc.ABC):
     def __init__(self, spec: dict):
         self.spec = spec
         self.sent = 0
+        self.payloads: list[bytes] = []   # the paced job's messages
 
     @abc.abstractmethod
     def prepare(self, topic: str, *, sync: bool, codec: str | None, size: int = 100) -> None:
@@ -356,10 +357,7 @@ class KafkadClient(_Client):
 
     def close(self) -> None:
         if self.producer is not None:
-            try:
-                self.producer.stop()
-            except Exception:  # a second stop() is documented as harmless
-                pass
+            self.producer.stop()      # after finish(): a second stop() does nothing
         self.producer = None
 
 
@@ -440,8 +438,10 @@ def job_caller_cost(client: _Client, topic: str, start_at: float, job: dict) -> 
 
 def job_paced(client: _Client, topic: str, start_at: float, job: dict) -> dict:
     """Send `rate` messages/s, one per call, for `duration` s (a steady web-like load)."""
-    payloads = json_events(job["distinct"], seed=job.get("seed", 7)) if job["payload"] == "json" \
-        else [fixed_payload(job["size"])]
+    payloads = client.payloads
+    # Each worker has its own stream of events (like real workers): identical
+    # documents from several workers would flatter a producer that puts them
+    # in one compressed batch.
     n = int(job["rate"] * job["duration"])
     interval = 1.0 / job["rate"]
     nbytes = 0
@@ -518,6 +518,9 @@ def _worker_main(conn, contender: str, spec: dict) -> None:
             if cmd == "prepare":
                 job = arg
                 topic = job["topic"]
+                if job["kind"] == "paced":
+                    # Built before the clock starts: pacing must not begin late.
+                    client.payloads = json_events(job["distinct"], seed=1000 + spec.get("index", 0))
                 client.prepare(topic, sync=job["kind"] == "latency", codec=job.get("codec"),
                                size=job.get("size", 500))
                 conn.send(("ok", None))
@@ -554,9 +557,10 @@ class WorkerPool:
         ctx = multiprocessing.get_context("spawn")
         self.conns = []
         self.procs = []
-        for _ in range(size):
+        for index in range(size):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(child, contender, spec), daemon=True)
+            p = ctx.Process(target=_worker_main, args=(child, contender, dict(spec, index=index)),
+                            daemon=True)
             p.start()
             child.close()
             self.conns.append(parent)
