@@ -429,13 +429,37 @@ def render(res: dict, charts: list[str], chart_note: str = "") -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def render_summary(res: dict) -> str:
+    """The few lines meant for the README: machine, targets, the 4-worker throughput rows."""
+    m = res["machine"]
+    lines = [f"Measured {m['date_utc']} on {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, "
+             f"Python {m['python']} (`make bench`{', quick run' if res.get('quick') else ''}; "
+             "method: docs/performance.md).", ""]
+    lines += _targets(res)[2:]
+    tp = res["sections"].get("throughput")
+    if tp:
+        rows = []
+        for cfg in tp["configs"]:
+            if cfg["workers"] != 4:
+                continue
+            med = {c: _get(cfg["results"], c, "median") for c in CONTENDERS}
+            rows.append([f"{cfg['size']} B", str(cfg["per_call"])] + [_num(med[c]) for c in CONTENDERS])
+        if rows:
+            lines += ["Aggregate async throughput with 4 worker processes (messages/s acknowledged, median):", ""]
+            lines += _table(["Size", "Msgs/call"] + list(CONTENDERS), rows, "rrrrr")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def write(res: dict, out: str) -> list[str]:
-    """Write report.md and the charts into `out`; the paths written."""
+    """Write report.md, summary.md (for the README) and the charts into `out`; the paths written."""
     charts, note = _charts(res, out)
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write(render(res, charts, note))
-    return [path] + [os.path.join(out, c) for c in charts]
+    summary = os.path.join(out, "summary.md")
+    with open(summary, "w") as f:
+        f.write(render_summary(res))
+    return [path, summary] + [os.path.join(out, c) for c in charts]
 
 
 if __name__ == "__main__":
