@@ -195,23 +195,26 @@ def _entries(v, name):
     for e in v:
         if type(e) is not list or len(e) < 6:
             raise SchemaError(E_MALFORMED, f"{name} items must be [first_seq, topic, partition, ts_ms, keys, values]")
-        first, topic, partition, ts, keys, values = e[0], e[1], e[2], e[3], e[4], e[5]
-        if type(first) is not int or not 0 <= first <= MAX_SEQ:
-            raise SchemaError(E_MALFORMED, f"first_seq must be an int in [0, {MAX_SEQ}]")
+        first, topic, partition, ts, keys, values = e if len(e) == 6 else e[:6]
+        if type(first) is not int or type(partition) is not int or type(ts) is not int:
+            raise SchemaError(E_MALFORMED, "first_seq, partition and timestamp_ms must be ints")
+        if not (0 <= first <= MAX_SEQ and 0 <= partition <= MAX_PARTITION and -1 <= ts < 2**63):
+            raise SchemaError(E_MALFORMED, f"first_seq, partition or timestamp_ms out of range in entry {first}")
         if topic not in good_topics:
             _topic(topic, "topic")
             good_topics.add(topic)
-        if type(partition) is not int or not 0 <= partition <= MAX_PARTITION:
-            raise SchemaError(E_MALFORMED, f"partition must be an int in [0, {MAX_PARTITION}]")
-        if type(ts) is not int or not -1 <= ts <= 2**63 - 1:
-            raise SchemaError(E_MALFORMED, "timestamp_ms must be an int in [-1, 2**63-1]")
-        if type(values) is not list or not values:
-            if type(values) is not list:
-                raise SchemaError(E_MALFORMED, "values must be a list")
-            raise SchemaError(E_INVALID, "values must hold at least one message")
-        for item in values:
+        if type(values) is not list:
+            raise SchemaError(E_MALFORMED, "values must be a list")
+        if len(values) == 1:
+            item = values[0]
             if item is not None and type(item) is not bytes:
                 raise SchemaError(E_MALFORMED, "values items must be bytes or nil")
+        elif not values:
+            raise SchemaError(E_INVALID, "values must hold at least one message")
+        else:
+            for item in values:
+                if item is not None and type(item) is not bytes:
+                    raise SchemaError(E_MALFORMED, "values items must be bytes or nil")
         if keys is not None:
             _blobs(keys, "keys")
             if len(keys) != len(values):

@@ -474,12 +474,14 @@ class IpcServer:
         # 1. In seq order: drop what was taken before, stop at a gap.
         groups: dict[tuple[str, int], list] = {}
         expected = s.next_seq
+        chain_dups: list[int] = []      # entries taken earlier that the chain of this frame passes
         for entry in entries:
             first, n = entry[0], len(entry[5])
             if first < s.next_seq or first in s.taken_above:
                 self._c["duplicates"] += 1
                 if first == expected:
                     expected = first + n
+                    chain_dups.append(first)
                 if first not in s.inflight:
                     runs = s.recent_failed.get(first)
                     if runs is not None:
@@ -499,6 +501,7 @@ class IpcServer:
             groups.setdefault((entry[1], entry[2]), []).append(entry)
         # 2. One Submission per (topic, partition): the engine's cost is per submission.
         refused_from = None
+        taken: list[tuple[int, int]] = []
         for (topic, partition), group in groups.items():
             n = sum(len(e[5]) for e in group)
             known = self.producer.partitions_for(topic)
@@ -508,7 +511,7 @@ class IpcServer:
                     self._log_failure(s, topic, partition, e[5], 3)
                     self._remember_failed(s, e[0], runs)
                     failed.append([e[0], runs])
-                    self._taken(s, e[0], len(e[5]))
+                    taken.append((e[0], len(e[5])))
                 continue
             if s.inflight_msgs + n > self.cfg.max_inflight_per_session:
                 code, why = schema.E_QUEUE_FULL, (f"this session has {s.inflight_msgs} messages in flight "
@@ -532,13 +535,9 @@ class IpcServer:
                     code, why = schema.E_QUEUE_FULL, str(exc)
                 else:
                     inflight = s.inflight
-                    for first, count in zip(firsts, counts):
+                    for first in firsts:
                         inflight[first] = token
-                        if first == s.next_seq and not s.taken_above:
-                            s.next_seq = first + count          # the common case, inlined
-                            s.gap_reported = False
-                        else:
-                            self._taken(s, first, count)
+                    taken.extend(zip(firsts, counts))
                     s.inflight_msgs += n
                     s.sent += n
                     self._c["messages_in"] += n
@@ -547,6 +546,20 @@ class IpcServer:
             low = group[0][0]
             refused_from = low if refused_from is None else min(refused_from, low)
             refusal = why
+        # 3. Advance next_seq over what was taken.
+        if refused_from is None:
+            if groups:
+                # Everything from next_seq up to `expected` is taken now.
+                above = s.taken_above
+                for first in chain_dups:
+                    above.pop(first, None)
+                s.next_seq = expected
+                s.gap_reported = False
+                while above and s.next_seq in above:
+                    s.next_seq += above.pop(s.next_seq)
+        else:
+            for first, count in taken:
+                self._taken(s, first, count)
         if refused_from is not None and not s.gap_reported:
             s.gap_reported = True
             self._send(peer, schema.encode([schema.REJECTED, sid, refused_from, schema.E_QUEUE_FULL, refusal]), s)
