@@ -140,8 +140,8 @@ def profile_daemon(ctx: BenchContext) -> dict:
     if KAFKAD not in ctx.contenders:
         return {"unavailable": f"kafkad cannot run: {ctx.missing.get(KAFKAD, 'not selected')}"}
     spy = _py_spy()
-    raw = os.path.join(ctx.out_dir, "profile-daemon.txt")
-    pstats_path = os.path.join(ctx.out_dir, "profile-daemon.pstats")
+    raw = os.path.abspath(os.path.join(ctx.out_dir, "profile-daemon.txt"))
+    pstats_path = os.path.abspath(os.path.join(ctx.out_dir, "profile-daemon.pstats"))
     for stale in (raw, pstats_path):
         if os.path.exists(stale):
             os.unlink(stale)
@@ -155,7 +155,7 @@ def profile_daemon(ctx: BenchContext) -> dict:
                               env={"KAFKAD_CPROFILE": pstats_path})
         tool = "cProfile"
     duration = 1.5 if ctx.quick else 5.0
-    ctx.log(f"profile: daemon under {tool}, 4 workers, 100-byte messages for {duration:.0f} s")
+    ctx.log(f"profile: daemon under {tool}, 4 workers, 100-byte messages for {duration:g} s")
     try:
         daemon.start()
     except DaemonUnavailable as exc:
@@ -168,14 +168,21 @@ def profile_daemon(ctx: BenchContext) -> dict:
         with Contest(ctx, [KAFKAD], 4, spec) as contest:
             topic = new_topic_name("profile")
             create_topic(ctx.bootstrap, topic)
-            cpu0 = daemon.cpu_seconds()
+            marks = {}
+
+            def before_go(_pool) -> None:
+                marks["cpu"], marks["delivered"] = daemon.cpu_seconds(), daemon.delivered()
+
             out = contest.trial(KAFKAD, {"kind": "throughput", "topic": topic, "size": 100,
-                                         "per_call": 1, "duration": duration})
-            cpu = daemon.cpu_seconds() - cpu0
+                                         "per_call": 1, "duration": duration}, after_prepare=before_go)
+            cpu = daemon.cpu_seconds() - marks.get("cpu", 0.0)
+            delivered = daemon.delivered()
             delete_topic(ctx.bootstrap, topic)
             errors.update(contest.errors)
             if out is not None:
                 acked = sum(r["acked"] for r in out[1])
+                if delivered is not None and marks.get("delivered") is not None:
+                    acked = min(acked, delivered - marks["delivered"])
     finally:
         daemon.stop()
         # py-spy writes its file when the profiled process has exited.
