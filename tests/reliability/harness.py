@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from tests.support.audit import AuditReport, audit, read_topic
+from tests.support.audit import AuditReport, audit, read_topic, read_topic_confluent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -109,10 +109,19 @@ def run_workers(endpoint: str, topic: str, workers: int, count: int, timeout: fl
 
 
 def audit_topic(bootstrap: str, topic: str, expected: dict[int, range | list[int]],
-                timeout: float = 60.0) -> AuditReport:
-    """Read `topic` back from the broker and audit it against `expected` ({worker: seqs})."""
-    total = sum(len(v) for v in expected.values())
-    got = read_topic(bootstrap, topic, expected=total, timeout=timeout)
+                timeout: float = 60.0, reader: str = "kafka-python") -> AuditReport:
+    """Read `topic` back from the broker and audit it against `expected` ({worker: seqs}).
+
+    reader: "kafka-python" (kafka-python 3) or "confluent" (librdkafka; for
+    the mock cluster, whose ApiVersions answer kafka-python rejects).
+    """
+    if reader == "confluent":
+        got = read_topic_confluent(bootstrap, topic, timeout=timeout)
+    elif reader == "kafka-python":
+        total = sum(len(v) for v in expected.values())
+        got = read_topic(bootstrap, topic, expected=total, timeout=timeout)
+    else:
+        raise ValueError(f"reader must be 'kafka-python' or 'confluent', not {reader!r}")
     return audit(got, expected)
 
 

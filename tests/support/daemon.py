@@ -87,7 +87,8 @@ class KafkadProcess:
                  drain_timeout_s: float = 10.0, spool: bool = False,
                  idempotence: bool | None = None, extra: Mapping[str, Any] | None = None,
                  env: Mapping[str, str] | None = None, python: str = sys.executable):
-        servers = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
+        # "h1:p1,h2:p2" (what the mock cluster reports) or a list of "host:port".
+        servers = bootstrap.split(",") if isinstance(bootstrap, str) else list(bootstrap)
         self.dir = tempfile.mkdtemp(prefix="kd-")
         self.endpoint = f"ipc://{self.dir}/kafkad.sock"
         self.spool_path = os.path.join(self.dir, "spool")
