@@ -122,6 +122,7 @@ class _Session:
         self.backoff = _REPLAY_BACKOFF_MIN_S
         self.paused = False         # the daemon is stopping: wait for the next one
         self.closed = False
+        self.orphaned = False       # its producer was garbage-collected without stop()
         self.failed_messages = 0
         self.delivered_messages = 0
 
@@ -328,6 +329,9 @@ class _Link:
             mon.close(0)
             sock.close(0)
 
+    def _orphans_possible(self) -> bool:
+        return any(s.orphaned for s in self.sessions.values())
+
     def _drain_wake_pipe(self) -> None:
         try:
             while os.read(self._rfd, 4096):
@@ -368,6 +372,8 @@ class _Link:
                 self._on_disconnected()
         while self.ops:
             self.ops.popleft()()
+        if self._orphans_possible():
+            self._end_orphans()
         while self.incoming:
             req = self.incoming.popleft()
             if not req.cancelled:
@@ -662,6 +668,20 @@ class _Link:
         session.closed = True
         self.call(lambda: self.sessions.pop(session.session_id, None))
 
+    def orphan_session(self, session: _Session) -> None:
+        """The producer is gone (garbage-collected): deliver what is pending, then end the session."""
+        if self._thread is not None and os.getpid() == self.pid and not self._stop:
+            self.call(lambda: setattr(session, "orphaned", True))
+
+    def _end_orphans(self) -> None:
+        for sid, s in list(self.sessions.items()):
+            if s.orphaned and not s.pending:
+                del self.sessions[sid]
+                s.closed = True
+                if self.connected:
+                    # Nobody waits for the answer: it is dropped as an unknown req_id.
+                    self._queue(schema.encode([schema.UNREGISTER, next(self.req_ids), sid]))
+
     def shutdown(self, timeout: float = 1.0) -> None:
         """Stop the I/O thread and close the socket and context (interpreter exit)."""
         t = self._thread
@@ -731,6 +751,17 @@ def _at_exit() -> None:
             producer.stop()
         except Exception:
             log.exception("client_shim: stopping a producer at exit failed")
+    # Sessions whose producers were garbage-collected still hold messages.
+    for link in list(_links.values()):
+        if link.pid != os.getpid():
+            continue
+        for s in list(link.sessions.values()):
+            if s.orphaned and s.pending:
+                wait = s.settings.get("stop_timeout_s", 30)
+                left = s.wait_drained(wait)
+                if left:
+                    report_failures(s, [(e, 0, len(e[5]), 7) for e in left],
+                                    f" before exit (async_stop_timeout={wait:g}s)")
     for link in list(_links.values()):
         link.shutdown()
 

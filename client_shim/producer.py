@@ -23,6 +23,7 @@ import os
 import random
 import threading
 import warnings
+import weakref
 
 from client_shim import link as _linkmod
 from client_shim import schema
@@ -235,6 +236,9 @@ class Producer:
                     log_messages=self.async_log_messages_on_error,
                     label=f"{type(self).__name__}@{id(self):x} (pid {pid})")
                 link.add_session(session)
+                # A producer dropped without stop() (one per request, say) must not
+                # leave its session behind: it ends once its messages are settled.
+                weakref.finalize(self, link.orphan_session, session).atexit = False
                 self._session, self._session_pid = session, pid
                 if self.stopped:            # a producer stopped in the parent is usable in a child
                     self.stopped = False

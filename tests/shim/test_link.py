@@ -405,3 +405,27 @@ def test_evicted_session_registers_again_and_replays():
         a.send_messages("t", 0, b"a-2")                   # UNKNOWN_SESSION -> register, replay
         assert a._session.wait_drained(10) == []
         assert sorted(values(st)) == [b"a-1", b"a-2", b"b-1"]
+
+
+def test_producers_dropped_without_stop_leave_no_sessions_behind(server):
+    import gc
+
+    c = client(server)
+    for i in range(20):                               # legacy code: one producer per request
+        client_shim.Producer(c).send_messages("t", 0, b"req-%d" % i)
+    server.producer.hold = True
+    a = client_shim.Producer(c, async_send=True)
+    a.send_messages("t", 1, b"still-pending")
+    link = a._session.link
+    session = a._session
+    del a
+    gc.collect()
+    server.producer.release(after=21)                 # the dropped producer's message is delivered
+    assert session.wait_drained(10) == []
+    swept = threading.Event()
+    link.call(lambda: (link._end_orphans(), swept.set()))   # run the sweep on the I/O thread
+    assert swept.wait(5)
+    assert link.sessions == {}
+    c.ping()                          # answered after the UNREGISTERs queued before it
+    assert server.server.stats()["sessions"] == 0
+    assert sorted(values(server)) == sorted([b"req-%d" % i for i in range(20)] + [b"still-pending"])
