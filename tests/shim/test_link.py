@@ -179,6 +179,9 @@ def test_queue_full_waits_for_room_up_to_put_timeout(server):
     with pytest.raises(errors.AsyncProducerQueueFull):
         short.send_messages("t", 0, b"4")
     assert time.monotonic() - t0 >= 0.2
+    server.producer.release(after=3)
+    short.stop(timeout=10)
+    assert short._session.pending == {}
 
 
 def test_daemon_unreachable_sync_fails_within_timeout_async_queues():
