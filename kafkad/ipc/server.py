@@ -181,11 +181,14 @@ class IpcServer:
                 self._set_permissions(path)
             else:
                 sock.bind(self.cfg.endpoint)
-        except zmq.ZMQError as exc:
+        except BaseException as exc:
             sock.close(0)
             self._ctx.term()
             self._ctx = None
-            if exc.errno == _errno.EADDRINUSE:
+            if path is not None and self._bound_inode is None and os.path.exists(path) \
+                    and not isinstance(exc, zmq.ZMQError):
+                os.unlink(path)         # bound by us, but unusable (e.g. a bad socket_group)
+            if isinstance(exc, zmq.ZMQError) and exc.errno == _errno.EADDRINUSE:
                 raise EndpointInUse(f"{self.cfg.endpoint} is already in use by another process") from None
             raise
         self._sock = sock

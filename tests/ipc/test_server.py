@@ -434,3 +434,11 @@ def test_tcp_endpoint_in_use_raises_endpoint_in_use():
 def test_repr_shows_state():
     srv = IpcServer(ServerThread().cfg, FakeProducer(), stats_provider=dict)
     assert "new" in repr(srv)
+
+
+def test_unknown_socket_group_is_a_clear_start_error():
+    st = ServerThread(socket_group="no-such-group-kafkad-test")
+    with pytest.raises(ValueError, match="socket_group: no group named 'no-such-group-kafkad-test'"):
+        st.start()
+    st.stop()
+    assert not os.path.exists(st.endpoint[len("ipc://"):])    # nothing left bound behind
