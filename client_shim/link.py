@@ -76,6 +76,28 @@ def resolve_endpoint(endpoint: str | None) -> str:
     return endpoint
 
 
+class _Done:
+    """A one-shot flag for one waiting thread: a bare lock, cheaper than threading.Event."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass                 # already set
+
+    def wait(self, timeout: float) -> bool:
+        if self._lock.acquire(timeout=max(timeout, 0.0)):
+            self._lock.release()
+            return True
+        return False
+
+
 class _Request:
     """One request/reply exchange with the daemon, waited on by a caller thread."""
 
@@ -86,7 +108,7 @@ class _Request:
         self.req_id = req_id
         self.frame = frame
         self.session = session
-        self.event = threading.Event()
+        self.event = _Done()
         self.reply: list | None = None
         self.error: BaseException | None = None
         self.sent = False
