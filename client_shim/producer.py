@@ -299,12 +299,13 @@ class Producer:
             log.error("%s stopped with %d message(s) not delivered after %gs", session.label, count, wait)
             _linkmod.report_failures(session, [(e, 0, len(e[5]), 7) for e in left],
                                      f" within async_stop_timeout={wait:g}s")
-        try:
-            session.link.request(
-                lambda rid: schema.encode([schema.UNREGISTER, rid, session.session_id]),
-                None, min(self.client.timeout, 1.0))
-        except Exception as exc:  # the daemon being gone must not break stop()
-            log.debug("client_shim: unregister of %s failed: %s", session.label, exc)
+        if session.link.connected:     # a daemon that is gone has no session to end
+            try:
+                session.link.request(
+                    lambda rid: schema.encode([schema.UNREGISTER, rid, session.session_id]),
+                    None, min(self.client.timeout, 1.0))
+            except Exception as exc:  # the daemon going away meanwhile must not break stop()
+                log.debug("client_shim: unregister of %s failed: %s", session.label, exc)
         session.link.remove_session(session)
 
     def __repr__(self) -> str:
