@@ -194,10 +194,21 @@ class BrokerProducer:
                 old.close()
             self._conns[node] = BrokerConnection(self, node, host, port)
         conns = self._conns
+        unwritable: set[int] = set()
         for req in act.sends:
-            conns[req.node].send(req)
+            conn = conns.get(req.node)
+            if conn is None or not conn.is_open:
+                unwritable.add(req.node)
+            else:
+                conn.send(req)
         for node in act.authenticate:
-            conns[node].start_auth()
+            conn = conns.get(node)
+            if conn is None or not conn.is_open:
+                unwritable.add(node)
+            else:
+                conn.start_auth()
+        if unwritable:
+            self._report_unwritable(unwritable, now)
         if act.outcomes:
             try:
                 self._on_outcomes(act.outcomes)
@@ -222,6 +233,23 @@ class BrokerProducer:
             for fut in self._idle_waiters:
                 if not fut.done():
                     fut.set_result(None)
+
+    def _report_unwritable(self, nodes: set[int], now: float) -> None:
+        """The engine handed out work for connections this driver does not hold open.
+
+        The engine promises never to do that (`Engine._handout`); should the
+        two still disagree, the requests are not dropped and the poll's other
+        actions are not lost: the connection counts as lost, so the engine
+        settles (retries) what it had on it and connects again.
+        """
+        for node in sorted(nodes):
+            log.error("kafka broker %s: the engine handed out a request but no open connection "
+                      "exists to write it to; treating the connection as lost", node)
+            conn = self._conns.pop(node, None)
+            if conn is not None:
+                conn.close()
+            self.engine.disconnected(node, now, "no open connection to write to")
+        self.wake()
 
     def conn_event(self, conn: BrokerConnection, what: str, reason: str) -> None:
         """A connection's news, passed to the engine unless the engine already let it go."""

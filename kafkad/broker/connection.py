@@ -76,6 +76,11 @@ class BrokerConnection:
     def __repr__(self) -> str:
         return f"<BrokerConnection node={self.node} {self.host}:{self.port} pending={len(self._pending)}>"
 
+    @property
+    def is_open(self) -> bool:
+        """Connected and not closed: requests can be written now."""
+        return self._writer is not None and not self.closed
+
     # ------------------------------------------------------------------ writing
 
     def send(self, req: "Request") -> None:

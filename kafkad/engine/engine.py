@@ -87,6 +87,8 @@ _RECORD_OVERHEAD = record_size_upper_bound(None, None)
 _REQUEST_OVERHEAD = 128
 _PARTITION_OVERHEAD = 32
 _INF = float("inf")
+# Connection states in which requests may be written (ApiVersions before READY).
+_OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
 _LATENCY_SAMPLES = 1024
 _FAILURE_LOG_INTERVAL = 60.0
 _LOG_VALUE_CHARS = 100
@@ -396,12 +398,8 @@ class Engine:
         """The connection is gone: settle everything that was on it, then back off."""
         reqs = list(conn.inflight)
         conn.inflight.clear()
-        # Requests handed out but not yet written die with the connection too.
-        node = conn.node
-        if any(r.node == node for r in self._sends):
-            self._sends = [r for r in self._sends if r.node != node]
-        if node in self._auth:
-            self._auth = [n for n in self._auth if n != node]
+        # Requests queued for this connection but not handed out yet are settled
+        # below with the rest; `poll` never hands them out (`_handout`).
         if conn.state is not ConnState.CONNECTING:
             self._meta_needed = True  # a lost broker often means moved leaders
         self._move(conn, ConnState.BACKOFF)
@@ -833,16 +831,33 @@ class Engine:
         # 5. lanes: expiry, readiness, what can be sent where
         deadline = min(deadline, self._poll_lanes(now, act))
         act.closes, self._closes = self._closes, []
-        act.authenticate, self._auth = self._auth, []
         act.outcomes, self._outcomes = self._outcomes, []
+        self._handout(act)
         for conn in self.conns.values():
             if conn.state is ConnState.DOWN and conn.node in self._want_connect:
                 self._move(conn, ConnState.CONNECTING)
                 act.connects.append((conn.node, conn.host, conn.port))
         self._want_connect.clear()
-        act.sends, self._sends = self._sends, []
         act.deadline = None if deadline == _INF else deadline
         return act
+
+    def _handout(self, act: Actions) -> None:
+        """Move the queued requests and SASL starts into `act`, for open connections only.
+
+        Requests are queued by events between polls (`connected` queues
+        ApiVersions) and by `poll` itself; the connection may be lost or
+        closed before they leave. This is the one place they leave the
+        engine, so whatever path closed a connection, nothing is handed out
+        for it: its requests were settled when it was lost, and the driver
+        has no socket for it any more.
+        """
+        conns = self.conns
+        if self._sends:
+            sends, self._sends = self._sends, []
+            act.sends = [r for r in sends if conns[r.node].state in _OPEN_STATES]
+        if self._auth:
+            auth, self._auth = self._auth, []
+            act.authenticate = [n for n in auth if conns[n].state is ConnState.AUTHENTICATING]
 
     def _push(self, conn: Conn, req: Request) -> None:
         if req.expects_response:

@@ -775,3 +775,90 @@ def test_held_records_for_an_unknown_topic_fail_as_unknown_when_released_later()
     assert [o.error for o in h.by_token()["sync"]] == [3]
     h.run(until=h.now + 10)
     assert [(o.error, o.failed) for o in h.by_token()["held"]] == [(3, 1)]
+
+
+class _Socket:
+    """The driver's view of one connection in the interleaving test."""
+
+    def __init__(self, node: int) -> None:
+        self.node = node
+        self.up = False
+        self.authing = False
+        self.pending: list = []
+
+
+@pytest.mark.parametrize("sasl", [False, True], ids=["plain", "sasl"])
+@pytest.mark.parametrize("seed", range(12))
+def test_random_interleavings_never_hand_out_work_for_a_closed_connection(seed, sasl):
+    """Events in random order, as a driver sees them: every send and SASL start finds a socket.
+
+    The driver below keeps its sockets exactly as kafkad.broker does (drops
+    one on connect_failed / disconnected / auth_failed, closes on request),
+    and connections die at any moment: between `connected` and the poll
+    that hands out ApiVersions, during SASL, with answers outstanding.
+    """
+    import random
+
+    from kafkad.engine.types import SessionSettings, Submission
+    from kafkad.protocol import ApiVersionsResponse
+
+    rng = random.Random(seed)
+    c = cluster("t")
+    h = Harness(c, bootstrap_servers=("127.0.0.1:9001", "127.0.0.1:9002"),
+                reconnect_backoff_ms=rng.choice([0, 1, 10]), reconnect_backoff_max_ms=50,
+                request_timeout_ms=200, delivery_timeout_ms=5000,
+                security_protocol="SASL_PLAINTEXT" if sasl else "PLAINTEXT")
+    e, now = h.engine, h.now
+    sockets: dict[int, _Socket] = {}
+    for step in range(600):
+        r = rng.random()
+        if r < 0.25:
+            act = e.poll(now)
+            for node in act.closes:
+                sockets.pop(node, None)
+            for node, _, _ in act.connects:
+                sockets[node] = _Socket(node)
+            for req in act.sends:
+                sock = sockets.get(req.node)
+                assert sock is not None and sock.up, f"step {step}: {req!r} for no open socket"
+                if req.expects_response:
+                    sock.pending.append(req)
+            for node in act.authenticate:
+                assert node in sockets and sockets[node].up, f"step {step}: SASL for no socket"
+                sockets[node].authing = True
+        elif r < 0.35:
+            now += rng.choice([0.001, 0.05, 0.3])
+        elif r < 0.45:
+            s = SessionSettings(acks=rng.choice([0, 1, -1]), async_send=rng.random() < 0.3,
+                                batch_n=2, batch_t=0.1)
+            e.submit(Submission(b"s", s, "t", rng.randrange(3), [None], [b"x"], 1, None), now)
+        elif sockets:
+            sock = rng.choice(list(sockets.values()))
+            x = rng.random()
+            if not sock.up:
+                if x < 0.7:
+                    sock.up = True
+                    e.connected(sock.node, now)
+                else:
+                    del sockets[sock.node]
+                    e.connect_failed(sock.node, now, "refused")
+            elif x < 0.15:
+                del sockets[sock.node]
+                e.disconnected(sock.node, now, "reset")
+            elif sock.authing and x < 0.5:
+                sock.authing = False
+                if x < 0.25:
+                    del sockets[sock.node]
+                    e.auth_failed(sock.node, now, "refused")
+                else:
+                    e.authenticated(sock.node, now)
+            elif sock.pending:
+                req = sock.pending.pop(0)
+                if type(req.msg).__name__ == "ApiVersionsRequest" and rng.random() < 0.05:
+                    msg = ApiVersionsResponse(error_code=rng.choice([35, 1]), api_keys=[])
+                else:
+                    if rng.random() < 0.1:
+                        c.produce_errors[("t", rng.randrange(3))].append(rng.choice([6, 7, 45, 10]))
+                    msg = c.answer(req)
+                e.response(req, msg, now)
+        h.check_accounting()
