@@ -31,6 +31,7 @@ __all__ = ["BrokerProducer", "Outcome", "QueueFull", "SessionSettings", "Submiss
 log = logging.getLogger("kafkad.broker")
 
 REQUEST_TIMED_OUT = 7
+SASL_AUTHENTICATION_FAILED = 58
 # Never re-arm the timer closer than this: a deadline already past is served
 # by the poll that is about to run, not by a spinning timer.
 _MIN_TIMER_S = 0.0005
@@ -86,8 +87,9 @@ class BrokerProducer:
     async def fetch_partitions(self, topic: str, timeout: float) -> tuple[int, list[int]]:
         """(error_code, partition ids) of `topic`, asking the cluster when the cache has none.
 
-        On timeout: the topic's last error if the cluster gave one, else
-        REQUEST_TIMED_OUT (7).
+        On timeout: the topic's last error if the cluster gave one, else the
+        cause no broker could be reached (e.g. 58 for a refused login or TLS
+        handshake), else REQUEST_TIMED_OUT (7).
         """
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"topic: expected a topic name, got {topic!r}")
@@ -102,7 +104,9 @@ class BrokerProducer:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             info = self.engine.metadata.topics.get(topic)
-            return (info.error if info is not None and info.error else REQUEST_TIMED_OUT), []
+            if info is not None and info.error:
+                return info.error, []
+            return self.engine.connection_error() or REQUEST_TIMED_OUT, []
         finally:
             waiters = self._topic_waiters.get(topic)
             if waiters and fut in waiters:
@@ -251,8 +255,12 @@ class BrokerProducer:
             self.engine.disconnected(node, now, "no open connection to write to")
         self.wake()
 
-    def conn_event(self, conn: BrokerConnection, what: str, reason: str) -> None:
-        """A connection's news, passed to the engine unless the engine already let it go."""
+    def conn_event(self, conn: BrokerConnection, what: str, reason: str, error: int = 0) -> None:
+        """A connection's news, passed to the engine unless the engine already let it go.
+
+        `error`, for failures: the Kafka code naming a cause that retrying will
+        not cure (records kept from the broker fail with it), or 0.
+        """
         if self._conns.get(conn.node) is not conn:
             return
         engine = self.engine
@@ -261,17 +269,34 @@ class BrokerProducer:
             engine.connected(conn.node, now)
         elif what == "connect_failed":
             del self._conns[conn.node]
-            engine.connect_failed(conn.node, now, reason)
+            engine.connect_failed(conn.node, now, reason, error)
         elif what == "disconnected":
             del self._conns[conn.node]
-            engine.disconnected(conn.node, now, reason)
+            engine.disconnected(conn.node, now, reason, error)
         elif what == "authenticated":
             engine.authenticated(conn.node, now)
         elif what == "auth_failed":
             del self._conns[conn.node]
             conn.close()
-            engine.auth_failed(conn.node, now, reason)
+            engine.auth_failed(conn.node, now, reason, error)
         self.wake()
+
+    @staticmethod
+    def connect_error_code(exc: BaseException) -> int:
+        """The Kafka code for a failed connection attempt: 58 for a refused TLS handshake, else 0.
+
+        Kafka has no error code for TLS: the Java client raises
+        SslAuthenticationException, an AuthenticationException like the
+        SaslAuthenticationException that code 58 stands for, and librdkafka
+        uses a local (negative) code. SASL_AUTHENTICATION_FAILED (58) is the
+        protocol's one code for "this client could not prove who it is or
+        could not trust the broker", and like a TLS failure it is not
+        retriable. The log line says what exactly failed. Timeouts and
+        refused TCP connections get no code (the records time out with 7).
+        """
+        if isinstance(exc, ssl.SSLError) or isinstance(getattr(exc, "__cause__", None), ssl.SSLError):
+            return SASL_AUTHENTICATION_FAILED
+        return 0
 
     def describe_connect_error(self, conn: BrokerConnection, exc: BaseException) -> str:
         """A sentence for a failed connection attempt (TLS failures say what to check)."""

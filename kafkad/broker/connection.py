@@ -60,6 +60,7 @@ class BrokerConnection:
         self.host = host
         self.port = port
         self.closed = False
+        self._ending = False   # the socket ended; _run is about to report it
         self._writer: asyncio.StreamWriter | None = None
         self._pending: deque[tuple[int, Any]] = deque()
         # acks=0 Produce requests: a Kafka broker never answers them, some
@@ -142,11 +143,17 @@ class BrokerConnection:
             raise
         except security.AuthenticationError as exc:
             if not self.closed:
-                self.owner.conn_event(self, "auth_failed", str(exc))
+                self.owner.conn_event(self, "auth_failed", str(exc), exc.errno)
+            return
+        except security.SecurityConfigError as exc:
+            # e.g. the password file is unreadable: no login is possible
+            if not self.closed:
+                self.owner.conn_event(self, "auth_failed", str(exc),
+                                      security.SASL_AUTHENTICATION_FAILED)
             return
         except (OSError, asyncio.TimeoutError, ProtocolError, ValueError) as exc:
-            if not self.closed:
-                self.owner.conn_event(self, "auth_failed", f"{type(exc).__name__}: {exc}")
+            if not self.closed and not self._ending:   # else _run reports the lost connection
+                self.owner.conn_event(self, "auth_failed", f"{type(exc).__name__}: {exc}", 0)
             return
         if not self.closed:
             self.owner.conn_event(self, "authenticated", "")
@@ -165,7 +172,8 @@ class BrokerConnection:
             raise
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
             if not self.closed:
-                owner.conn_event(self, "connect_failed", owner.describe_connect_error(self, exc))
+                owner.conn_event(self, "connect_failed", owner.describe_connect_error(self, exc),
+                                 owner.connect_error_code(exc))
             return
         if self.closed:
             writer.close()
@@ -183,7 +191,14 @@ class BrokerConnection:
                 log.exception("broker %s: unexpected error on the connection", self.node)
         finally:
             writer.close()
+        self._ending = True
         self._fail_exchanges(reason)
+        auth = self._auth_task
+        if auth is not None and not auth.done():
+            # A broker refusing a login answers, then closes: the refusal (with
+            # its error code) is the news, not the end of the stream after it.
+            # The SASL task has its answer or the ConnectionError by now.
+            await asyncio.wait([auth])
         if not self.closed:
             self.closed = True
             owner.conn_event(self, "disconnected", reason)

@@ -78,7 +78,7 @@ class Conn:
 
     __slots__ = ("node", "host", "port", "state", "inflight", "versions", "retry_at",
                  "failures", "bootstrap", "api_versions_version", "logged_at", "writable",
-                 "blocked")
+                 "blocked", "cause", "cause_text")
 
     def __init__(self, node: int, host: str, port: int, bootstrap: bool = False) -> None:
         self.node = node
@@ -94,6 +94,10 @@ class Conn:
         self.logged_at = -_INF   # when a failure of this connection was last logged loudly
         self.writable = True     # False while the socket's send buffer is over its limit
         self.blocked: set = set()  # lanes with batches waiting for this connection
+        # Why the last attempt failed, as a Kafka error code, when the driver could
+        # name one (refused login or TLS handshake); 0 once the connection is ready.
+        self.cause = 0
+        self.cause_text = ""
 
     def __repr__(self) -> str:
         return (f"<Conn node={self.node} {self.host}:{self.port} {self.state.name} "

@@ -73,6 +73,7 @@ OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
 INVALID_PRODUCER_EPOCH = 47
 UNKNOWN_PRODUCER_ID = 59
+SASL_AUTHENTICATION_FAILED = 58
 PRODUCER_FENCED = 90
 SEQUENCE_LOST = frozenset({OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID, INVALID_PRODUCER_EPOCH})
 
@@ -137,6 +138,9 @@ class Engine:
         self._meta_needed = True
         self._meta_next = 0.0
         self._topic_wait: dict[str, float] = {}   # topic -> since when the cluster says unknown
+        # the last connection failure with a Kafka code (see _expiry_cause), any broker
+        self._cause = 0
+        self._cause_text = ""
         self.draining = False
         # counters (messages unless named otherwise)
         self.accepted = 0
@@ -332,33 +336,80 @@ class Engine:
         self._move(conn, ConnState.NEGOTIATING)
         self._send_api_versions(conn, now)
 
-    def connect_failed(self, node: int, now: float, reason: str) -> None:
+    def connect_failed(self, node: int, now: float, reason: str, error: int = 0) -> None:
+        """A connection attempt failed. `error`: a Kafka code naming the cause (0: none).
+
+        The driver gives a code when the cause will not go away by retrying
+        (a TLS handshake refused: SASL_AUTHENTICATION_FAILED); records that
+        time out waiting for this broker then fail with it (`_expiry_cause`).
+        """
         conn = self.conns.get(node)
         if conn is None or conn.state in (ConnState.DOWN, ConnState.BACKOFF):
             return
+        self._note_cause(conn, error, reason)
         self._log_failure(conn, now, logging.WARNING, "connection failed: %s", reason)
         self._lost(conn, now, timed_out=None)
 
-    def disconnected(self, node: int, now: float, reason: str) -> None:
+    def disconnected(self, node: int, now: float, reason: str, error: int = 0) -> None:
+        """An open connection closed. `error` as for `connect_failed`."""
         conn = self.conns.get(node)
         if conn is None or conn.state in (ConnState.DOWN, ConnState.BACKOFF):
             return
+        self._note_cause(conn, error, reason)
         log.warning("kafka broker %s (%s:%s): connection lost: %s (%d requests in flight)",
                     node, conn.host, conn.port, reason, len(conn.inflight))
         self._lost(conn, now, timed_out=None)
 
     def authenticated(self, node: int, now: float) -> None:
-        conn = self.conns[node]
-        self._move(conn, ConnState.READY)
-        conn.failures = 0
+        self._conn_ready(self.conns[node])
 
-    def auth_failed(self, node: int, now: float, reason: str) -> None:
+    def auth_failed(self, node: int, now: float, reason: str,
+                    error: int = SASL_AUTHENTICATION_FAILED) -> None:
+        """SASL failed on `node`; `error` is the Kafka code (kafkad.broker.security errno)."""
         conn = self.conns.get(node)
         if conn is None or conn.state is not ConnState.AUTHENTICATING:
             return
+        self._note_cause(conn, error, reason)
         self._log_failure(conn, now, logging.ERROR, "authentication failed: %s", reason)
         conn.failures = max(conn.failures, 30)  # permanent: the longest backoff
         self._lost(conn, now, timed_out=None)
+
+    def _conn_ready(self, conn: Conn) -> None:
+        self._move(conn, ConnState.READY)
+        conn.failures = 0
+        conn.cause = 0
+        conn.cause_text = ""
+        self._cause = 0
+
+    def _note_cause(self, conn: Conn, error: int, reason: str) -> None:
+        """Remember why `conn` failed when the driver named a Kafka error for it."""
+        conn.cause = self._cause = error
+        conn.cause_text = self._cause_text = reason if error else ""
+
+    def connection_error(self) -> int:
+        """The Kafka code of the last connection failure while no connection is ready, else 0."""
+        if self._cause and not any(c.state is ConnState.READY for c in self.conns.values()):
+            return self._cause
+        return 0
+
+    def _expiry_cause(self, lane: Lane) -> tuple[int, str]:
+        """The error and log text for records of `lane` whose delivery timeout passed.
+
+        REQUEST_TIMED_OUT unless the records were kept from the broker by a
+        connection that keeps failing for a reason that has a Kafka code (a
+        refused login or TLS handshake): then that code, so the sender sees
+        the cause. The partition's leader's connection decides; with no
+        leader known (no metadata yet), the last failure of any connection,
+        if none is ready.
+        """
+        leader = self.metadata.leader(lane.topic, lane.partition)
+        if leader >= 0:
+            conn = self.conns.get(leader)
+            if conn is not None and conn.cause:
+                return conn.cause, f"delivery timeout; broker {leader}: {conn.cause_text}"
+        elif self.connection_error():
+            return self._cause, f"delivery timeout; no broker reachable: {self._cause_text}"
+        return REQUEST_TIMED_OUT, "delivery timeout"
 
     def _log_failure(self, conn: Conn, now: float, level: int, fmt: str, *args) -> None:
         """Log a connection failure loudly at most once a minute per broker, else at DEBUG.
@@ -483,10 +534,10 @@ class Engine:
             self._move(conn, ConnState.AUTHENTICATING)
             self._auth.append(conn.node)
         else:
-            self._move(conn, ConnState.READY)
-            conn.failures = 0
+            self._conn_ready(conn)
 
     def _protocol_failure(self, conn: Conn, now: float, why: str) -> None:
+        self._note_cause(conn, UNSUPPORTED_VERSION, why)
         log.error("kafka broker %s (%s:%s): %s", conn.node, conn.host, conn.port, why)
         self._closes.append(conn.node)
         conn.failures = max(conn.failures, 30)
@@ -997,9 +1048,10 @@ class Engine:
             if b.state is BatchState.IN_FLIGHT:
                 continue
             if now >= b.deadline:
+                code, why = self._expiry_cause(lane)
                 keep = [c for c in b.chunks if now < c.deadline]
-                expired = [(c, REQUEST_TIMED_OUT) for c in b.chunks if now >= c.deadline]
-                self._drop_from_batch(b, keep, expired, now, "delivery timeout")
+                expired = [(c, code) for c in b.chunks if now >= c.deadline]
+                self._drop_from_batch(b, keep, expired, now, why)
             else:
                 deadline = b.deadline
                 break

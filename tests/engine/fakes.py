@@ -204,6 +204,10 @@ class Harness:
         self.unanswered: list[Request] = []
         self.connects: list[int] = []
         self.closes: list[int] = []
+        # What a connection to a broker that is not up reports: (reason, Kafka code).
+        self.refusal: tuple[str, int] = ("connection refused", 0)
+        # SASL: None logs every connection in; else (reason, Kafka code) refuses it.
+        self.login_refusal: tuple[str, int] | None = None
 
     def node_broker(self, node: int) -> int:
         """The fake broker behind an engine node id (bootstrap nodes are -1, -2, ...)."""
@@ -231,16 +235,19 @@ class Harness:
         act = self.engine.poll(self.now)
         self.deadline = act.deadline
         self.outcomes += act.outcomes
-        did = bool(act.outcomes or act.sends or act.connects or act.closes)
+        did = bool(act.outcomes or act.sends or act.connects or act.closes or act.authenticate)
         self.closes += act.closes
         for node, host, port in act.connects:
             self.connects.append(node)
             if self.node_broker(node) in self.up:
                 self.engine.connected(node, self.now)
             else:
-                self.engine.connect_failed(node, self.now, "connection refused")
+                self.engine.connect_failed(node, self.now, *self.refusal)
         for node in act.authenticate:
-            self.engine.authenticated(node, self.now)
+            if self.login_refusal is None:
+                self.engine.authenticated(node, self.now)
+            else:
+                self.engine.auth_failed(node, self.now, *self.login_refusal)
         for req in act.sends:
             self.sent.append(req)
             broker = self.node_broker(req.node)

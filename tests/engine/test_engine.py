@@ -338,6 +338,52 @@ def test_delivery_timeout_bounds_records_that_cannot_go():
     assert h.by_token()["fine"][0].error == 0
 
 
+def test_records_kept_out_by_a_refused_login_fail_with_its_code_not_a_timeout(caplog):
+    h = Harness(cluster("t"), delivery_timeout_ms=3000, security_protocol="SASL_PLAINTEXT",
+                reconnect_backoff_ms=50, reconnect_backoff_max_ms=200)
+    h.login_refusal = ("SaslAuthenticationFailedError (58): SASL PLAIN as 'alice': refused", 58)
+    h.submit("t", 0, [b"a"], token="a")
+    h.submit("t", 2, [b"b", b"c"], token="b")
+    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
+        h.run(until=h.now + 3.1)
+    assert {t: [(o.error, o.failed) for o in outs] for t, outs in h.by_token().items()} == {
+        "a": [(58, 1)], "b": [(58, 2)]}
+    assert "SASL PLAIN as 'alice': refused" in caplog.text
+    assert h.engine.connection_error() == 58
+    # the login works again: the cause is forgotten, and records go
+    h.login_refusal = None
+    h.submit("t", 0, [b"later"], token="later")
+    h.run(until=h.now + 2)
+    assert h.by_token()["later"][0].error == 0 and h.engine.connection_error() == 0
+
+
+def test_only_the_partitions_of_a_broker_refusing_tls_fail_with_its_code():
+    c = cluster("t")
+    h = Harness(c, delivery_timeout_ms=3000, reconnect_backoff_ms=50, reconnect_backoff_max_ms=200)
+    connect(h)
+    h.up.discard(2)          # partition 1's leader
+    h.refusal = ("TLS to 127.0.0.1:9002: the broker's certificate was not accepted", 58)
+    h.engine.disconnected(2, h.now, "test: broker 2 restarted with a new certificate")
+    h.submit("t", 0, [b"fine"], token="fine")
+    h.submit("t", 1, [b"stuck"], token="stuck")
+    h.run(until=h.now + 3.1)
+    assert h.by_token()["fine"][0].error == 0
+    assert [(o.error, o.failed) for o in h.by_token()["stuck"]] == [(58, 1)]
+    assert h.engine.connection_error() == 0    # other brokers are fine: no global cause
+
+
+def test_a_plain_refusal_after_a_coded_one_is_the_last_cause():
+    h = Harness(cluster("t"), delivery_timeout_ms=3000, reconnect_backoff_ms=50,
+                reconnect_backoff_max_ms=200)
+    h.up.clear()
+    h.refusal = ("TLS to 127.0.0.1:9001: handshake failed", 58)
+    h.submit("t", 0, [b"x"], token="x")
+    h.run(until=h.now + 1)
+    h.refusal = ("ConnectionRefusedError: [Errno 111] Connection refused", 0)
+    h.run(until=h.now + 2.1)
+    assert [(o.error, o.failed) for o in h.by_token()["x"]] == [(7, 1)]
+
+
 def test_broker_down_then_up_delivers_everything_in_order():
     c = cluster("t")
     h = Harness(c, reconnect_backoff_ms=50, reconnect_backoff_max_ms=200)

@@ -24,6 +24,10 @@ from tests.security.conftest import USERS
 N_PER_PARTITION = 20
 PARTITIONS = 3
 BAD_PASSWORD = "definitely-Not-the-Password-42"
+# What records that cannot reach the broker fail with (not REQUEST_TIMED_OUT, 7): a
+# refused login, and a refused TLS handshake, are SASL_AUTHENTICATION_FAILED (58);
+# Kafka has no TLS code (kafkad.broker.BrokerProducer.connect_error_code says why).
+AUTHENTICATION_FAILED = 58
 
 
 def _kafka(bootstrap: str, protocol: str, *, tls: TlsConfig | None = None,
@@ -82,10 +86,12 @@ def _assert_all_delivered(outcomes: list[Outcome], stack, topic: str, reader_con
         assert got[p][0][2] == first
 
 
-def _assert_nothing_delivered(outcomes: list[Outcome], stack, topic: str, reader_conf: dict) -> None:
+def _assert_nothing_delivered(outcomes: list[Outcome], stack, topic: str, reader_conf: dict,
+                              error: int) -> None:
+    """Every record failed once, with `error` (the cause, not a timeout), and none was stored."""
     assert sum(o.delivered for o in outcomes) == 0
     assert sum(o.failed for o in outcomes) == N_PER_PARTITION * PARTITIONS
-    assert all(o.error != 0 and o.base_offset == -1 for o in outcomes)
+    assert {(o.error, o.base_offset) for o in outcomes} == {(error, -1)}
     got = read_back(stack.bootstrap, topic, PARTITIONS, 0, reader_conf)
     assert sum(map(len, got.values())) == 0
 
@@ -111,7 +117,8 @@ def test_tls_with_an_unknown_ca_is_refused(tls_stack, pki, caplog):
     caplog.set_level(logging.INFO)
     outcomes = _run(_produce(kafka, topic, timeout=20))
     _assert_nothing_delivered(outcomes, tls_stack, topic,
-                              {"security.protocol": "SSL", "ssl.ca.location": pki.ca_file})
+                              {"security.protocol": "SSL", "ssl.ca.location": pki.ca_file},
+                              AUTHENTICATION_FAILED)
     assert "certificate" in caplog.text and pki.other_ca_file in caplog.text
 
 
@@ -124,7 +131,7 @@ def test_tls_with_a_wrong_host_name_is_refused_unless_the_check_is_off(wrong_hos
     kafka = _kafka(wrong_host_stack.bootstrap, "SSL", tls=TlsConfig(ca_file=pki.ca_file),
                    fail_fast=True)
     outcomes = _run(_produce(kafka, topic, timeout=20))
-    _assert_nothing_delivered(outcomes, wrong_host_stack, topic, reader)
+    _assert_nothing_delivered(outcomes, wrong_host_stack, topic, reader, AUTHENTICATION_FAILED)
     assert "host name" in caplog.text
 
     relaxed = _kafka(wrong_host_stack.bootstrap, "SSL",
@@ -149,7 +156,7 @@ def test_mutual_tls(mtls_stack, pki):
     no_cert = _kafka(mtls_stack.bootstrap, "SSL", tls=TlsConfig(ca_file=pki.ca_file),
                      fail_fast=True)
     _assert_nothing_delivered(_run(_produce(no_cert, refused_topic, timeout=20)), mtls_stack,
-                              refused_topic, reader)
+                              refused_topic, reader, 7)
 
 
 # --- SASL ----------------------------------------------------------------------------------
@@ -195,7 +202,8 @@ def test_sasl_with_a_wrong_password_fails_clearly(sasl_stack, mechanism, caplog)
                    sasl=SaslConfig(mechanism=mechanism, username="alice", password=BAD_PASSWORD))
     caplog.set_level(logging.DEBUG)
     outcomes = _run(_produce(kafka, topic, timeout=20))
-    _assert_nothing_delivered(outcomes, sasl_stack, topic, _reader_sasl(mechanism))
+    _assert_nothing_delivered(outcomes, sasl_stack, topic, _reader_sasl(mechanism),
+                              AUTHENTICATION_FAILED)
     assert "SaslAuthenticationFailedError (58)" in caplog.text
     assert f"SASL {mechanism} as 'alice'" in caplog.text
     assert BAD_PASSWORD not in caplog.text
