@@ -61,6 +61,7 @@ class BrokerConnection:
         self.port = port
         self.closed = False
         self._ending = False   # the socket ended; _run is about to report it
+        self._answered = False  # a whole answer frame has arrived on this connection
         self._writer: asyncio.StreamWriter | None = None
         self._pending: deque[tuple[int, Any]] = deque()
         # acks=0 Produce requests: a Kafka broker never answers them, some
@@ -199,9 +200,20 @@ class BrokerConnection:
             # its error code) is the news, not the end of the stream after it.
             # The SASL task has its answer or the ConnectionError by now.
             await asyncio.wait([auth])
+        error = 0
+        if owner.ssl_context is not None and not self._answered:
+            # Under TLS 1.3 a broker refusing our client certificate (or wanting
+            # one) says so only after our side of the handshake has finished:
+            # we see the connection end before any answer. Name that cause.
+            # The code is that of a refused TLS handshake (connect_error_code).
+            from kafkad.broker.security import SASL_AUTHENTICATION_FAILED, describe_early_close
+
+            early = describe_early_close(f"{self.host}:{self.port}", owner.kafka)
+            reason = early if reason == "closed by the broker" else f"{early} ({reason})"
+            error = SASL_AUTHENTICATION_FAILED
         if not self.closed:
             self.closed = True
-            owner.conn_event(self, "disconnected", reason)
+            owner.conn_event(self, "disconnected", reason, error)
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         owner = self.owner
@@ -214,6 +226,7 @@ class BrokerConnection:
             frames = self._frames.feed(data)
             if not frames or self.closed:
                 continue
+            self._answered = True
             now = owner.loop.time()
             for frame in frames:
                 corr = peek_correlation_id(frame)

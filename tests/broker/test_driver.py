@@ -40,3 +40,51 @@ def test_a_request_for_a_connection_the_driver_lost_is_retried_not_a_crash(tansu
     assert loop_errors == []
     assert [(o.error, o.delivered) for o in run.by_token()["after"]] == [(0, 1)]
     assert "no open connection exists to write it to" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tests.support.certs import make_test_pki, openssl_binary
+
+    if openssl_binary() is None:
+        pytest.skip("the openssl command line tool is not installed (needed to make test certificates)")
+    return make_test_pki(str(tmp_path_factory.mktemp("pki")))
+
+
+def test_a_tls_broker_closing_before_its_first_answer_is_named_and_reported(pki, caplog):
+    """A broker ending TLS connections right after the handshake: the cause reaches log and sender.
+
+    This is how a refused client certificate looks under TLS 1.3. The log
+    line names the likely cause (describe_early_close), and records fail
+    with SASL_AUTHENTICATION_FAILED (58) at the delivery timeout instead of
+    REQUEST_TIMED_OUT.
+    """
+    from kafkad.config import TlsConfig
+    from tests.support.tlsproxy import server_ssl_context
+
+    accepted = 0
+
+    async def hang_up(reader, writer):
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    async def script(producer, run):
+        submit(producer, run, sub("t", 0, [b"a", b"b"], token="refused"))
+        await wait_for(lambda: run.by_token()["refused"], timeout=10)
+
+    async def main():
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0,
+                                            ssl=server_ssl_context(pki.server_cert, pki.server_key))
+        port = server.sockets[0].getsockname()[1]
+        kafka = kafka_config(f"127.0.0.1:{port}", security_protocol="SSL",
+                             tls=TlsConfig(ca_file=pki.ca_file), delivery_timeout_ms=1500,
+                             reconnect_backoff_ms=20, reconnect_backoff_max_ms=50)
+        async with server:
+            return await run_producer(kafka, script, drain_s=0)
+
+    with caplog.at_level(logging.DEBUG, logger="kafkad"):
+        run = asyncio.run(main())
+    assert [(o.error, o.failed) for o in run.by_token()["refused"]] == [(58, 2)]
+    assert accepted >= 2
+    assert "closed the connection before answering; it may require a client certificate" in caplog.text
