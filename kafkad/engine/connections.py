@@ -78,7 +78,7 @@ class Conn:
 
     __slots__ = ("node", "host", "port", "state", "inflight", "versions", "retry_at",
                  "failures", "bootstrap", "api_versions_version", "logged_at", "writable",
-                 "blocked", "cause", "cause_text")
+                 "blocked", "cause", "cause_text", "fail_count", "failing_since", "fail_what")
 
     def __init__(self, node: int, host: str, port: int, bootstrap: bool = False) -> None:
         self.node = node
@@ -91,6 +91,10 @@ class Conn:
         self.failures = 0
         self.bootstrap = bootstrap
         self.api_versions_version = API_VERSIONS_SUPPORTED[API_VERSIONS][1]
+        # failed attempts since the connection was last ready (engine._log_failure)
+        self.fail_count = 0
+        self.failing_since = 0.0
+        self.fail_what = ""      # the kind of failure last logged loudly
         self.logged_at = -_INF   # when a failure of this connection was last logged loudly
         self.writable = True     # False while the socket's send buffer is over its limit
         self.blocked: set = set()  # lanes with batches waiting for this connection

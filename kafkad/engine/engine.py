@@ -91,7 +91,8 @@ _INF = float("inf")
 # Connection states in which requests may be written (ApiVersions before READY).
 _OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
 _LATENCY_SAMPLES = 1024
-_FAILURE_LOG_INTERVAL = 60.0
+# A broker that keeps failing is summarized this often (seconds), never logged per retry.
+_FAILURE_SUMMARY_INTERVAL = 300.0
 _LOG_VALUE_CHARS = 100
 _LOG_MESSAGES_MAX = 20
 
@@ -347,7 +348,7 @@ class Engine:
         if conn is None or conn.state in (ConnState.DOWN, ConnState.BACKOFF):
             return
         self._note_cause(conn, error, reason)
-        self._log_failure(conn, now, logging.WARNING, "connection failed: %s", reason)
+        self._log_failure(conn, now, logging.WARNING, "connection failed", reason)
         self._lost(conn, now, timed_out=None)
 
     def disconnected(self, node: int, now: float, reason: str, error: int = 0) -> None:
@@ -356,12 +357,17 @@ class Engine:
         if conn is None or conn.state in (ConnState.DOWN, ConnState.BACKOFF):
             return
         self._note_cause(conn, error, reason)
-        log.warning("kafka broker %s (%s:%s): connection lost: %s (%d requests in flight)",
-                    node, conn.host, conn.port, reason, len(conn.inflight))
+        if conn.state is ConnState.READY:
+            # a working connection went away: news, whatever happens next
+            log.warning("kafka broker %s (%s:%s): connection lost: %s (%d requests in flight)",
+                        node, conn.host, conn.port, reason, len(conn.inflight))
+        else:
+            self._log_failure(conn, now, logging.WARNING, "connection closed before it was ready",
+                              reason)
         self._lost(conn, now, timed_out=None)
 
     def authenticated(self, node: int, now: float) -> None:
-        self._conn_ready(self.conns[node])
+        self._conn_ready(self.conns[node], now)
 
     def auth_failed(self, node: int, now: float, reason: str,
                     error: int = SASL_AUTHENTICATION_FAILED) -> None:
@@ -370,13 +376,19 @@ class Engine:
         if conn is None or conn.state is not ConnState.AUTHENTICATING:
             return
         self._note_cause(conn, error, reason)
-        self._log_failure(conn, now, logging.ERROR, "authentication failed: %s", reason)
+        self._log_failure(conn, now, logging.ERROR, "authentication failed", reason)
         conn.failures = max(conn.failures, 30)  # permanent: the longest backoff
         self._lost(conn, now, timed_out=None)
 
-    def _conn_ready(self, conn: Conn) -> None:
+    def _conn_ready(self, conn: Conn, now: float) -> None:
         self._move(conn, ConnState.READY)
         conn.failures = 0
+        if conn.fail_count:
+            log.info("kafka broker %s (%s:%s): connected again after %d failed attempt(s) "
+                     "over %.1f s", conn.node, conn.host, conn.port, conn.fail_count,
+                     now - conn.failing_since)
+            conn.fail_count = 0
+            conn.fail_what = ""
         conn.cause = 0
         conn.cause_text = ""
         self._cause = 0
@@ -411,18 +423,33 @@ class Engine:
             return self._cause, f"delivery timeout; no broker reachable: {self._cause_text}"
         return REQUEST_TIMED_OUT, "delivery timeout"
 
-    def _log_failure(self, conn: Conn, now: float, level: int, fmt: str, *args) -> None:
-        """Log a connection failure loudly at most once a minute per broker, else at DEBUG.
+    def _log_failure(self, conn: Conn, now: float, level: int, what: str, reason: str) -> None:
+        """Log a failed connection attempt once per change of state, never per retry.
 
-        A broker that stays away for an hour is retried every second or so;
-        its first failure (and one a minute after) is what the operator needs.
+        A broker that stays away is retried every second or so. The operator
+        needs its first failure (or a change in what fails, e.g. from refused
+        to a refused login), a summary with the count every
+        _FAILURE_SUMMARY_INTERVAL while it lasts, and one line when it
+        connects again (`_conn_ready`). Each retry is logged at DEBUG.
         """
-        loud = now - conn.logged_at >= _FAILURE_LOG_INTERVAL
-        if loud:
+        conn.fail_count += 1
+        head = "kafka broker %s (%s:%s): "
+        if conn.fail_count == 1 or what != conn.fail_what:
+            if conn.fail_count == 1:
+                conn.failing_since = now
+            conn.fail_what = what
             conn.logged_at = now
-            fmt += " (retrying with backoff; repeats are logged at DEBUG for a minute)"
-        log.log(level if loud else logging.DEBUG, "kafka broker %s (%s:%s): " + fmt,
-                conn.node, conn.host, conn.port, *args)
+            log.log(level, head + "%s: %s (retrying with backoff; further failures are summarized "
+                    "every %d minutes)", conn.node, conn.host, conn.port, what, reason,
+                    _FAILURE_SUMMARY_INTERVAL // 60)
+        elif now - conn.logged_at >= _FAILURE_SUMMARY_INTERVAL:
+            conn.logged_at = now
+            log.log(level, head + "still failing: %d attempts failed over %.0f s; the last: %s: %s",
+                    conn.node, conn.host, conn.port, conn.fail_count, now - conn.failing_since,
+                    what, reason)
+        else:
+            log.debug(head + "%s: %s (attempt %d)", conn.node, conn.host, conn.port, what, reason,
+                      conn.fail_count)
 
     def _move(self, obj, state) -> None:
         """Change a connection's or producer id's state; every lane may be affected."""
@@ -534,11 +561,11 @@ class Engine:
             self._move(conn, ConnState.AUTHENTICATING)
             self._auth.append(conn.node)
         else:
-            self._conn_ready(conn)
+            self._conn_ready(conn, now)
 
     def _protocol_failure(self, conn: Conn, now: float, why: str) -> None:
         self._note_cause(conn, UNSUPPORTED_VERSION, why)
-        log.error("kafka broker %s (%s:%s): %s", conn.node, conn.host, conn.port, why)
+        self._log_failure(conn, now, logging.ERROR, "unusable broker", why)
         self._closes.append(conn.node)
         conn.failures = max(conn.failures, 30)
         self._lost(conn, now, timed_out=None)
@@ -850,9 +877,13 @@ class Engine:
             if conn.inflight:
                 first = conn.inflight[0]
                 if now - first.sent_at >= rt:
-                    log.warning("kafka broker %s (%s:%s): no answer to %r within %d ms; "
-                                "closing the connection", conn.node, conn.host, conn.port,
-                                first, self.kafka.request_timeout_ms)
+                    why = (f"no answer to {first!r} within {self.kafka.request_timeout_ms} ms; "
+                           f"closing the connection")
+                    if conn.state is ConnState.READY:
+                        log.warning("kafka broker %s (%s:%s): %s", conn.node, conn.host,
+                                    conn.port, why)
+                    else:
+                        self._log_failure(conn, now, logging.WARNING, "no answer", why)
                     self._closes.append(conn.node)
                     self._lost(conn, now, timed_out=first)
                 else:

@@ -200,6 +200,7 @@ class Harness:
         self.outcomes = []
         self.up: set[int] = set(self.cluster.brokers)   # brokers accepting connections
         self.hold_answers: set[int] = set()             # brokers that never answer
+        self.hang_up: set[int] = set()   # brokers that close connections before answering
         self.sent: list[Request] = []
         self.unanswered: list[Request] = []
         self.connects: list[int] = []
@@ -253,6 +254,9 @@ class Harness:
             broker = self.node_broker(req.node)
             if not req.expects_response:
                 self.cluster.answer(req)
+                continue
+            if broker in self.hang_up:
+                self.engine.disconnected(req.node, self.now, "closed by the broker")
                 continue
             if broker in self.hold_answers or broker not in self.up:
                 self.unanswered.append(req)

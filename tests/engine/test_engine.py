@@ -706,15 +706,61 @@ def test_record_size_bound_is_linear_as_the_engine_assumes():
         assert bound(k, v) == base + (k or 0) + (v or 0)
 
 
-def test_a_broker_that_stays_away_is_logged_loudly_once_a_minute(caplog):
+def _broker_lines(caplog, node: int, level: int = logging.INFO) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= level and r.getMessage().startswith(f"kafka broker {node} ")]
+
+
+def test_a_broker_that_stays_away_is_logged_once_then_summarized_then_welcomed_back(caplog):
     h = Harness(cluster("t"), reconnect_backoff_ms=100, reconnect_backoff_max_ms=500)
     h.up.clear()
     with caplog.at_level(logging.DEBUG, logger="kafkad.engine"):
-        h.submit("t", 0, [b"x"])
-        h.run(until=h.now + 90)
-    failures = [r for r in caplog.records if "connection failed" in r.getMessage()]
-    loud = [r for r in failures if r.levelno >= logging.WARNING]
-    assert len(failures) > 100 and len(loud) == 2
+        h.submit("t", 0, [b"x"], token="x")
+        h.run(until=h.now + 11 * 60)
+        attempts = len([r for r in caplog.records if "connection failed" in r.getMessage()])
+        h.up.add(1)
+        h.submit("t", 0, [b"y"], token="y")
+        h.run(until=h.now + 2)
+    loud = _broker_lines(caplog, -1, logging.WARNING)
+    assert attempts > 1000
+    assert len(loud) == 3, loud
+    assert "connection failed: connection refused" in loud[0]
+    assert "further failures are summarized every 5 minutes" in loud[0]
+    for line, minutes in zip(loud[1:], (5, 10)):
+        count = int(line.split("still failing: ")[1].split()[0])
+        assert abs(count - attempts * minutes / 11) < attempts * 0.05, line
+    back = [m for m in _broker_lines(caplog, -1) if "connected again" in m]
+    assert len(back) == 1 and f"after {attempts} failed attempt(s)" in back[0]
+    assert h.by_token()["y"][0].error == 0
+
+
+def test_a_broker_hanging_up_before_answering_is_logged_once_not_per_reconnect(caplog):
+    h = Harness(cluster("t"), reconnect_backoff_ms=50, reconnect_backoff_max_ms=200,
+                delivery_timeout_ms=2000)
+    h.hang_up.add(1)
+    with caplog.at_level(logging.DEBUG, logger="kafkad.engine"):
+        h.submit("t", 0, [b"x"], token="x")
+        h.run(until=h.now + 2.1)
+    every = _broker_lines(caplog, -1, logging.DEBUG)
+    loud = _broker_lines(caplog, -1, logging.INFO)
+    assert len(every) >= 10
+    assert loud == ["kafka broker -1 (127.0.0.1:9001): connection closed before it was ready: "
+                    "closed by the broker (retrying with backoff; further failures are "
+                    "summarized every 5 minutes)"]
+
+
+def test_a_new_kind_of_failure_is_logged_at_once(caplog):
+    h = Harness(cluster("t"), security_protocol="SASL_PLAINTEXT", reconnect_backoff_ms=50,
+                reconnect_backoff_max_ms=200)
+    h.up.clear()
+    with caplog.at_level(logging.INFO, logger="kafkad.engine"):
+        h.submit("t", 0, [b"x"], token="x")
+        h.run(until=h.now + 2)
+        h.up.add(1)
+        h.login_refusal = ("SaslAuthenticationFailedError (58): refused", 58)
+        h.run(until=h.now + 2)
+    loud = _broker_lines(caplog, -1)
+    assert [m.split(": ")[1] for m in loud] == ["connection failed", "authentication failed"]
 
 
 @pytest.mark.parametrize("kw,word", [
