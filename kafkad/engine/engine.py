@@ -868,12 +868,16 @@ class Engine:
         deadline = _INF
         rt = self.kafka.request_timeout_ms / 1000.0
         # 1. request timeouts, reconnect backoffs, bootstrap connections no longer needed
-        retire = bool(self.metadata.brokers)
+        # Bootstrap connections go once a broker known by node id is ready (its
+        # list came from Metadata). Not before: when no advertised address can be
+        # reached, the bootstrap connection is the only way to learn a new list,
+        # and closing it once ready would reopen it at once, in a loop.
+        retire = any(not c.bootstrap and c.state is ConnState.READY for c in self.conns.values())
         for conn in list(self.conns.values()):
             if (retire and conn.bootstrap and conn.state is ConnState.READY
                     and not conn.inflight):
-                # The cluster's own broker list is known: talk to brokers by node id
-                # only, so that each broker sees one connection from this daemon.
+                # Talk to brokers by node id only, so that each broker sees one
+                # connection from this daemon.
                 self._closes.append(conn.node)
                 self._move(conn, ConnState.BACKOFF)
                 conn.retry_at = now

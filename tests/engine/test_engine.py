@@ -834,6 +834,31 @@ def test_bootstrap_connections_are_closed_once_the_brokers_are_known():
     assert meta and all(r.node > 0 for r in meta)
 
 
+def test_bootstrap_stays_open_while_no_advertised_broker_can_be_reached():
+    """The cluster moved: its old brokers are gone, the bootstrap address knows the new list.
+
+    The bootstrap connection must live long enough to ask for it, instead of
+    being closed as soon as it is ready (and reopened at once, in a loop).
+    """
+    c = cluster("t")
+    h = Harness(c, bootstrap_servers=("127.0.0.1:9004",), reconnect_backoff_ms=50,
+                reconnect_backoff_max_ms=200)
+    h.up.add(4)          # the bootstrap address: broker 4, not among those advertised
+    connect(h)
+    h.up = {4, 5}
+    c.brokers = (5,)
+    for p in range(3):
+        c.move_leader("t", p, 5)
+    for node in (1, 2, 3):
+        h.engine.disconnected(node, h.now, "test: broker gone")
+    h.connects.clear()
+    h.submit("t", 0, [b"x"], token="x")
+    h.run(until=h.now + 3)
+    assert [(o.error, o.delivered) for o in h.by_token()["x"]] == [(0, 1)]
+    assert h.connects.count(-1) <= 2
+    assert h.engine.conns[-1].state is not ConnState.READY   # retired once broker 5 was ready
+
+
 def test_a_not_leader_answer_naming_the_new_leader_is_followed_at_once():
     c = cluster("t", leader_hints=True)
     h = Harness(c)
