@@ -36,16 +36,19 @@ import enum
 import logging
 import os
 import signal
+import time
 from collections import Counter
 from typing import Callable, Iterable
 
 import zmq
 
+import kafkad.spool
 from kafkad.broker import BrokerProducer
 from kafkad.config import Config
 from kafkad.configfile import ConfigError, changed_keys, load_config
 from kafkad.engine.types import Outcome, Submission
 from kafkad.ipc import EndpointInUse, IpcServer
+from kafkad.ipc.server import _AsyncToken, _ReplayToken
 from kafkad.logs import event, set_level
 from kafkad.stats import PrometheusServer, StatsCollector, status_line
 from kafkad.systemd import Notifier
@@ -103,6 +106,7 @@ class Daemon:
         self._producer: BrokerProducer | None = None
         self._ipc: IpcServer | None = None
         self._prometheus: PrometheusServer | None = None
+        self._spool: kafkad.spool.Spool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.stats: StatsCollector | None = None
 
@@ -166,17 +170,16 @@ class Daemon:
 
     async def _start(self) -> None:
         cfg = self.config
-        if cfg.spool.enabled:
-            # Refuse rather than run without the durability the operator asked for.
-            raise StartupError("[spool] enabled = true is not supported by this kafkad version: "
-                               "the IPC server does not write accepted messages to the spool yet; "
-                               "set enabled = false (messages are then kept in memory until delivered)")
         event(log, logging.INFO, "starting", pid=os.getpid(), config=self.config_path or "-",
               endpoint=cfg.ipc.endpoint, brokers=cfg.kafka.bootstrap_servers,
               security_protocol=cfg.kafka.security_protocol)
+        if cfg.spool.enabled:
+            self._spool = await self._open_spool()
         self._producer = BrokerProducer(cfg.kafka, cfg.queue, on_outcomes=self._route_outcomes)
-        self.stats = StatsCollector(self._producer.stats, state=lambda: self._state.value)
-        self._ipc = IpcServer(cfg.ipc, self._producer, stats_provider=self.stats.snapshot)
+        self.stats = StatsCollector(self._producer.stats, state=lambda: self._state.value,
+                                    spool_stats=self._spool_stats if self._spool is not None else None)
+        self._ipc = IpcServer(cfg.ipc, self._producer, stats_provider=self.stats.snapshot, spool=self._spool,
+                              log_messages_on_error=cfg.logging.log_messages_on_error)
         self.stats.set_ipc(self._ipc.stats)
         try:
             await self._producer.start()
@@ -205,6 +208,30 @@ class Daemon:
         if self._on_ready is not None:
             self._on_ready(self)
 
+    async def _open_spool(self) -> kafkad.spool.Spool:
+        """Open (and recover) the spool in an executor: it reads the whole spool once."""
+        cfg = self.config.spool
+        try:
+            spool = await asyncio.get_running_loop().run_in_executor(None, kafkad.spool.open, cfg)
+        except (kafkad.spool.SpoolFormatError, kafkad.spool.SpoolLockedError,
+                kafkad.spool.SpoolUnavailable) as exc:
+            raise StartupError(f"cannot open the spool {cfg.path}: {exc}") from None
+        except OSError as exc:
+            raise StartupError(f"cannot open the spool {cfg.path}: {exc.strerror or exc}") from None
+        st = spool.stats(time.time())
+        event(log, logging.INFO, "spool_opened", path=cfg.path, fsync=cfg.fsync, pending=st["entries_pending"],
+              bytes=st["bytes"], segments=st["segments"], damaged=st["damaged"],
+              oldest_age_s=st["oldest_pending_age_s"] if st["oldest_pending_age_s"] is not None else "-")
+        return spool
+
+    def _spool_stats(self) -> dict:
+        assert self._spool is not None
+        st = self._spool.stats(time.time())
+        # Every entry replayed from disk may have reached the broker before the crash
+        # (docs/spool.md "Duplicates after a crash"): the upper bound on duplicates.
+        st["possible_duplicate_entries"] = st["replayed"]
+        return st
+
     async def _start_prometheus(self, listen: str) -> PrometheusServer:
         assert self.stats is not None
         server = PrometheusServer(listen, self.stats.snapshot)
@@ -232,6 +259,14 @@ class Daemon:
                 event(log, logging.ERROR, "close_failed", component=name,
                       error=f"{type(exc).__name__}: {exc}")
         self._prometheus = None
+        if self._spool is not None:
+            spool, self._spool = self._spool, None
+            try:
+                # After ipc.close(): writes and fsyncs everything; undelivered entries stay.
+                await asyncio.get_running_loop().run_in_executor(None, spool.close)
+            except Exception as exc:
+                event(log, logging.ERROR, "close_failed", component="spool",
+                      error=f"{type(exc).__name__}: {exc}")
 
     # -- handlers (run by the main loop, one at a time) ------------------------
     async def handle_term(self) -> None:
@@ -319,6 +354,17 @@ class Daemon:
         started = loop.time()
         undelivered = await self._drain(started + timeout)
         count = sum(len(sub) for sub in undelivered)
+        if self._spool is not None:
+            # Spooled entries were acknowledged as persisted: they stay in the spool for
+            # the next start instead of being failed towards their senders.
+            kept = [sub for sub in undelivered if isinstance(sub.token, _ReplayToken)
+                    or (isinstance(sub.token, _AsyncToken) and sub.token.spool_ids is not None)]
+            undelivered = [sub for sub in undelivered if not (
+                isinstance(sub.token, _ReplayToken)
+                or (isinstance(sub.token, _AsyncToken) and sub.token.spool_ids is not None))]
+            in_spool = sum(len(sub) for sub in kept) + self._ipc.spooled_undelivered()
+            if in_spool:
+                event(log, logging.INFO, "kept_in_spool", messages=in_spool, path=self.config.spool.path)
         self._report_undelivered(undelivered)
         event(log, logging.WARNING if count else logging.INFO, "drained",
               undelivered=count, seconds=round(loop.time() - started, 3))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import errno as _errno
 import grp
 import hashlib
@@ -46,6 +47,7 @@ import zmq
 from client_shim import schema
 from kafkad.config import IpcConfig
 from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission
+from kafkad.spool import SpoolEntry, SpoolFull, SpoolUnavailable
 
 log = logging.getLogger("kafkad.ipc")
 
@@ -54,6 +56,8 @@ _BAD_REPLY_BUDGET = 100           # error replies per peer before going quiet (t
 _RECENT_FAILED = 1024             # finished-but-failed entries remembered per session for replays
 _MAX_METADATA_TASKS = 256
 _PROBE_TIMEOUT_S = 0.5
+_REPLAY_BATCH = 256               # spool entries read back per pump step
+_HELD_MAX_BYTES = 64 << 20        # SEND payload held while a full spool blocks senders (then stop reading)
 
 
 class EndpointInUse(Exception):
@@ -63,9 +67,9 @@ class EndpointInUse(Exception):
 class _Session:
     __slots__ = ("sid", "settings", "peer", "next_seq", "taken_above", "inflight", "inflight_msgs",
                  "gap_reported", "recent_failed", "backlog", "unregistered", "pid", "last_seen", "sent",
-                 "delivered", "failed")
+                 "delivered", "failed", "settings_map", "failed_memory")
 
-    def __init__(self, sid: bytes, settings: SessionSettings, peer: bytes, next_seq: int, pid: int):
+    def __init__(self, sid: bytes, settings: SessionSettings | None, peer: bytes, next_seq: int, pid: int):
         self.sid = sid
         self.settings = settings
         self.peer = peer
@@ -80,6 +84,23 @@ class _Session:
         self.pid = pid
         self.last_seen = time.monotonic()
         self.sent = self.delivered = self.failed = 0
+        # The settings as a plain map for spool entries: one object per registration,
+        # so the spool encodes it once (docs/spool.md).
+        self.settings_map = _settings_map(settings) if settings is not None else None
+        self.failed_memory = _RECENT_FAILED
+
+
+_SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(SessionSettings) if f.init)
+
+
+def _settings_map(ss: SessionSettings) -> dict:
+    """The settings as a plain map for a spool entry (derived fields left out)."""
+    return {name: getattr(ss, name) for name in _SETTINGS_FIELDS}
+
+
+def _settings_from_map(m: dict) -> SessionSettings:
+    """SessionSettings from a spool entry's map (keys this version does not know are ignored)."""
+    return SessionSettings(**{k: v for k, v in m.items() if k in _SETTINGS_FIELDS})
 
 
 class _AsyncToken:
@@ -88,20 +109,38 @@ class _AsyncToken:
     `firsts`/`counts` describe the entries in submission order; outcomes
     arrive as runs over the submission and are mapped back onto them
     (`runs`: entry position -> failed [index, count, error] runs, only when
-    something failed).
+    something failed). With a spool, `spool_ids` gives each entry's spool id
+    (consecutive entries may share one); an id is released when the last entry
+    holding it is finished.
     """
 
-    __slots__ = ("session", "firsts", "counts", "values", "done", "entry_index", "entry_done", "runs")
+    __slots__ = ("session", "firsts", "counts", "values", "done", "entry_index", "entry_done", "runs",
+                 "spool_ids")
 
-    def __init__(self, session: _Session, firsts: list[int], counts: list[int], values: list):
+    def __init__(self, session: _Session, firsts: list[int], counts: list[int], values: list,
+                 spool_ids: list[int] | None = None):
         self.session = session
         self.firsts = firsts
         self.counts = counts
         self.values = values
+        self.spool_ids = spool_ids
         self.done = 0            # messages of the submission reported so far
         self.entry_index = 0     # the entry the next reported message belongs to
         self.entry_done = 0      # messages of that entry reported so far
         self.runs: dict[int, list] | None = None
+
+
+class _ReplayToken:
+    """A spool entry recovered from disk at start, submitted again by the replay pump."""
+
+    __slots__ = ("entry_id", "session_id", "values", "done", "failed")
+
+    def __init__(self, entry_id: int, session_id: bytes, values: list):
+        self.entry_id = entry_id
+        self.session_id = session_id
+        self.values = values
+        self.done = 0
+        self.failed = 0
 
 
 class _SyncToken:
@@ -125,10 +164,28 @@ def _ipc_path(endpoint: str) -> str | None:
 class IpcServer:
     """The ROUTER socket, the sessions, and the translation to and from the engine."""
 
-    def __init__(self, cfg: IpcConfig, producer, *, stats_provider: Callable[[], dict]):
+    def __init__(self, cfg: IpcConfig, producer, *, stats_provider: Callable[[], dict], spool=None,
+                 log_messages_on_error: bool = True):
         self.cfg = cfg
         self.producer = producer
         self.stats_provider = stats_provider
+        # [logging] log_messages_on_error: ANDed with each session's own setting.
+        self.log_messages_on_error = log_messages_on_error
+        # The durable spool (kafkad.spool.Spool) or None; see docs/spool.md "How to wire it".
+        self.spool = spool
+        self._spool_broken = False         # after SpoolUnavailable: ack on broker delivery again
+        self._await_durable: collections.deque = collections.deque()  # (entry_id, session, firsts)
+        self._release: list[int] = []      # spool ids finished in this outcome batch
+        self._deferred: collections.deque[Submission] = collections.deque()  # spooled, not yet submitted
+        self._replay = None                # ReplayCursor over the recovered entries while replaying
+        self._replay_queue: collections.deque = collections.deque()   # read back, not yet submitted
+        self._held: collections.deque = collections.deque()   # (peer, sid, entries): spool full, "block"
+        self._held_bytes = 0
+        self._commit_scheduled = False
+        self._sync_timer: asyncio.TimerHandle | None = None
+        self._job = None
+        self._job_future: asyncio.Future | None = None
+        self._spool_c = collections.Counter()
         self.instance_id = os.urandom(16)
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
@@ -192,6 +249,8 @@ class IpcServer:
                 raise EndpointInUse(f"{self.cfg.endpoint} is already in use by another process") from None
             raise
         self._sock = sock
+        if self.spool is not None:
+            self._start_spool()
         self._loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
         self._schedule_read()
         log.info("ipc: serving %s", self.cfg.endpoint)
@@ -236,14 +295,36 @@ class IpcServer:
     def stop_accepting(self) -> None:
         """From now on new messages are answered 'daemon stopping' (the shims keep them)."""
         self._stopping = True
+        if self._held:
+            # Held SENDs were never taken: the shims keep them for the next daemon.
+            self._rejected["stopping"] += len(self._held)
+            for peer, sid, entries in self._held:
+                self._send(peer, schema.encode([schema.REJECTED, sid, entries[0][0], schema.E_STOPPING,
+                                                "kafkad is stopping"]), self._sessions.get(sid))
+            self._held.clear()
+            self._held_bytes = 0
+
+    def spooled_undelivered(self) -> int:
+        """Messages written to the spool and not handed to the producer (replay or backlog)."""
+        return sum(len(sub) for sub in self._deferred) + sum(len(e.values) for _, e in self._replay_queue)
 
     async def close(self) -> None:
-        """Stop reading, close the socket and remove the socket file we created."""
+        """Stop reading, acknowledge what the spool holds, close the socket, remove its file.
+
+        With a spool, a last forced commit makes every accepted entry durable and
+        the shims are told so (they may drop them); what the producer did not
+        deliver stays in the spool for the next start. The caller closes the spool.
+        """
         if self._closed:
             return
         self._closed = True
         for task in list(self._metadata_tasks):
             task.cancel()
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+            self._sync_timer = None
+        if self.spool is not None and not self._spool_broken:
+            await self._final_commit()
         if self._sock is not None:
             try:
                 self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
@@ -282,6 +363,15 @@ class IpcServer:
             "replies_dropped_peer_full": self._c["peer_full"],
             "error_replies_suppressed": self._c["suppressed"],
             "sessions_evicted": self._c["evicted"],
+            "outcomes_forgotten": self._c["forgotten"],
+            **({"spool_deferred_messages": sum(len(sub) for sub in self._deferred),
+                "spool_replaying": self._replay is not None or bool(self._replay_queue),
+                "spool_replayed_messages": self._spool_c["replayed_messages"],
+                "spool_replay_failed_messages": self._spool_c["replay_failed"],
+                "spool_held_frames": len(self._held),
+                "spool_blocked": bool(self._held),
+                "spool_unavailable": self._spool_broken}
+               if self.spool is not None else {}),
         }
 
     # --- reading ---------------------------------------------------------------------
@@ -297,8 +387,10 @@ class IpcServer:
         if sock is None:
             return
         n = 0
+        if self._held_bytes > _HELD_MAX_BYTES:
+            return      # a full spool holds back senders: resumed by _resume_held
         try:
-            while n < _READ_BATCH:
+            while n < _READ_BATCH and self._held_bytes <= _HELD_MAX_BYTES:
                 try:
                     parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
                 except zmq.Again:
@@ -313,6 +405,8 @@ class IpcServer:
         except zmq.ZMQError as exc:
             if self._sock is not None:
                 log.error("ipc: reading the socket failed: %s", exc)
+        if self.spool is not None:
+            self._schedule_commit()
         self._check_events(force=n >= _READ_BATCH)
 
     def _check_events(self, force: bool = False) -> None:
@@ -437,8 +531,14 @@ class IpcServer:
             self._sessions[sid] = s
             self._c["sessions_registered"] += 1
         else:
+            if s.settings != ss or s.settings_map is None:
+                s.settings_map = _settings_map(ss)
             s.settings, s.peer = ss, peer
             s.gap_reported = False
+        s.pid = settings.get("pid", s.pid)
+        # Failed outcomes are remembered for as long as the shim can still hold the entry
+        # (its queue bound, in messages, bounds the entries it holds), at least _RECENT_FAILED.
+        s.failed_memory = max(_RECENT_FAILED, int(settings.get("queue_maxsize") or 0))
         s.unregistered = False
         s.last_seen = time.monotonic()
         self._send(peer, schema.encode([schema.REGISTERED, req_id, sid, s.next_seq, self.instance_id]))
@@ -471,6 +571,14 @@ class IpcServer:
             self._rejected["stopping"] += 1
             self._send(peer, schema.encode([schema.REJECTED, sid, entries[0][0], schema.E_STOPPING,
                                             "kafkad is stopping"]), s)
+            return
+        if self.spool is not None:
+            if self._held:
+                self._hold(peer, sid, entries)      # keep the order behind what waits already
+            else:
+                rest = self._on_send_spooled(s, peer, sid, entries)
+                if rest:
+                    self._hold(peer, sid, rest)
             return
         acks: list[int] = []
         failed: list[list] = []
@@ -570,6 +678,346 @@ class IpcServer:
             self._send(peer, schema.encode([schema.ACK, sid, acks]), s)
         if failed:
             self._send(peer, schema.encode([schema.FAILED, sid, failed]), s)
+
+    # --- the spool path (docs/spool.md, "How to wire it") ---------------------------
+
+    def _on_send_spooled(self, s: _Session, peer, sid, entries) -> list | None:
+        """Take a SEND with a spool: write, then submit (or defer); ACK once durable.
+
+        Entries are taken strictly as a prefix of the session's sequence from
+        `next_seq`: the first refusal (this session's cap, a full or failed
+        spool) ends what is taken, so the highest seq on disk + 1 is a correct
+        `next_seq` after a crash. Returns the entries to hold when the spool is
+        full under `when_full = "block"` (None otherwise).
+        """
+        spool = self.spool
+        acks: list[int] = []
+        failed: list[list] = []
+        unknown: list[tuple[int, list, str, int, list]] = []
+        runs: list[list] = []        # [topic, partition, entries, end_seq] contiguous, one spool entry each
+        expected = s.next_seq
+        cap_left = self.cfg.max_inflight_per_session - s.inflight_msgs
+        refused = None               # (from_seq, code, text)
+        for entry in entries:
+            first, n = entry[0], len(entry[5])
+            if first < s.next_seq:
+                self._c["duplicates"] += 1
+                if first == expected:
+                    expected = first + n
+                token = s.inflight.get(first)
+                if token is None:
+                    runs_failed = s.recent_failed.get(first)
+                    if runs_failed is not None:
+                        failed.append([first, runs_failed])
+                    else:
+                        acks.append(first)
+                elif token.spool_ids is not None and \
+                        token.spool_ids[token.firsts.index(first)] <= spool.durable_id:
+                    acks.append(first)       # durable already; the first ACK was lost
+                continue
+            if first != expected:
+                if not s.gap_reported:
+                    s.gap_reported = True
+                    self._send(peer, schema.encode([schema.REJECTED, sid, s.next_seq, schema.E_OUT_OF_ORDER,
+                                                    f"expected seq {s.next_seq}, got {first}"]), s)
+                break
+            topic, partition = entry[1], entry[2]
+            known = self.producer.partitions_for(topic)
+            if known and partition not in known:
+                unknown.append((first, entry[5], topic, partition, [[0, n, 3]]))
+                expected = first + n
+                continue
+            if n > cap_left:
+                self._rejected["queue_full"] += 1
+                refused = (first, schema.E_QUEUE_FULL, f"this session has {s.inflight_msgs} messages in "
+                           "flight ([ipc] max_inflight_per_session)")
+                break
+            cap_left -= n
+            last = runs[-1] if runs else None
+            if last is not None and last[3] == first and last[0] == topic and last[1] == partition:
+                last[2].append(entry)
+                last[3] = first + n
+            else:
+                runs.append([topic, partition, [entry], first + n])
+            expected = first + n
+        hold = None
+        for k, run in enumerate(runs):
+            group = run[2]
+            if len(group) == 1:
+                keys, values = group[0][4], group[0][5]
+            else:
+                values = [v for e in group for v in e[5]]
+                keys = None if all(e[4] is None for e in group) else \
+                    [k2 for e in group for k2 in (e[4] if e[4] is not None else [None] * len(e[5]))]
+            try:
+                run.append(spool.append(SpoolEntry(sid, group[0][0], run[3] - 1, run[0], run[1], keys, values,
+                                                   group[0][3], s.settings_map)))
+            except SpoolFull as exc:
+                del runs[k:]
+                if spool.cfg.when_full == "block":
+                    low = group[0][0]
+                    hold = [e for e in entries if e[0] >= low]
+                    refused = None
+                    self._spool_c["blocked"] += 1
+                else:
+                    refused = (group[0][0], schema.E_QUEUE_FULL, f"spool full ({exc})")
+                    self._rejected["spool_full"] += 1
+                break
+            except SpoolUnavailable as exc:
+                del runs[k:]
+                self._spool_unavailable(exc)
+                # E_QUEUE_FULL: every shim backs off and retries on it (docs/ipc-schema.md).
+                refused = (group[0][0], schema.E_QUEUE_FULL, f"spool unavailable ({exc})")
+                self._rejected["spool_unavailable"] += 1
+                break
+            except ValueError as exc:      # larger than max_bytes: can never be spooled
+                del runs[k:]
+                refused = (group[0][0], schema.E_TOO_LARGE, str(exc))
+                break
+        if hold is not None:
+            new_next = hold[0][0]
+        elif refused is not None:
+            new_next = refused[0]
+        else:
+            new_next = max(expected, s.next_seq)
+        for first, values, topic, partition, fruns in unknown:
+            if first < new_next:
+                self._log_failure(s, topic, partition, values, 3)
+                self._remember_failed(s, first, fruns)
+                failed.append([first, fruns])
+        # One Submission per (topic, partition): the engine's cost is per submission.
+        groups: dict[tuple[str, int], list] = {}
+        for run in runs:
+            groups.setdefault((run[0], run[1]), []).append(run)
+        for (topic, partition), gruns in groups.items():
+            firsts, counts, ids, values, keys_parts = [], [], [], [], []
+            any_keys = False
+            for run in gruns:
+                for e in run[2]:
+                    firsts.append(e[0])
+                    counts.append(len(e[5]))
+                    ids.append(run[4])
+                    values.extend(e[5])
+                    if e[4] is not None:
+                        any_keys = True
+                    keys_parts.append(e)
+                self._await_durable.append((run[4], s, [e[0] for e in run[2]]))
+            keys = [k2 for e in keys_parts for k2 in (e[4] if e[4] is not None else [None] * len(e[5]))] \
+                if any_keys else [None] * len(values)
+            token = _AsyncToken(s, firsts, counts, values, ids)
+            self._submit_spooled(Submission(sid, s.settings, topic, partition, keys, values,
+                                            gruns[0][2][0][3], token))
+            for first in firsts:
+                s.inflight[first] = token
+            n = len(values)
+            s.inflight_msgs += n
+            s.sent += n
+            self._c["messages_in"] += n
+        if new_next > s.next_seq:
+            s.next_seq = new_next
+            s.gap_reported = False
+        if refused is not None and (not s.gap_reported or refused[0] == entries[0][0]):
+            # Once per gap, and again for a replay that starts at the refused entry.
+            s.gap_reported = True
+            self._send(peer, schema.encode([schema.REJECTED, sid, refused[0], refused[1], refused[2]]), s)
+        if acks:
+            self._send(peer, schema.encode([schema.ACK, sid, acks]), s)
+        if failed:
+            self._send(peer, schema.encode([schema.FAILED, sid, failed]), s)
+        return hold
+
+    def _hold(self, peer, sid, entries) -> None:
+        self._held.append((peer, sid, entries))
+        self._held_bytes += sum(len(v or b"") for e in entries for v in e[5])
+
+    def _resume_held(self) -> None:
+        """Under "block": take held SENDs again once the spool has room, in arrival order."""
+        while self._held and not self.spool.is_full() and not self._stopping:
+            peer, sid, entries = self._held.popleft()
+            self._held_bytes -= sum(len(v or b"") for e in entries for v in e[5])
+            s = self._sessions.get(sid)
+            if s is None or s.unregistered:
+                continue       # the shim keeps them and replays after registering again
+            s.peer = peer
+            rest = self._on_send_spooled(s, peer, sid, entries)
+            if rest:
+                self._held.appendleft((peer, sid, rest))
+                self._held_bytes += sum(len(v or b"") for e in rest for v in e[5])
+                break
+        if not self._held:
+            self._held_bytes = 0
+        self._schedule_read()
+
+    def _submit_spooled(self, sub: Submission) -> None:
+        """Queue a spooled submission; the group commit submits it once its entry is written.
+
+        Written first, so that whatever the broker may have received is in the
+        file after a crash of the daemon (replayed, counted), never only in a
+        shim's replay. A full producer queue defers it instead of refusing it
+        (it is on disk already); the per-session in-flight cap bounds what waits.
+        """
+        self._deferred.append(sub)
+
+    def _pump(self) -> None:
+        """Feed the producer: recovered entries first (read from disk in id order), then deferred ones."""
+        producer = self.producer
+        while self._replay is not None or self._replay_queue:
+            if not self._replay_queue:
+                batch = self._replay.read(_REPLAY_BATCH)
+                if not batch:
+                    if self._replay.caught_up():
+                        log.info("ipc: spool replay done: %d message(s) resubmitted",
+                                 self._spool_c["replayed_messages"])
+                        self._replay = None
+                        break
+                    return
+                self._replay_queue.extend(batch)
+            while self._replay_queue:
+                entry_id, e = self._replay_queue[0]
+                try:
+                    settings = _settings_from_map(e.settings)
+                except (TypeError, ValueError) as exc:
+                    log.error("ipc: spool entry %d has unusable settings (%s); released as failed", entry_id, exc)
+                    self._replay_queue.popleft()
+                    self._spool_c["replay_failed"] += len(e.values)
+                    self._release.append(entry_id)
+                    continue
+                token = _ReplayToken(entry_id, e.session_id, e.values)
+                keys = e.keys if e.keys is not None else [None] * len(e.values)
+                try:
+                    producer.submit(Submission(e.session_id, settings, e.topic, e.partition, list(keys),
+                                               list(e.values), e.timestamp_ms, token))
+                except QueueFull:
+                    return          # outcomes make room; on_outcomes pumps again
+                self._replay_queue.popleft()
+                self._spool_c["replayed_messages"] += len(e.values)
+        while self._deferred:
+            try:
+                producer.submit(self._deferred[0])
+            except QueueFull:
+                return
+            self._deferred.popleft()
+
+    def _start_spool(self) -> None:
+        """Seed sessions from the spool and start replaying what it recovered."""
+        spool = self.spool
+        for sid, highest in spool.recovered_sessions().items():
+            if sid not in self._sessions:
+                s = _Session(sid, None, b"", highest + 1, 0)
+                s.unregistered = True      # known seqs, no settings: the shim must register again
+                self._sessions[sid] = s
+        if spool.entries_pending and spool.recovered_boundary > 1:
+            self._replay = spool.cursor(spool.recovered_boundary)
+            log.info("ipc: replaying %d spooled entr(ies) from %s", spool.entries_pending, spool.path)
+            self._loop.call_soon(self._after_release)
+
+    def _schedule_commit(self) -> None:
+        if not self._commit_scheduled and self._loop is not None and not self._spool_broken:
+            self._commit_scheduled = True
+            self._loop.call_soon(self._group_commit)
+
+    def _group_commit(self) -> None:
+        """Write what was appended/released; fsync in an executor when due; ACK what is durable."""
+        self._commit_scheduled = False
+        spool = self.spool
+        if self._spool_broken or spool is None or self._closed:
+            return
+        try:
+            job = spool.prepare_sync()
+        except SpoolUnavailable as exc:
+            self._spool_unavailable(exc)
+            return
+        self._ack_durable(spool.durable_id)
+        if self._deferred and self._replay is None and not self._replay_queue:
+            self._pump()
+        if job is not None:
+            self._job = job
+            self._job_future = self._loop.run_in_executor(None, job.run)
+            self._job_future.add_done_callback(self._job_done)
+        due = spool.sync_due_in()
+        if due is not None and self._sync_timer is None and self._job is None:
+            self._sync_timer = self._loop.call_later(due, self._sync_timer_fired)
+        if self._held:
+            self._resume_held()
+
+    def _sync_timer_fired(self) -> None:
+        self._sync_timer = None
+        self._schedule_commit()
+
+    def _job_done(self, _fut) -> None:
+        job, self._job = self._job, None
+        self._job_future = None
+        spool = self.spool
+        if job is None or self._spool_broken:
+            return
+        try:
+            durable = spool.finish_sync(job)
+        except SpoolUnavailable as exc:
+            self._spool_unavailable(exc)
+            return
+        self._ack_durable(durable)
+        if spool.cfg.fsync == "always":
+            if spool.written_id > spool.synced_id:
+                self._schedule_commit()
+        else:
+            due = spool.sync_due_in()
+            if due == 0:
+                self._schedule_commit()
+            elif due is not None and self._sync_timer is None:
+                self._sync_timer = self._loop.call_later(due, self._sync_timer_fired)
+        if self._held:
+            self._resume_held()
+        self._check_events()
+
+    def _ack_durable(self, durable: int) -> None:
+        """ACK every entry whose spool id is durable now (the shim may drop it)."""
+        queue = self._await_durable
+        if not queue or queue[0][0] > durable:
+            return
+        acks: dict[_Session, list[int]] = {}
+        while queue and queue[0][0] <= durable:
+            _, s, firsts = queue.popleft()
+            acks.setdefault(s, []).extend(firsts)
+        for s, seqs in acks.items():
+            self._send(s.peer, schema.encode([schema.ACK, s.sid, seqs]), s)
+
+    def _spool_unavailable(self, exc: Exception) -> None:
+        """The spool failed (I/O error): take no more spooled messages; ack on delivery again."""
+        if not self._spool_broken:
+            self._spool_broken = True
+            log.error("ipc: %s; new messages are refused (spool unavailable) until kafkad restarts; "
+                      "messages taken so far are acknowledged when the broker has them", exc)
+            # What waited for durability is acknowledged when its broker outcome arrives.
+            self._await_durable.clear()
+
+    async def _final_commit(self) -> None:
+        """At close: wait for a running fsync, then force one and ACK everything durable."""
+        spool = self.spool
+        try:
+            if self._job_future is not None:
+                await asyncio.shield(self._job_future)
+                await asyncio.sleep(0)       # let _job_done run
+            if self._job is None:
+                job = spool.prepare_sync(force=True)
+                if job is not None:
+                    self._job = job
+                    await self._loop.run_in_executor(None, job.run)
+                    self._job = None
+                    spool.finish_sync(job)
+            self._ack_durable(spool.durable_id)
+        except SpoolUnavailable as exc:
+            self._spool_unavailable(exc)
+
+    def _after_release(self) -> None:
+        """After outcomes: release finished entries, commit, feed the producer, unblock senders."""
+        if self._release:
+            ids, self._release = self._release, []
+            try:
+                self.spool.release(ids)
+            except SpoolUnavailable as exc:
+                self._spool_unavailable(exc)
+        self._pump()
+        self._schedule_commit()
 
     @staticmethod
     def _taken(s: _Session, first: int, n: int) -> None:
@@ -672,6 +1120,8 @@ class IpcServer:
             token = o.token
             if isinstance(token, _AsyncToken):
                 self._async_outcome(token, o, acks, failed)
+            elif isinstance(token, _ReplayToken):
+                self._replay_outcome(token, o)
             elif isinstance(token, _SyncToken):
                 if token.done == 0:
                     token.base_offset = o.base_offset
@@ -692,7 +1142,24 @@ class IpcServer:
         for s in list(acks) + list(failed):
             if s.unregistered and not s.inflight and self._sessions.get(s.sid) is s:
                 del self._sessions[s.sid]
+        if self.spool is not None and not self._closed:
+            self._after_release()
         self._check_events()
+
+    def _replay_outcome(self, token: _ReplayToken, o: Outcome) -> None:
+        """A recovered entry's run: log failures; release the entry once all of it is accounted for."""
+        count = o.delivered + o.failed
+        if o.failed:
+            token.failed += o.failed
+            self._spool_c["replay_failed"] += o.failed
+            values = token.values[token.done:token.done + count]
+            s = self._sessions.get(token.session_id)
+            log.error("ipc: %d spooled message(s) of session %s to %s[%d] failed with error %d on replay; %s",
+                      len(values), token.session_id.hex()[:12], o.topic, o.partition, o.error,
+                      self._shown(values, s.settings if s is not None and s.settings else None))
+        token.done += count
+        if token.done >= len(token.values):
+            self._release.append(token.entry_id)
 
     def _async_outcome(self, token: _AsyncToken, o: Outcome, acks: dict, failed: dict) -> None:
         """Map one run of a merged submission back onto its SEND entries."""
@@ -720,6 +1187,9 @@ class IpcServer:
             first = firsts[i]
             s.inflight.pop(first, None)
             s.inflight_msgs -= n
+            spool_ids = token.spool_ids
+            if spool_ids is not None and (i + 1 == len(firsts) or spool_ids[i + 1] != spool_ids[i]):
+                self._release.append(spool_ids[i])
             entry_runs = runs.get(i) if runs else None
             if entry_runs:
                 bad = sum(r[1] for r in entry_runs)
@@ -729,19 +1199,25 @@ class IpcServer:
                 failed.setdefault(s, []).append([first, entry_runs])
             else:
                 s.delivered += n
+                if spool_ids is not None and not self._spool_broken:
+                    continue        # acknowledged when it became durable
                 if done_acks is None:
                     done_acks = acks.setdefault(s, [])
                 done_acks.append(first)
 
     def _remember_failed(self, s: _Session, first: int, runs: list) -> None:
         s.recent_failed[first] = runs
-        if len(s.recent_failed) > _RECENT_FAILED:
+        if len(s.recent_failed) > s.failed_memory:
             s.recent_failed.popitem(last=False)
 
+    def _shown(self, values: list, settings: SessionSettings | None) -> str:
+        """The failed messages for the log: themselves only if both the daemon's
+        [logging] log_messages_on_error and the session's setting allow it."""
+        if self.log_messages_on_error and settings is not None and settings.log_messages_on_error:
+            return repr(values)
+        return "hashes " + ", ".join(hashlib.blake2b(v or b"", digest_size=8).hexdigest() for v in values)
+
     def _log_failure(self, s: _Session, topic: str, partition: int, values: list, error: int) -> None:
-        if s.settings.log_messages_on_error:
-            shown = repr(values)
-        else:
-            shown = "hashes " + ", ".join(hashlib.blake2b(v or b"", digest_size=8).hexdigest() for v in values)
+        shown = self._shown(values, s.settings)
         log.error("ipc: %d message(s) of session %s (pid %d) to %s[%d] failed with error %d; %s",
                   len(values), s.sid.hex()[:12], s.pid, topic, partition, error, shown)

@@ -94,7 +94,9 @@ class FakeProducer:
 class ServerThread:
     """An asyncio loop in a thread running IpcServer over a FakeProducer."""
 
-    def __init__(self, endpoint=None, producer=None, **cfg):
+    def __init__(self, endpoint=None, producer=None, *, spool=None, server_kwargs=None, **cfg):
+        self.spool = spool
+        self.server_kwargs = dict(server_kwargs or {})
         self.tmp = tempfile.mkdtemp(prefix="kafkad-ipc-")
         self.endpoint = endpoint or f"ipc://{self.tmp}/kafkad.sock"
         self.cfg = IpcConfig(endpoint=self.endpoint, **cfg)
@@ -115,7 +117,8 @@ class ServerThread:
         def run():
             asyncio.set_event_loop(self.loop)
             self.producer.loop = self.loop
-            self.server = IpcServer(self.cfg, self.producer, stats_provider=self._stats)
+            self.server = IpcServer(self.cfg, self.producer, stats_provider=self._stats, spool=self.spool,
+                                    **self.server_kwargs)
             self.producer.on_outcomes = self.server.on_outcomes
             try:
                 self.loop.run_until_complete(self.server.start())

@@ -195,15 +195,22 @@ def test_prometheus_address_in_use_is_a_clear_start_failure(tmp_path):
     assert not (tmp_path / "k.sock").exists(), "the IPC socket was left behind"
 
 
-def test_spool_enabled_is_refused_rather_than_ignored(tmp_path):
+def test_a_spool_of_an_unknown_format_version_is_refused_and_left_untouched(tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "FORMAT").write_text("kafkad-spool 99\n")
+    (spool / "00000000000000000001.seg").write_bytes(b"from a future kafkad")
+    before = {p.name: p.read_bytes() for p in spool.iterdir()}
     config = tmp_path / "k.toml"
     config.write_text(f'[ipc]\nendpoint = "ipc://{tmp_path}/k.sock"\n'
-                      f'[spool]\nenabled = true\npath = "{tmp_path}/spool"\n')
+                      f'[spool]\nenabled = true\npath = "{spool}"\n')
     r = subprocess.run(kafkad_cmd("run", "--config", str(config)), capture_output=True, text=True,
                        timeout=30, env=daemon_env(**NOT_UNDER_SYSTEMD))
     assert r.returncode == 1
-    assert "kafkad: cannot start: [spool] enabled = true is not supported" in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("kafkad: cannot start:")]
+    assert len(lines) == 1 and f"cannot open the spool {spool}" in lines[0], r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "k.sock").exists()
+    assert {p.name: p.read_bytes() for p in spool.iterdir()} == before, "the spool was changed"
 
 
 def test_socket_mode_and_restart_after_a_crash():

@@ -1,0 +1,211 @@
+"""IpcServer with a durable spool (docs/spool.md, "How to wire it"), over raw ZeroMQ peers.
+
+What is checked on the wire and on disk: an async entry is acknowledged once
+its spool record is durable, not on the broker's answer; records are released
+when every run of their submission is accounted for; a restarted server
+replays what the spool recovered and recognises a shim's replay of it; a full
+spool rejects or holds senders (while other requests are still answered);
+a full producer queue defers spooled entries instead of refusing them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import kafkad.spool
+from client_shim import schema
+from kafkad.config import SpoolConfig
+from kafkad.engine.types import Outcome
+from kafkad.ipc.server import _ReplayToken
+from tests.ipc.fakes import ServerThread
+from tests.ipc.test_server import SETTINGS, Peer, entry
+
+
+def open_spool(path, **kw) -> kafkad.spool.Spool:
+    return kafkad.spool.open(SpoolConfig(enabled=True, path=str(path), **kw))
+
+
+def wait_for(predicate, timeout=5.0, what="a condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def acked(peer, n):
+    seqs = []
+    while len(seqs) < n:
+        reply = peer.recv()
+        assert reply[0] == schema.ACK, reply
+        seqs += reply[2]
+    return sorted(seqs)
+
+
+@pytest.fixture
+def spool_server(tmp_path):
+    made = []
+
+    def make(producer_hold=False, **spool_kw):
+        sp = open_spool(tmp_path / "spool", **spool_kw)
+        st = ServerThread(spool=sp)
+        st.producer.hold = producer_hold
+        st.start()
+        made.append(st)
+        return st
+
+    yield make
+    for st in made:
+        st.stop()
+        st.spool.close()
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+def test_ack_when_durable_before_the_broker_answers(spool_server, fsync):
+    st = spool_server(producer_hold=True, fsync=fsync, fsync_interval_ms=20)
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        peer.send([schema.SEND, peer.sid, [entry(0, b"a"), entry(1, b"b", partition=1)]])
+        assert acked(peer, 2) == [0, 1]           # the producer holds both: no broker answer yet
+        assert st.call(lambda: st.spool.durable_id) == 2
+        assert st.call(lambda: st.spool.entries_pending) == 2
+        st.producer.release(after=2)
+        wait_for(lambda: st.call(lambda: st.spool.entries_pending) == 0, what="the release")
+        assert peer.quiet()                       # no second ACK on delivery
+    finally:
+        peer.close()
+
+
+def test_a_submission_is_released_only_when_all_its_runs_are_in(spool_server):
+    st = spool_server(producer_hold=True, fsync="never")
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        peer.send([schema.SEND, peer.sid, [entry(0, n=3), entry(3, n=2)]])   # one run, one spool entry
+        assert acked(peer, 2) == [0, 3]
+        st.producer.wait_messages(5)
+        sub = st.producer.held.pop()
+        first = Outcome(sub.token, sub.topic, sub.partition, 0, 0, 2, 0)
+        st.call(st.server.on_outcomes, [first])
+        time.sleep(0.05)
+        assert st.call(lambda: st.spool.entries_pending) == 1
+        st.call(st.server.on_outcomes, [Outcome(sub.token, sub.topic, sub.partition, 0, 2, 3, 0)])
+        wait_for(lambda: st.call(lambda: st.spool.entries_pending) == 0, what="the release")
+    finally:
+        peer.close()
+
+
+def test_a_restart_replays_the_spool_and_recognises_the_shims_replay(tmp_path, spool_server):
+    sp = open_spool(tmp_path / "spool", fsync="never")
+    first = ServerThread(spool=sp)
+    first.producer.hold = True
+    first.start()
+    peer = Peer(first.endpoint)
+    sid = peer.sid
+    try:
+        peer.register()
+        peer.send([schema.SEND, sid, [entry(0, b"x", n=2), entry(2, b"y", partition=2)]])
+        assert acked(peer, 2) == [0, 2]
+    finally:
+        peer.close()
+        first.stop()          # the producer never delivered: both entries stay in the spool
+        sp.close()
+    st = spool_server(fsync="never")
+    st.producer.wait_messages(3)
+    assert all(isinstance(s.token, _ReplayToken) for s in st.producer.submissions)
+    assert [(s.partition, s.values) for s in st.producer.submissions] == [(0, [b"x", b"x"]), (2, [b"y"])]
+    wait_for(lambda: st.call(lambda: st.spool.entries_pending) == 0, what="the replayed entries' release")
+    peer = Peer(st.endpoint)
+    peer.sid = sid
+    try:
+        peer.send([schema.SEND, sid, [entry(0, b"x", n=2)]])
+        reply = peer.recv()
+        assert reply[0] == schema.ERROR and reply[2] == schema.E_UNKNOWN_SESSION
+        assert peer.register()[3] == 3            # next_seq seeded from the spool
+        peer.send([schema.SEND, sid, [entry(0, b"x", n=2), entry(2, b"y", partition=2), entry(3, b"z")]])
+        assert acked(peer, 3) == [0, 2, 3]
+        st.producer.wait_messages(4)
+        assert [m[3] for m in st.producer.messages()] == [b"x", b"x", b"y", b"z"]   # not taken twice
+        assert st.call(st.server.stats)["spool_replayed_messages"] == 3
+    finally:
+        peer.close()
+
+
+def test_spool_full_with_reject_refuses_with_queue_full(spool_server):
+    st = spool_server(producer_hold=True, fsync="never", max_bytes=1500, when_full="reject")
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        peer.send([schema.SEND, peer.sid, [entry(0, b"a" * 400), entry(1, b"b" * 400, partition=1),
+                                           entry(2, b"c" * 400, partition=2)]])
+        replies = [peer.recv(), peer.recv()]
+        kinds = {r[0]: r for r in replies}
+        assert kinds[schema.REJECTED][2:4] == [2, schema.E_QUEUE_FULL], replies
+        assert "spool full" in kinds[schema.REJECTED][4]
+        assert kinds[schema.ACK][2] == [0, 1]
+        assert st.call(st.server.stats)["rejected"]["spool_full"] == 1
+        st.producer.wait_messages(2)
+        assert len(st.producer.messages()) == 2
+    finally:
+        peer.close()
+
+
+def test_spool_full_with_block_holds_the_sender_but_answers_the_rest(spool_server):
+    st = spool_server(producer_hold=True, fsync="never", max_bytes=1500, segment_bytes=300,
+                      when_full="block")
+    peer, other = Peer(st.endpoint), Peer(st.endpoint)
+    try:
+        peer.register()
+        peer.send([schema.SEND, peer.sid, [entry(0, b"a" * 400), entry(1, b"b" * 400, partition=1),
+                                           entry(2, b"c" * 400, partition=2)]])
+        assert acked(peer, 2) == [0, 1]
+        assert peer.quiet()                          # entry 2 waits for room, not refused
+        other.send([schema.STATS, 9])
+        assert other.recv()[0] == schema.STATS_REPLY
+        other.send([schema.METADATA, 10, "t"])
+        assert other.recv()[0] == schema.PARTITIONS
+        assert st.call(st.server.stats)["spool_blocked"] is True
+        st.producer.release(after=2)                 # delivered: the first segment goes, room again
+        assert peer.recv() == [schema.ACK, peer.sid, [2]]
+        st.producer.wait_messages(3)
+        assert [m[3][:1] for m in st.producer.messages()] == [b"a", b"b", b"c"]
+        assert st.call(st.server.stats)["spool_blocked"] is False
+    finally:
+        peer.close()
+        other.close()
+
+
+def test_a_full_producer_queue_defers_spooled_entries(spool_server):
+    st = spool_server(fsync="never")
+    st.producer.refuse = 1
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        peer.send([schema.SEND, peer.sid, [entry(0, b"a")]])
+        assert acked(peer, 1) == [0]                  # on disk: taken despite the full queue
+        peer.send([schema.SEND, peer.sid, [entry(1, b"b")]])   # a later commit submits both, in order
+        assert acked(peer, 1) == [1]
+        st.producer.wait_messages(2)
+        assert [m[3] for m in st.producer.messages()] == [b"a", b"b"]
+    finally:
+        peer.close()
+
+
+def test_global_log_messages_on_error_is_anded_with_the_session(caplog):
+    st = ServerThread(server_kwargs={"log_messages_on_error": False})
+    st.producer.fail_with = 2
+    st.start()
+    peer = Peer(st.endpoint)
+    try:
+        peer.register(settings=dict(SETTINGS, log_messages_on_error=True))
+        with caplog.at_level("ERROR", logger="kafkad.ipc"):
+            peer.send([schema.SEND, peer.sid, [entry(0, b"secret-value")]])
+            assert peer.recv()[0] == schema.FAILED
+        text = "\n".join(r.getMessage() for r in caplog.records)
+        assert "failed with error 2" in text and "secret-value" not in text and "hashes " in text
+    finally:
+        peer.close()
+        st.stop()
