@@ -72,8 +72,8 @@ NETWORK_EXCEPTION = 13   # what a lost connection counts as
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
 INVALID_PRODUCER_EPOCH = 47
-UNKNOWN_PRODUCER_ID = 59
 SASL_AUTHENTICATION_FAILED = 58
+UNKNOWN_PRODUCER_ID = 59
 PRODUCER_FENCED = 90
 SEQUENCE_LOST = frozenset({OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID, INVALID_PRODUCER_EPOCH})
 
@@ -91,6 +91,9 @@ _INF = float("inf")
 # Connection states in which requests may be written (ApiVersions before READY).
 _OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
 _LATENCY_SAMPLES = 1024
+# Builds an Outcome from a tuple of its fields without the NamedTuple's Python-level
+# __new__ (one frame less per delivered submission on the hottest path).
+_new_outcome = tuple.__new__
 # A broker that keeps failing is summarized this often (seconds), never logged per retry.
 _FAILURE_SUMMARY_INTERVAL = 300.0
 _LOG_VALUE_CHARS = 100
@@ -393,9 +396,8 @@ class Engine:
                      now - conn.failing_since)
             conn.fail_count = 0
             conn.fail_what = ""
-        conn.cause = 0
-        conn.cause_text = ""
-        self._cause = 0
+        conn.cause = self._cause = 0
+        conn.cause_text = self._cause_text = ""
 
     def _note_cause(self, conn: Conn, error: int, reason: str) -> None:
         """Remember why `conn` failed when the driver named a Kafka error for it."""
@@ -1373,9 +1375,6 @@ class Engine:
 
 
 _BYTES_OR_NONE = frozenset({bytes, type(None)})
-# Builds an Outcome from a tuple of its fields without the NamedTuple's Python-level
-# __new__ (one frame less per delivered submission on the hottest path).
-_new_outcome = tuple.__new__
 
 
 def _check_bytes(what: str, items: list) -> None:
