@@ -466,6 +466,7 @@ class _Link:
             s.paused = False
             s.replay_from = None
             s.hold_until = 0.0
+            s.backoff = _REPLAY_BACKOFF_MIN_S
             self._register(s)
 
     def _on_disconnected(self) -> None:
@@ -521,15 +522,9 @@ class _Link:
     def _send_entries(self) -> None:
         if len(self._outbox) >= _OUTBOX_FRAMES:
             return          # the daemon is not keeping up: entries wait in `unsent`, not as frames
-        now = time.monotonic()
         for s in self.sessions.values():
             if not s.registered or s.paused:
                 continue
-            if s.replay_from is not None:
-                if s.hold_until > now:
-                    continue
-                s.rebuild_unsent(s.replay_from)
-                s.replay_from = None
             unsent = s.unsent
             while unsent and len(self._outbox) < _OUTBOX_FRAMES:
                 batch = []
@@ -578,16 +573,19 @@ class _Link:
         if s is None:
             return
         s.registered = True
-        s.backoff = _REPLAY_BACKOFF_MIN_S
-        # Replay everything unacknowledged, oldest first: the daemon drops what it
-        # already holds and re-acknowledges what it already finished.
-        s.rebuild_unsent(None)
+        # Replay, oldest first: after a refusal from the refused entry on; after a
+        # (re)connect everything unacknowledged (the daemon drops what it already
+        # holds and re-acknowledges what it already finished).
+        s.rebuild_unsent(s.replay_from)
         s.replay_from = None
 
     def _h_ack(self, msg) -> None:
         s = self.sessions.get(msg[1])
         if s is not None:
-            s.delivered_messages += s.settle(msg[2])
+            freed = s.settle(msg[2])
+            if freed:
+                s.delivered_messages += freed
+                s.backoff = _REPLAY_BACKOFF_MIN_S    # the daemon takes messages again
 
     def _h_failed(self, msg) -> None:
         s = self.sessions.get(msg[1])
@@ -632,6 +630,12 @@ class _Link:
         else:
             delay = 0.0
         s.schedule_replay(from_seq, delay)
+        # The daemon reports a gap once and then drops everything past it without a
+        # word until the session registers again. So every replay starts with a
+        # REGISTER (after the back-off): a replay that is refused again is answered
+        # again, instead of leaving these messages waiting for an answer forever.
+        s.registered = False
+        s.register_sent = False
 
     def _h_error(self, msg) -> None:
         _, rid, code, text = msg[:4]
@@ -645,6 +649,7 @@ class _Link:
             if req is not None and not self._is_register(req):
                 req.sent = False
                 self._waiting.append(req)
+            s.replay_from = None        # a new session on the daemon: replay everything
             self._register(s)
             return
         if req is not None and code in (schema.E_QUEUE_FULL, schema.E_STOPPING):

@@ -432,3 +432,19 @@ def test_producers_dropped_without_stop_leave_no_sessions_behind(server):
     c.ping()                          # answered after the UNREGISTERs queued before it
     assert server.server.stats()["sessions"] == 0
     assert sorted(values(server)) == sorted([b"req-%d" % i for i in range(20)] + [b"still-pending"])
+
+
+def test_refused_replay_is_retried_until_taken(server):
+    """The daemon answers REJECTED(QUEUE_FULL) once per gap; a refused replay gets no
+    second answer. The shim must still retry (with back-off) until the messages are taken."""
+    server.producer.refuse = 3                        # the first send and two replays are refused
+    p = client_shim.Producer(client(server), async_send=True, batch_send_every_n=1)
+    for i in range(5):
+        p.send_messages("t", i % 2, b"r%d" % i)
+    assert p._session.wait_drained(10) == []
+    assert sorted(values(server)) == [b"r%d" % i for i in range(5)]
+    for part in range(2):
+        assert [v for _, pp, _, v in server.producer.messages() if pp == part] == \
+            [b"r%d" % i for i in range(5) if i % 2 == part]
+    assert p._session.link.stats["rejected_QUEUE_FULL"] >= 1
+    p.stop()
