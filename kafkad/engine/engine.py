@@ -80,7 +80,10 @@ SEQUENCE_LOST = frozenset({OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID, IN
 API_PRODUCE, API_METADATA, API_VERSIONS, API_INIT_PID = 0, 3, 18, 22
 
 # Fewest seconds between two Metadata requests (refreshes asked for by many
-# errors at once collapse into one request).
+# errors at once collapse into one request). While a leader stays unknown or
+# unreachable, consecutive refreshes back off from this, doubling, to
+# `[kafka] retry_backoff_max_ms` (as librdkafka's fast leader query and the
+# Java client's KIP-580 backoff do).
 METADATA_MIN_INTERVAL = 0.1
 # The size bound of one record beyond its key and value bytes.
 _RECORD_OVERHEAD = record_size_upper_bound(None, None)
@@ -141,6 +144,8 @@ class Engine:
         self._meta_inflight = False
         self._meta_needed = True
         self._meta_next = 0.0
+        self._meta_retries = 0      # refreshes in a row asked for by a missing leader
+        self._leader_wait = False   # a lane visited by this poll waits for a leader
         self._topic_wait: dict[str, float] = {}   # topic -> since when the cluster says unknown
         # the last connection failure with a Kafka code (see _expiry_cause), any broker
         self._cause = 0
@@ -922,6 +927,9 @@ class Engine:
             deadline = min(deadline, self._poll_group(group, now, act))
         # 5. lanes: expiry, readiness, what can be sent where
         deadline = min(deadline, self._poll_lanes(now, act))
+        if self._meta_needed and not self._meta_inflight:
+            # a lane found its leader unknown or unreachable: refresh now or at the backoff
+            deadline = min(deadline, self._poll_metadata(now, act))
         act.closes, self._closes = self._closes, []
         act.outcomes, self._outcomes = self._outcomes, []
         self._handout(act)
@@ -966,13 +974,21 @@ class Engine:
         return best
 
     def _connect_some(self, now: float) -> None:
-        """No connection is ready: open one to a known broker or a bootstrap address."""
+        """No connection is ready: open one to a known broker or a bootstrap address.
+
+        A broker that failed since it was last ready (a leader that went
+        away, reconnected to in the background) does not count as the
+        attempt under way, and is the last choice: the metadata that says
+        where its partitions went must come from another broker.
+        """
         if any(c.state in (ConnState.CONNECTING, ConnState.NEGOTIATING, ConnState.AUTHENTICATING)
-               for c in self.conns.values()):
+               and not c.failures for c in self.conns.values()):
             return
         down = [c for c in self.conns.values() if c.state is ConnState.DOWN]
-        # Brokers from metadata first; bootstrap addresses when none of them can be tried.
-        candidates = [c for c in down if not c.bootstrap] or down
+        # Brokers from metadata first (healthy ones before failing ones); bootstrap
+        # addresses when none of them can be tried.
+        known = [c for c in down if not c.bootstrap]
+        candidates = [c for c in known if not c.failures] or known or down
         if not candidates:
             return
         self._connect_cursor = (self._connect_cursor + 1) % len(candidates)
@@ -1014,7 +1030,10 @@ class Engine:
                               allow_auto_topic_creation=self.kafka.allow_auto_create_topics)
         self._push(conn, Request(conn.node, msg, v, MetadataResponse, now))
         self._meta_inflight = True
-        self._meta_next = now + METADATA_MIN_INTERVAL
+        cap = max(METADATA_MIN_INTERVAL, self.kafka.retry_backoff_max_ms / 1000.0)
+        self._meta_next = now + min(cap, self._jitter(
+            METADATA_MIN_INTERVAL * 2 ** min(self._meta_retries, 30)))
+        self._meta_retries += 1
         return deadline
 
     def _poll_group(self, group: Group, now: float, act: Actions) -> float:
@@ -1063,6 +1082,7 @@ class Engine:
         if visit_all:
             self._dirty_all = False
             self._last_sweep = now
+            self._leader_wait = False
         buckets: dict[tuple, list[list[Batch]]] = {}
         for lane in list(self._active):
             if not (visit_all or lane.dirty or now >= lane.wake_at):
@@ -1076,6 +1096,8 @@ class Engine:
                 deadline = wake
         for (node, acks, timeout_ms), lanes in buckets.items():
             self._build_requests(self.conns[node], acks, timeout_ms, lanes, now)
+        if visit_all and not self._leader_wait:
+            self._meta_retries = 0   # every lane has a reachable leader: the next refresh is fast
         if self._active:
             deadline = min(deadline, self._last_sweep + self._sweep_interval)
         return deadline
@@ -1124,8 +1146,7 @@ class Engine:
         md = self.metadata
         leader = md.leader(lane.topic, lane.partition)
         if leader < 0:
-            self._meta_needed = True
-            self._wanted.add(lane.topic)   # records released from a hold after a give-up
+            self._want_leader(lane)
             return deadline
         if lane.inflight and lane.node != leader:
             return deadline  # the leader moved: let the old leader's answers settle first
@@ -1140,6 +1161,12 @@ class Engine:
             conn.blocked.add(lane)
             if conn.state is ConnState.DOWN:
                 self._want_connect.add(leader)
+            if conn.failures:
+                # The leader could not be reached since it was last ready (refused,
+                # timed out, lost): its partitions may have moved. Only metadata from
+                # another broker can say so; reconnecting alone would wait for
+                # metadata_max_age_ms.
+                self._want_leader(lane)
             return deadline
         if group.acks == 0:
             limit = _INF
@@ -1160,6 +1187,12 @@ class Engine:
             bkey = (leader, group.acks, group.timeout_ms)
             buckets.setdefault(bkey, []).append(picked)
         return deadline
+
+    def _want_leader(self, lane: Lane) -> None:
+        """`lane` has no leader it can reach: ask the cluster again (rate-bounded in poll)."""
+        self._meta_needed = True
+        self._leader_wait = True
+        self._wanted.add(lane.topic)   # records released from a hold after a give-up
 
     def _build_requests(self, conn: Conn, acks: int, timeout_ms: int,
                         lanes: list[list[Batch]], now: float) -> None:

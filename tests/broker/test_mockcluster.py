@@ -172,3 +172,32 @@ def test_slow_broker_fails_sessions_that_do_not_retry_timeouts(mock_cluster, mc_
     assert run.by_token()["other"][0].error == 0
     assert run.stats["failed"] == 2
     check_balanced(run.stats)
+
+
+def test_leadership_moving_away_from_a_broker_that_stays_down_is_followed(mock_cluster, mc_topic):
+    # The leader of every partition goes down and stays down; a while later the
+    # cluster moves leadership elsewhere. The records waiting for the dead
+    # leader must go to the new one long before metadata_max_age_ms (5 min
+    # by default) would refresh the layout on its own.
+    moved_at = {}
+
+    async def script(producer, run):
+        for p in range(3):
+            mock_cluster.set_leader(mc_topic, p, 1)
+        stream(producer, run, mc_topic, 0, 30)
+        await wait_for(lambda: producer.stats()["delivered"] >= 30 * 5)
+        mock_cluster.broker_down(1)
+        stream(producer, run, mc_topic, 30, 30)
+        await asyncio.sleep(0.5)   # reconnects to broker 1 keep failing meanwhile
+        assert producer.stats()["delivered"] == 30 * 5
+        for p in range(3):
+            mock_cluster.set_leader(mc_topic, p, 2)
+        moved_at["t"] = asyncio.get_running_loop().time()
+        await wait_for(lambda: producer.stats()["delivered"] >= 60 * 5, timeout=5.0)
+        mock_cluster.broker_up(1)
+
+    kafka = kafka_config(mock_cluster.bootstrap, **FAST)   # metadata_max_age_ms: the 5 min default
+    run = asyncio.run(run_producer(kafka, script))
+    assert run.left == [] and run.errors() == {}
+    check_balanced(run.stats)
+    read_back(mock_cluster, mc_topic, run, exact=False)

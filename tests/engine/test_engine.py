@@ -979,3 +979,55 @@ def test_random_interleavings_never_hand_out_work_for_a_closed_connection(seed, 
                     msg = c.answer(req)
                 e.response(req, msg, now)
         h.check_accounting()
+
+
+# ---------------------------------------------------------------- an unreachable leader
+
+
+def test_leadership_moving_away_from_an_unreachable_leader_is_seen_without_waiting_max_age():
+    c = cluster("t")
+    for p in range(3):
+        c.move_leader("t", p, 1)
+    h = Harness(c, reconnect_backoff_ms=50, reconnect_backoff_max_ms=1000)
+    connect(h)
+    h.submit("t", 1, [b"warm-1"])
+    h.submit("t", 2, [b"warm-2"])
+    h.run()
+    h.outcomes.clear()
+    h.sent.clear()
+    h.up.discard(1)
+    h.engine.disconnected(1, h.now, "closed by the broker")
+    sent = [h.submit("t", p, [f"p{p}-{i}".encode() for i in range(3)], token=p) for p in range(3)]
+    h.run(until=h.now + 0.5)     # broker 1 refuses every reconnect meanwhile
+    assert not h.by_token()
+    for p in range(3):
+        c.move_leader("t", p, 2 + p % 2)
+    moved = h.now
+    h.run(until=moved + 1.5)     # refreshes back off to retry_backoff_max_ms (1 s)
+    got = h.by_token()
+    assert all(got[p] and got[p][0].error == 0 for p in range(3)), got
+    for p, s in enumerate(sent):
+        assert h.values("t", p)[-3:] == s.values
+    metadata = [r for r in h.sent if type(r.msg).__name__ == "MetadataRequest"]
+    assert 2 <= len(metadata) <= 12, len(metadata)   # refreshed, at a bounded rate
+    assert all(r.node != 1 for r in metadata)
+
+
+def test_refreshes_for_an_unreachable_leader_back_off_and_stop_once_it_is_back():
+    c = cluster("t")
+    h = Harness(c, reconnect_backoff_ms=50, reconnect_backoff_max_ms=1000)
+    connect(h)
+    h.up.discard(1)
+    h.engine.disconnected(1, h.now, "closed by the broker")
+    h.submit("t", 0, [b"waits"], token="w")
+    start = h.now
+    h.run(until=start + 10)
+    times = [r.sent_at - start for r in h.sent if type(r.msg).__name__ == "MetadataRequest"]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) >= 5 and max(gaps) <= 1.0 * 1.2 + 1e-9 and min(gaps[-3:]) >= 0.8 - 1e-9, times
+    h.up.add(1)
+    h.run(until=h.now + 2)
+    assert h.by_token()["w"][0].error == 0
+    h.sent.clear()
+    h.run(until=h.now + 30)
+    assert not [r for r in h.sent if type(r.msg).__name__ == "MetadataRequest"]
