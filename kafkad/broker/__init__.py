@@ -80,6 +80,19 @@ class BrokerProducer:
         self.engine.submit(sub, self.loop.time())
         self.wake()
 
+    def flush_session(self, session_id: bytes) -> None:
+        """Send what session `session_id` holds for batching now (its producer is stopping).
+
+        An async session's messages wait in the engine for `batch_n` of them
+        or `batch_t` seconds; a stopping producer must not wait that long.
+        They go out like a sync session's, after `linger_ms` at most. Never
+        blocks; the outcomes come through `on_outcomes` as usual.
+        """
+        if self.loop is None:
+            raise RuntimeError("BrokerProducer.flush_session: await start() first")
+        self.engine.flush_session(session_id, self.loop.time())
+        self.wake()
+
     def partitions_for(self, topic: str) -> list[int] | None:
         """Partition ids of `topic` from the metadata cache, or None when not known yet."""
         return self.engine.partitions_for(topic)

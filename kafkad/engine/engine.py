@@ -237,6 +237,21 @@ class Engine:
         if due < self._hold_due:
             self._hold_due = due
 
+    def flush_session(self, session_id: bytes, now: float) -> None:
+        """Release everything `session_id` holds for batching, at once (its producer is stopping).
+
+        The records join their lanes as a sync session's would: they wait
+        `linger_ms` only, not the session's `batch_n` / `batch_t`. Other
+        sessions' holds are untouched; a session holding nothing is a no-op.
+        """
+        if type(session_id) is not bytes:
+            raise TypeError(f"session_id: expected bytes, got {type(session_id).__name__}")
+        for key in [k for k in self.holds if k[0] == session_id]:
+            hold = self.holds.pop(key)
+            self._release(hold, now, everything=True)
+        # a hold that was due first may be gone: the next poll recomputes the due time
+        self._hold_due = min(self._hold_due, now)
+
     def _largest_record(self, sub: Submission) -> int:
         return max(record_size_upper_bound(len(k) if k else 0, len(v) if v else 0)
                    for k, v in zip(sub.keys, sub.values))

@@ -201,3 +201,23 @@ def test_leadership_moving_away_from_a_broker_that_stays_down_is_followed(mock_c
     assert run.left == [] and run.errors() == {}
     check_balanced(run.stats)
     read_back(mock_cluster, mc_topic, run, exact=False)
+
+
+def test_flush_session_sends_a_stopping_sessions_held_messages_without_waiting_batch_t(
+        mock_cluster, mc_topic):
+    held = settings(async_send=True, batch_n=1000, batch_t=20.0)
+
+    async def script(producer, run):
+        assert (await producer.fetch_partitions(mc_topic, 10))[0] == 0
+        for p in range(3):
+            submit(producer, run, sub(mc_topic, p, [f"held-{p}".encode()], held,
+                                      session=b"stopping", token=p))
+        await asyncio.sleep(0.2)
+        assert producer.stats()["held"] == 3 and not run.outcomes
+        producer.flush_session(b"stopping")
+        await wait_for(lambda: producer.stats()["delivered"] == 3, timeout=5.0)   # not 20 s
+
+    run = asyncio.run(run_producer(kafka_config(mock_cluster.bootstrap, **FAST), script))
+    assert run.errors() == {} and run.left == []
+    check_balanced(run.stats)
+    read_back(mock_cluster, mc_topic, run)

@@ -1031,3 +1031,30 @@ def test_refreshes_for_an_unreachable_leader_back_off_and_stop_once_it_is_back()
     h.sent.clear()
     h.run(until=h.now + 30)
     assert not [r for r in h.sent if type(r.msg).__name__ == "MetadataRequest"]
+
+
+# ---------------------------------------------------------------- flushing a session's hold
+
+
+def test_flush_session_sends_that_sessions_held_records_at_once_and_only_those():
+    h = Harness(cluster("t"), linger_ms=5)
+    slow = settings(async_send=True, batch_n=100, batch_t=20.0)
+    h.submit("t", 0, [b"a1", b"a2"], settings=slow, session=b"leaving", token="a")
+    h.submit("t", 1, [b"a3"], settings=slow, session=b"leaving", token="b")
+    h.submit("t", 0, [b"s1"], settings=slow, session=b"staying", token="s")
+    h.run(until=h.now + 1)
+    assert not h.by_token() and h.engine.held == 4
+    h.engine.flush_session(b"leaving", h.now)
+    assert h.engine.held == 1
+    flushed_at = h.now
+    h.run(until=h.now + 1)
+    got = h.by_token()
+    assert [o.delivered for o in got["a"]] == [2] and [o.delivered for o in got["b"]] == [1]
+    assert "s" not in got     # another session's hold keeps its own batch_t
+    # they went like sync records would, subject to linger_ms only
+    produce = [r for r in h.produce_requests() if r.sent_at >= flushed_at]
+    assert produce and min(r.sent_at for r in produce) == pytest.approx(flushed_at + 0.005)
+    h.engine.flush_session(b"unknown-session", h.now)   # nothing held: nothing happens
+    h.run(until=h.now + 20)
+    assert h.by_token()["s"][0].delivered == 1
+    h.check_accounting()
