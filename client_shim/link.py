@@ -141,6 +141,7 @@ class _Session:
         self.register_sent = False
         self.hold_until = 0.0       # replay back-off after a REJECTED
         self.replay_from: int | None = None
+        self.recreating = False     # an UNREGISTER + REGISTER to move the daemon's next_seq is under way
         self.backoff = _REPLAY_BACKOFF_MIN_S
         self.paused = False         # the daemon is stopping: wait for the next one
         self.closed = False
@@ -467,6 +468,7 @@ class _Link:
             s.replay_from = None
             s.hold_until = 0.0
             s.backoff = _REPLAY_BACKOFF_MIN_S
+            s.recreating = False
             self._register(s)
 
     def _on_disconnected(self) -> None:
@@ -566,12 +568,29 @@ class _Link:
         return req
 
     def _h_registered(self, msg) -> None:
-        _, rid, sid, _next_seq, instance = msg[:5]
+        _, rid, sid, next_seq, instance = msg[:5]
         self.requests.pop(rid, None)
         s = self.sessions.get(sid)
         self.instance_id = instance
         if s is None:
             return
+        with s.lock:
+            low = min(s.pending) if s.pending else s.next_seq
+        if next_seq < low:
+            # The daemon expects entries this process no longer holds: a restarted
+            # daemon's session began at this REGISTER's first_seq, and acknowledgements
+            # from the previous daemon, read after the REGISTER left, settled entries
+            # from there on. Nothing at or beyond `low` can be taken before the missing
+            # ones, so end that session (it holds nothing) and begin it again at `low`.
+            if not s.recreating:
+                s.recreating = True
+                self.stats["sessions_recreated"] += 1
+                self._queue(schema.encode([schema.UNREGISTER, next(self.req_ids), sid]))
+                self._register(s)
+                return
+            log.warning("client_shim: kafkad expects seq %d of %s, which was already acknowledged; "
+                        "replaying from %d", next_seq, s.label, low)
+        s.recreating = False
         s.registered = True
         # Replay, oldest first: after a refusal from the refused entry on; after a
         # (re)connect everything unacknowledged (the daemon drops what it already

@@ -448,3 +448,87 @@ def test_refused_replay_is_retried_until_taken(server):
             [b"r%d" % i for i in range(5) if i % 2 == part]
     assert p._session.link.stats["rejected_QUEUE_FULL"] >= 1
     p.stop()
+
+
+def test_late_acknowledgement_from_the_old_daemon_does_not_strand_messages():
+    """A daemon restart where the old daemon's last ACK is read after the shim has
+    registered with the new one (a loaded machine): the new session expects a seq the
+    shim has just settled. The shim must move the daemon on, not wait forever.
+
+    The daemon here is scripted (the exact frame order of that race), with the real
+    daemon's rules: a new session starts at the REGISTER's first_seq, an existing one
+    keeps its next_seq, and a gap is reported once and then passed over in silence.
+    """
+    import msgpack
+    import zmq
+
+    from client_shim import schema
+
+    endpoint = short_tmp_endpoint()
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+
+    def recv(kind):
+        while True:
+            assert router.poll(5000), f"the shim sent no frame of kind {kind}"
+            peer, frame = router.recv_multipart()
+            msg = msgpack.unpackb(frame)
+            if msg[0] == kind:
+                return peer, msg
+
+    def send(peer, msg):
+        router.send_multipart([peer, schema.encode(msg)])
+
+    try:
+        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
+        for i in range(3):
+            p.send_messages("t", 0, b"m%d" % i)
+        peer, reg = recv(schema.REGISTER)
+        sid = reg[3]
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"old-daemon"])
+        seen = set()
+        while seen != {0, 1, 2}:
+            _, frame = recv(schema.SEND)
+            seen.update(e[0] for e in frame[2])
+        # The daemon restarts: it does not know the session ...
+        send(peer, [schema.ERROR, None, schema.E_UNKNOWN_SESSION, "session not registered", sid])
+        peer, reg = recv(schema.REGISTER)
+        assert reg[4] == 0
+        # ... and the old daemon's last ACK is read after this REGISTER left.
+        send(peer, [schema.ACK, sid, [0, 1]])
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"new-daemon"])
+        expected, gap_reported, known = 0, False, True
+        delivered = []
+        deadline = time.monotonic() + 5
+        while p._session.pending and time.monotonic() < deadline:
+            if not router.poll(100):
+                continue
+            peer, frame = router.recv_multipart()
+            msg = msgpack.unpackb(frame)
+            if msg[0] == schema.UNREGISTER:
+                known = False
+                send(peer, [schema.UNREGISTERED, msg[1], 0])
+            elif msg[0] == schema.REGISTER:
+                if not known:
+                    expected, known = msg[4], True
+                gap_reported = False
+                send(peer, [schema.REGISTERED, msg[2], sid, expected, b"new-daemon"])
+            elif msg[0] == schema.SEND:
+                for first, *_rest, vals in msg[2]:
+                    if first == expected:
+                        delivered.extend(vals)
+                        expected += len(vals)
+                        send(peer, [schema.ACK, sid, [first]])
+                    elif first > expected:
+                        if not gap_reported:
+                            gap_reported = True
+                            send(peer, [schema.REJECTED, sid, expected, schema.E_OUT_OF_ORDER, "gap"])
+                        break
+        assert p._session.pending == {}
+        assert delivered == [b"m2"]
+        p.stop(timeout=1)
+    finally:
+        router.close(0)
+        ctx.term()
