@@ -13,6 +13,9 @@ import logging
 
 import pytest
 
+from kafkad.broker import BrokerProducer
+from kafkad.config import QueueConfig
+
 from .helpers import (
     check_balanced,
     check_read_back,
@@ -221,3 +224,42 @@ def test_flush_session_sends_a_stopping_sessions_held_messages_without_waiting_b
     assert run.errors() == {} and run.left == []
     check_balanced(run.stats)
     read_back(mock_cluster, mc_topic, run)
+
+
+def test_stats_balance_after_a_drain_that_returns_queued_and_in_flight_records(mock_cluster,
+                                                                               mc_topic):
+    kafka = kafka_config(mock_cluster.bootstrap, **FAST)
+    got = {}
+
+    async def main():
+        outcomes = []
+        producer = BrokerProducer(kafka, QueueConfig(), on_outcomes=outcomes.extend)
+        await producer.start()
+        try:
+            for p in range(3):   # connections up first (ApiVersions would wait the rtt too)
+                producer.submit(sub(mc_topic, p, [b"warm-up"], RETRY_FAST, token=-1))
+            await wait_for(lambda: producer.stats()["delivered"] == 3)
+            mock_cluster.set_rtt(1, 3000)                 # partition 0: answers come too late
+            for i in range(20):
+                producer.submit(sub(mc_topic, i % 3, [f"m{i}".encode()], RETRY_FAST, token=i))
+            await wait_for(lambda: producer.stats()["in_flight"] > 0)
+            loop = asyncio.get_running_loop()
+            got["left"] = await producer.drain(loop.time() + 0.5)
+            got["stats"] = producer.stats()
+            got["tokens"] = {o.token for o in outcomes}
+            mock_cluster.set_rtt(1, 0)
+            await asyncio.sleep(0.3)                      # late answers arrive: nothing changes
+            got["later"] = producer.stats()
+        finally:
+            await producer.close()
+
+    asyncio.run(main())
+    left, st = got["left"], got["stats"]
+    returned = sum(len(s) for s in left)
+    assert returned > 0 and {s.token % 3 for s in left} == {0}
+    assert st["dropped"] == returned and st["queued"] == st["in_flight"] == 0
+    check_balanced(st)
+    assert st["delivered"] + st["dropped"] == st["accepted"] == 23
+    assert not got["tokens"] & {s.token for s in left}   # handed back, not also reported
+    for k in ("accepted", "delivered", "failed", "dropped", "queued", "in_flight"):
+        assert got["later"][k] == st[k], k

@@ -1058,3 +1058,41 @@ def test_flush_session_sends_that_sessions_held_records_at_once_and_only_those()
     h.run(until=h.now + 20)
     assert h.by_token()["s"][0].delivered == 1
     h.check_accounting()
+
+
+# ---------------------------------------------------------------- accounting after a drain
+
+
+@pytest.mark.parametrize("after", ["late_answer", "connection_lost", "request_timeout"])
+def test_stats_balance_after_drain_returns_records_on_the_wire(after):
+    c = cluster("t")
+    h = Harness(c, request_timeout_ms=5000)
+    connect(h)
+    h.hold_answers.add(1)
+    h.submit("t", 0, [b"w1", b"w2"], token="wire")          # on the wire to broker 1, unanswered
+    h.submit("t", 1, [b"ok"], token="ok")                    # delivered by broker 2
+    h.submit("t", 2, [b"h1", b"h2", b"h3", b"h4"], settings=settings(
+        async_send=True, batch_n=100, batch_t=60.0), token="held")
+    h.run(until=h.now + 0.1)
+    assert h.engine.in_flight == 2 and h.engine.held == 4
+    h.engine.start_drain()
+    h.run(until=h.now + 0.1)
+    assert h.by_token()["held"][0].delivered == 4   # the drain released the hold
+    left = h.engine.take_undelivered()
+    assert [(s.token, s.values) for s in left] == [("wire", [b"w1", b"w2"])]
+    st = h.engine.stats()
+    assert (st["dropped"], st["queued"], st["in_flight"], st["delivered"]) == (2, 0, 0, 1 + 1 + 4)
+    h.check_accounting()
+    # what happens on the wire afterwards changes nothing: the records were handed back
+    h.hold_answers.discard(1)
+    if after == "late_answer":
+        for req in h.unanswered:
+            h.engine.response(req, c.answer(req), h.now)
+    elif after == "connection_lost":
+        h.engine.disconnected(1, h.now, "closed by the broker")
+    h.run(until=h.now + 10)
+    assert h.engine.stats() == {**h.engine.stats(), "accepted": st["accepted"],
+                                "delivered": st["delivered"], "failed": 0, "dropped": 2,
+                                "retried": 0}
+    assert "wire" not in h.by_token()       # returned, not also reported
+    h.check_accounting()
