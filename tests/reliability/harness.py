@@ -32,6 +32,7 @@ class Worker:
     stderr_file: IO[bytes]
     lines: list[dict] = field(default_factory=list)
     result: dict | None = None
+    results: list[dict] = field(default_factory=list)   # every "done" line (several with --fleet)
 
     def read_available(self) -> None:
         """Read stdout to EOF (call after the process ended or was killed)."""
@@ -44,6 +45,7 @@ class Worker:
             self.lines.append(obj)
             if "done" in obj:
                 self.result = obj
+                self.results.append(obj)
 
     def wait_started(self, timeout: float = 30.0) -> None:
         """Block until the worker printed {"started": pid} (its producer exists)."""

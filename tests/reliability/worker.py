@@ -17,6 +17,11 @@ on stdout:
   "rss_kb": peak, "errors": [...]}`, where `failed` counts messages the
   daemon reported as failed to this producer and `not_delivered` what
   `stop()` still held when `--stop-timeout` ran out.
+
+`--fleet N` forks N workers (ids worker .. worker+N-1) from one process that
+imported the shim once, so a hundred workers connect at the same moment
+without a hundred interpreter start-ups; each child prints its own lines
+(short lines, written whole: the pipe keeps them apart).
 """
 
 from __future__ import annotations
@@ -57,8 +62,38 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop-timeout", type=float, default=60.0)
     ap.add_argument("--batch-n", type=int, default=20)
     ap.add_argument("--batch-t", type=float, default=0.05)
+    ap.add_argument("--fleet", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.fleet > 1:
+        return _fleet(args)
+    return _run(args)
 
+
+def _fleet(args) -> int:
+    import os
+
+    import client_shim  # noqa: F401  - imported once, before the forks
+
+    children = []
+    for i in range(args.fleet):
+        pid = os.fork()
+        if pid == 0:
+            args.worker += i
+            args.fleet = 1
+            code = 1
+            try:
+                code = _run(args)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    worst = 0
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status) != 0)
+    return worst
+
+
+def _run(args) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="worker %(process)d %(levelname)s %(name)s: %(message)s")
     from client_shim import KeyedProducer  # imported late: the parent need not have it loaded
