@@ -217,35 +217,46 @@ class BrokerConnection:
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         owner = self.owner
-        engine = owner.engine
-        pending = self._pending
         while True:
             data = await reader.read(_READ_CHUNK)
             if not data:
                 return
             frames = self._frames.feed(data)
-            if not frames or self.closed:
-                continue
-            self._answered = True
-            now = owner.loop.time()
-            for frame in frames:
-                corr = peek_correlation_id(frame)
-                if self._unanswered and not (pending and pending[0][0] == corr):
-                    if corr in self._unanswered:
-                        # an answer to an acks=0 request: drop it and those sent before it
-                        while self._unanswered.popleft() != corr:
-                            pass
-                        continue
-                if not pending or pending[0][0] != corr:
-                    expected = pending[0][0] if pending else None
-                    raise ProtocolError(f"answer with correlation id {corr}, expected {expected}")
-                _, req = pending.popleft()
-                if isinstance(req, _Exchange):
-                    if not req.future.done():
-                        req.future.set_result(decode_response(req.response_cls, req.version, frame)[1])
+            if frames and not self.closed:
+                self._answered = True
+                self._dispatch(frames, owner.loop.time())
+                owner.wake()
+            # This frame waits in read() next, maybe for good: keep nothing of this read.
+            data = frames = None
+
+    def _dispatch(self, frames: list[bytes], now: float) -> None:
+        """Hand each answer to its request's owner, checking the correlation ids' order.
+
+        A method of its own so that nothing of the answered requests survives
+        in the read loop's frame while it waits for the next bytes: a local
+        still naming the last Produce request would keep its records (batches,
+        submissions, payloads and the encoded batch) alive until the
+        connection's next answer, which on an idle connection is never.
+        """
+        engine = self.owner.engine
+        pending = self._pending
+        for frame in frames:
+            corr = peek_correlation_id(frame)
+            if self._unanswered and not (pending and pending[0][0] == corr):
+                if corr in self._unanswered:
+                    # an answer to an acks=0 request: drop it and those sent before it
+                    while self._unanswered.popleft() != corr:
+                        pass
                     continue
-                engine.response(req, engine.decode(req, frame), now)
-            owner.wake()
+            if not pending or pending[0][0] != corr:
+                expected = pending[0][0] if pending else None
+                raise ProtocolError(f"answer with correlation id {corr}, expected {expected}")
+            _, req = pending.popleft()
+            if isinstance(req, _Exchange):
+                if not req.future.done():
+                    req.future.set_result(decode_response(req.response_cls, req.version, frame)[1])
+                continue
+            engine.response(req, engine.decode(req, frame), now)
 
     def _fail_exchanges(self, reason: str) -> None:
         for _, req in self._pending:
