@@ -245,6 +245,34 @@ def test_daemon_killed_and_restarted_mid_async_stream_loses_nothing(tansu, topic
             assert order == [v for i, v in enumerate(sent) if i % 3 == part]
 
 
+def test_queue_full_refusals_are_retried_until_delivered(tansu, topic):
+    """A daemon whose global queue is tiny refuses most sends (QUEUE_FULL); every
+    refused message is retried with back-off until taken, in order per partition."""
+    with KafkadProcess(tansu.bootstrap, drain_timeout_s=5,
+                       extra={"queue": {"max_messages": 400, "max_bytes": 512 * 1024}}) as d:
+        d.start()
+        producers = [client_shim.Producer(d.endpoint, async_send=True, batch_send_every_n=10,
+                                          batch_send_every_t=0.05) for _ in range(4)]
+        sent = []
+        for i in range(150):
+            for n, p in enumerate(producers):
+                batch = [b"q%d-%d-%d-" % (n, i, j) + b"x" * 1000 for j in range(10)]
+                p.send_messages(topic, n % 3, *batch)
+                sent.extend((n, v) for v in batch)
+        for p in producers:
+            p.stop(timeout=30)
+            assert p._session.pending == {}
+        assert d.stats()["ipc"]["rejected"]["queue_full"] > 0
+        got = read_all_confluent(tansu.bootstrap, topic, 3, len(sent))
+        for n in range(4):                       # each producer's order holds in its partition
+            seen, order = set(), []
+            for _, v, _ in got[n % 3]:
+                if v.startswith(b"q%d-" % n) and v not in seen:
+                    seen.add(v)
+                    order.append(v)
+            assert order == [v for nn, v in sent if nn == n]
+
+
 def test_hostile_frames_next_to_a_good_client(daemon, tansu, topic):
     import zmq
 
