@@ -1,6 +1,6 @@
 """client_shim benchmark: the caller's cost, sync round trips, and 4-process async throughput.
 
-    python -m tests.bench.bench_shim [--quick] [--json PATH]
+    python -m tests.bench.bench_shim [--quick] [--json PATH] [--sections caller,sync,throughput]
 
 Starts Tansu (or uses $KAFKAD_BENCH_BOOTSTRAP) and a private `kafkad run`
 daemon, then measures:
@@ -12,7 +12,9 @@ daemon, then measures:
 2. sync round trip: `send_messages` of a sync SimpleProducer through the
    daemon to the broker and back (p50/p99 ms), next to a confluent-kafka
    producer doing produce()+flush() and kafka-python 3 `send().get()`, the
-   three interleaved round by round;
+   three interleaved round by round; plus "zmq-floor": the same SEND_SYNC
+   frame sent by a bare DEALER socket in the calling thread (what the daemon
+   and broker cost; the shim's share is the difference);
 3. aggregate async throughput: 4 spawned worker processes each sending
    100-byte messages one per call and then waiting for delivery, for kafkad
    (the shim), confluent-kafka (one producer per worker) and kafka-python
@@ -88,10 +90,58 @@ def caller_cost(endpoint: str, topic: str, calls: int) -> dict:
     return out
 
 
+ZMQ_FLOOR = "zmq-floor"
+
+
+class _ZmqFloor:
+    """A bare DEALER in the calling thread: REGISTER once, then SEND_SYNC and wait for RESULT.
+
+    No shim at all: the round trip through the daemon and the broker that the
+    shim's own cost is added to.
+    """
+
+    def __init__(self, spec: dict):
+        import zmq
+
+        from client_shim import schema
+
+        self._schema = schema
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(spec["endpoint"])
+        self._sid = os.urandom(schema.SESSION_ID_LEN)
+        self._rid = 0
+
+    def _call(self, frame: list) -> list:
+        self._sock.send(self._schema.encode(frame))
+        return self._schema.decode_reply(self._sock.recv())
+
+    def prepare(self, topic: str, *, sync: bool, codec, size: int = 100) -> None:
+        settings = {"acks": 1, "ack_timeout_ms": 1000, "codec": 0, "codec_level": None, "async_send": False,
+                    "batch_n": 20, "batch_t": 20.0, "retry_limit": None, "retry_backoff_ms": 100,
+                    "retry_on_timeouts": True, "log_messages_on_error": False, "pid": os.getpid()}
+        reply = self._call([self._schema.REGISTER, self._schema.SCHEMA_VERSION, 1, self._sid, 0, settings])
+        assert reply[0] == self._schema.REGISTERED, reply
+        self._rid = 1
+        self.send_sync(topic, b"warm-up")
+
+    def send_sync(self, topic: str, value: bytes) -> None:
+        self._rid += 1
+        reply = self._call([self._schema.SEND_SYNC, self._sid, self._rid, topic, self._rid % 3,
+                            int(time.time() * 1000), None, [value]])
+        if reply[0] != self._schema.RESULT or reply[3]:
+            raise RuntimeError(f"zmq-floor: unexpected reply {reply!r}")
+
+    def close(self) -> None:
+        self._sock.close(0)
+        self._ctx.term()
+
+
 def sync_round_trips(spec: dict, topic: str, rounds: int, contenders: list[str]) -> dict:
     clients = {}
     for name in contenders:
-        c = CLIENTS[name](spec)
+        c = _ZmqFloor(spec) if name == ZMQ_FLOOR else CLIENTS[name](spec)
         c.prepare(topic, sync=True, codec=None)
         clients[name] = c
     samples: dict[str, list[int]] = {n: [] for n in clients}
@@ -159,7 +209,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", default=os.environ.get("KAFKAD_BENCH_QUICK") == "1")
     ap.add_argument("--json", help="also write the results to this file")
+    ap.add_argument("--sections", default="caller,sync,throughput",
+                    help="comma-separated subset of caller,sync,throughput (default: all)")
     args = ap.parse_args(argv)
+    sections = {x.strip() for x in args.sections.split(",") if x.strip()}
+    unknown = sections - {"caller", "sync", "throughput"}
+    if unknown:
+        ap.error(f"--sections: unknown section(s) {', '.join(sorted(unknown))}")
     logging.basicConfig(level=logging.WARNING)
 
     from tests.support.daemon import KafkadProcess
@@ -187,14 +243,18 @@ def main(argv=None) -> int:
                 create_topic(bootstrap, name, 3)
                 return name
 
-            results["caller_cost"] = caller_cost(daemon.endpoint, fresh("cost"), calls)
-            print("caller cost (async send_messages, one 100-byte message):",
-                  json.dumps(results["caller_cost"]), flush=True)
-            results["sync_round_trip"] = sync_round_trips(spec, fresh("sync"), rounds, contenders)
-            print("sync round trip:", json.dumps(results["sync_round_trip"]), flush=True)
-            results["async_throughput_4_procs"] = throughput(spec, fresh("thr"), per_worker, contenders)
-            print("async throughput, 4 processes, one 100-byte message per call:",
-                  json.dumps(results["async_throughput_4_procs"]), flush=True)
+            if "caller" in sections:
+                results["caller_cost"] = caller_cost(daemon.endpoint, fresh("cost"), calls)
+                print("caller cost (async send_messages, one 100-byte message):",
+                      json.dumps(results["caller_cost"]), flush=True)
+            if "sync" in sections:
+                results["sync_round_trip"] = sync_round_trips(spec, fresh("sync"), rounds,
+                                                              contenders + [ZMQ_FLOOR])
+                print("sync round trip:", json.dumps(results["sync_round_trip"]), flush=True)
+            if "throughput" in sections:
+                results["async_throughput_4_procs"] = throughput(spec, fresh("thr"), per_worker, contenders)
+                print("async throughput, 4 processes, one 100-byte message per call:",
+                      json.dumps(results["async_throughput_4_procs"]), flush=True)
     finally:
         if tansu is not None:
             tansu.stop()
