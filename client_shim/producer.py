@@ -265,10 +265,10 @@ class Producer:
     def _send_sync(self, session, topic, partition, keys, values):
         import time
         ts = int(time.time() * 1000)
-        reply = session.link.request(
+        reply = session.link.request_direct(
             lambda rid: schema.encode([schema.SEND_SYNC, session.session_id, rid, topic, partition,
                                        ts, keys, values]),
-            session, self.client.timeout, result_timeout=_linkmod.RESULT_TIMEOUT_S)
+            session, self.client.timeout, _linkmod.RESULT_TIMEOUT_S)
         _, _, part, error, offset = reply[:5]
         if error:
             if error in (3, 6):

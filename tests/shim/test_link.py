@@ -532,3 +532,31 @@ def test_late_acknowledgement_from_the_old_daemon_does_not_strand_messages():
     finally:
         router.close(0)
         ctx.term()
+
+
+def test_sync_sends_are_answered_in_the_calling_thread(server):
+    """Once the session is registered, a sync send goes out on the calling thread's own
+    socket (no hand-off to the I/O thread); a refusal falls back to the I/O thread's way."""
+    p = client_shim.Producer(client(server))
+    link = None
+    for i in range(20):
+        assert p.send_messages("t", 0, b"s%d" % i) == [client_shim.ProduceResponsePayload("t", 0, 0, i)]
+        link = p._session.link
+    assert link.stats["direct_requests"] >= 10       # the first ones wait for the socket to connect
+    results = {}
+
+    def work(n):
+        results[n] = [p.send_messages("t", 1, b"t%d-%d" % (n, i))[0].offset for i in range(10)]
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(o for offs in results.values() for o in offs) == list(range(40))
+    assert all(offs == sorted(offs) for offs in results.values())
+    server.producer.refuse = 1                      # ERROR(QUEUE_FULL): not taken, asked again
+    before = link.stats["direct_requests"]
+    assert p.send_messages("t", 0, b"refused-once") == [client_shim.ProduceResponsePayload("t", 0, 0, 20)]
+    assert link.stats["direct_requests"] == before
+    assert values(server).count(b"refused-once") == 1
