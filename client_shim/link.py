@@ -237,7 +237,14 @@ class _DirectSocket:
     def __init__(self, sock):
         self.sock = sock
         self.lock = threading.Lock()      # held by the owning thread while it uses the socket
-        weakref.finalize(self, sock.close, 0)
+        weakref.finalize(self, _close_socket_in, sock, os.getpid())
+
+
+def _close_socket_in(sock, pid: int) -> None:
+    # After fork() a child drops the parent's other threads (and their sockets):
+    # a socket made in the parent is never closed, nor used, in a child.
+    if os.getpid() == pid:
+        sock.close(0)
 
 
 class _Link:
