@@ -21,6 +21,7 @@ import tracemalloc
 
 import pytest
 
+import kafkad.broker
 from kafkad.broker import BrokerProducer
 from kafkad.config import QueueConfig
 from kafkad.engine.batching import Batch, Chunk
@@ -28,8 +29,6 @@ from kafkad.engine.connections import Request
 from kafkad.engine.types import QueueFull, Submission
 
 from .helpers import kafka_config, settings, sub, wait_for
-
-pytestmark = pytest.mark.broker
 
 MESSAGES = int(os.environ.get("KAFKAD_MEMORY_MESSAGES", "40000"))
 SYNC = settings()
@@ -67,6 +66,7 @@ def _live_records() -> dict[str, int]:
     return out
 
 
+@pytest.mark.broker
 def test_nothing_is_kept_after_a_delivered_load(tansu, topic):
     kept = {}
 
@@ -114,3 +114,37 @@ def test_nothing_is_kept_after_a_delivered_load(tansu, topic):
     assert kept["peak"] > 8 * 2**20        # the load did fill the queue
     assert kept["live"] == {}   # not even the last request answered on each connection
     assert kept["grown"] < 256 * 1024, kept["top"]
+
+
+@pytest.mark.mockcluster
+def test_the_freed_heap_is_handed_back_once_the_queue_empties_after_a_large_load(
+        mock_cluster, monkeypatch):
+    mock_cluster.create_topic("mt", 3)
+    trims = []
+    monkeypatch.setattr(kafkad.broker, "_malloc_trim", lambda pad: trims.append(pad))
+    monkeypatch.setattr(BrokerProducer, "trim_after_bytes", 50_000)
+    seen = {}
+
+    async def main():
+        producer = BrokerProducer(kafka_config(mock_cluster.bootstrap), QueueConfig(),
+                                  on_outcomes=lambda outcomes: None)
+        await producer.start()
+        rnd = random.Random(5)
+        try:
+            for i in range(10):     # about 6 kB: below the mark
+                producer.submit(sub("mt", i % 3, [rnd.randbytes(600)], token=-i))
+            await wait_for(lambda: producer.engine.idle)
+            await asyncio.sleep(0.05)
+            seen["small"] = len(trims)
+            for i in range(200):    # about 120 kB queued in one go: past the mark
+                producer.submit(sub("mt", i % 3, [rnd.randbytes(600)], token=i))
+            seen["while_queued"] = len(trims)
+            await wait_for(lambda: producer.engine.idle)
+            await asyncio.sleep(0.05)
+            seen["after"] = len(trims)
+        finally:
+            await producer.close()
+
+    asyncio.run(main())
+    assert seen == {"small": 0, "while_queued": 0, "after": 1}
+    assert trims == [0]
