@@ -88,7 +88,6 @@ def test_nothing_is_kept_after_a_delivered_load(tansu, topic):
                 await _load(producer, topic, MESSAGES, rnd, sessions=2_000)
                 kept["peak"] = tracemalloc.get_traced_memory()[1]
                 outcomes.clear()
-                await asyncio.sleep(0.2)   # async holds due, timers run
                 gc.collect()
                 after = tracemalloc.take_snapshot()
             finally:
@@ -139,8 +138,8 @@ def test_the_freed_heap_is_handed_back_once_the_queue_empties_after_a_large_load
             for i in range(200):    # about 120 kB queued in one go: past the mark
                 producer.submit(sub("mt", i % 3, [rnd.randbytes(600)], token=i))
             seen["while_queued"] = len(trims)
-            await wait_for(lambda: producer.engine.idle)
-            await asyncio.sleep(0.05)
+            await wait_for(lambda: producer.engine.idle and trims)
+            await asyncio.sleep(0.05)   # and only once
             seen["after"] = len(trims)
         finally:
             await producer.close()

@@ -191,7 +191,8 @@ def test_leadership_moving_away_from_a_broker_that_stays_down_is_followed(mock_c
         await wait_for(lambda: producer.stats()["delivered"] >= 30 * 5)
         mock_cluster.broker_down(1)
         stream(producer, run, mc_topic, 30, 30)
-        await asyncio.sleep(0.5)   # reconnects to broker 1 keep failing meanwhile
+        # reconnects to broker 1 keep failing meanwhile (refreshes back off to 200 ms)
+        await wait_for(lambda: producer.engine.conns[1].fail_count >= 5)
         assert producer.stats()["delivered"] == 30 * 5
         for p in range(3):
             mock_cluster.set_leader(mc_topic, p, 2)
