@@ -150,6 +150,8 @@ class _Session:
         self.hold_until = 0.0       # replay back-off after a REJECTED
         self.replay_from: int | None = None
         self.recreating = False     # an UNREGISTER + REGISTER to move the daemon's next_seq is under way
+        self.flushing = False       # its producer is stopping: ask the daemon not to hold its messages
+        self.flush_due = False      # a FLUSH is to follow the entries sent so far
         self.backoff = _REPLAY_BACKOFF_MIN_S
         self.paused = False         # the daemon is stopping: wait for the next one
         self.closed = False
@@ -262,6 +264,7 @@ class _Link:
         self.sleeping = False
         self.connected = False
         self.instance_id: bytes | None = None
+        self.features: frozenset = frozenset()   # what the daemon announced in REGISTERED
         self.stats = collections.Counter()
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -301,6 +304,24 @@ class _Link:
 
     def add_session(self, session: _Session) -> None:
         self.call(lambda: self._add_session(session))
+
+    def request_flush(self, session: _Session) -> None:
+        """The session's producer is stopping: ask the daemon to send what it holds of it now.
+
+        The daemon otherwise holds a session's messages until `batch_send_every_n`
+        of them are queued or the oldest has waited `batch_send_every_t`. A FLUSH
+        frame follows the session's SEND frames on the link (so it covers every
+        entry sent before it) and follows again after any replay. It is sent only
+        to a daemon that announced "flush" in REGISTERED and only when this
+        process's schema knows the kind; otherwise stop() waits as before.
+        """
+        if self._thread is not None and os.getpid() == self.pid and not self._stop:
+            self.call(lambda: self._start_flush(session))
+
+    @staticmethod
+    def _start_flush(session: _Session) -> None:
+        session.flushing = True
+        session.flush_due = True
 
     def request_direct(self, frame_fn, session: _Session, timeout: float, result_timeout: float) -> list:
         """`request`, sent and answered in the calling thread on its own socket when possible.
@@ -635,6 +656,20 @@ class _Link:
                                 size += len(k)
                 self._queue(schema.encode([schema.SEND, s.session_id, batch]))
                 self.stats["entries_sent"] += len(batch)
+                if s.flushing:
+                    s.flush_due = True
+            if s.flush_due and not unsent:
+                kind = self._flush_kind()
+                if kind is not None:
+                    self._queue(schema.encode([kind, s.session_id]))
+                    self.stats["flushes_sent"] += 1
+                s.flush_due = False
+
+    def _flush_kind(self) -> int | None:
+        """The FLUSH kind, if both this process's schema and the daemon know it."""
+        if "flush" not in self.features:
+            return None
+        return getattr(schema, "FLUSH", None)
 
     # --- replies ----------------------------------------------------------------
 
@@ -663,6 +698,10 @@ class _Link:
         self.requests.pop(rid, None)
         s = self.sessions.get(sid)
         self.instance_id = instance
+        # A trailing list of feature names (appended within schema version 1).
+        features = msg[5] if len(msg) > 5 else None
+        self.features = frozenset(f for f in features if isinstance(f, str)) \
+            if isinstance(features, list) else frozenset()
         if s is None:
             return
         with s.lock:
@@ -902,6 +941,7 @@ def _at_exit() -> None:
             continue
         for s in list(link.sessions.values()):
             if s.orphaned and s.pending:
+                link.request_flush(s)
                 wait = s.settings.get("stop_timeout_s", 30)
                 left = s.wait_drained(wait)
                 if left:

@@ -293,6 +293,10 @@ class Producer:
         if session is None or self._session_pid != os.getpid():
             return
         wait = self.async_stop_timeout if timeout is None else timeout
+        if self.async_send:
+            # Like kafka-python's stop(), which sent its queue at once: ask the daemon
+            # not to hold this producer's messages for batching any longer.
+            session.link.request_flush(session)
         left = session.wait_drained(wait) if self.async_send else []
         if left:
             count = sum(len(e[5]) for e in left)
