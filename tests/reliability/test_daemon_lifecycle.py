@@ -62,7 +62,7 @@ def test_sigterm_with_the_broker_down_reports_the_backlog_failed(proxied, ptopic
     workers, count = 2, 600
     d = kafkad_factory(proxied.bootstrap, request_timeout_ms=1000, drain_timeout_s=1.0)
     d.start()
-    ws = [start_worker(d.endpoint, ptopic, w, count, rate=400, stop_timeout=20) for w in range(workers)]
+    ws = [start_worker(d.endpoint, ptopic, w, count, rate=400, stop_timeout=5) for w in range(workers)]
     try:
         wait_until(lambda: d.stats()["delivered"] >= 100, 30, "the first deliveries")
         proxied.proxy.refuse()
