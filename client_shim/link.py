@@ -326,8 +326,9 @@ class _Link:
     def request_direct(self, frame_fn, session: _Session, timeout: float, result_timeout: float) -> list:
         """`request`, sent and answered in the calling thread on its own socket when possible.
 
-        Only for requests that may go out of order with the I/O thread's frames
-        (a sync send of a sync producer: that session sends nothing else).
+        Only for requests whose order against the I/O thread's frames does not
+        matter: a sync producer's SEND_SYNC (its session sends nothing else on
+        the I/O thread's socket once registered).
         """
         if not self.connected or not session.registered or self._stop or os.getpid() != self.pid:
             return self.request(frame_fn, session, timeout, result_timeout)
