@@ -72,7 +72,7 @@ def test_many_workers_connecting_at_once(tansu, topic, daemon, workers, count):
     assert all(r["errors"] == [] and r["failed"] == 0 and r["not_delivered"] == 0 for r in results)
     stats = daemon.stats()
     rep = audit_topic(tansu.bootstrap, topic, {w: range(count) for w in range(workers)})
-    report(f"{workers}-workers", rep, daemon, sessions_seen=stats.get("ipc", {}).get("sessions"))
+    report(f"{workers}-workers", rep, daemon, workers=workers, per_worker=count)
     assert rep.clean, rep.details()
     assert check_accounting(stats) == []
 
