@@ -816,8 +816,10 @@ class IpcServer:
         if new_next > s.next_seq:
             s.next_seq = new_next
             s.gap_reported = False
-        if refused is not None and (not s.gap_reported or refused[0] == entries[0][0]):
-            # Once per gap, and again for a replay that starts at the refused entry.
+        if refused is not None:
+            # Always answered: a refusal happens on the chain from next_seq, so this frame
+            # carried the entry the shim must replay from (frames after the gap are the
+            # ones answered once, in the branch above).
             s.gap_reported = True
             self._send(peer, schema.encode([schema.REJECTED, sid, refused[0], refused[1], refused[2]]), s)
         if acks:
