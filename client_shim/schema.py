@@ -64,6 +64,11 @@ E_INTERNAL = 11
 
 ERROR_NAMES = {v: k[2:] for k, v in dict(globals()).items() if k.startswith("E_")}
 
+# An error code in a FAILED run (beside Kafka's codes, which are all above -2):
+# the entry was replayed after the daemon forgot how it ended. It failed or was
+# delivered before; the daemon cannot say which, so it does not claim success.
+OUTCOME_FORGOTTEN = -1000
+
 # --- limits ----------------------------------------------------------------
 MAX_TOPIC_LEN = 249
 SESSION_ID_LEN = 16

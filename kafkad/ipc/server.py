@@ -67,7 +67,7 @@ class EndpointInUse(Exception):
 class _Session:
     __slots__ = ("sid", "settings", "peer", "next_seq", "taken_above", "inflight", "inflight_msgs",
                  "gap_reported", "recent_failed", "backlog", "unregistered", "pid", "last_seen", "sent",
-                 "delivered", "failed", "settings_map", "failed_memory")
+                 "delivered", "failed", "settings_map", "failed_memory", "forgotten_hw")
 
     def __init__(self, sid: bytes, settings: SessionSettings | None, peer: bytes, next_seq: int, pid: int):
         self.sid = sid
@@ -88,6 +88,7 @@ class _Session:
         # so the spool encodes it once (docs/spool.md).
         self.settings_map = _settings_map(settings) if settings is not None else None
         self.failed_memory = _RECENT_FAILED
+        self.forgotten_hw = -1             # highest first seq of a failed entry no longer remembered
 
 
 _SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(SessionSettings) if f.init)
@@ -594,11 +595,7 @@ class IpcServer:
                     expected = first + n
                     chain_dups.append(first)
                 if first not in s.inflight:
-                    runs = s.recent_failed.get(first)
-                    if runs is not None:
-                        failed.append([first, runs])
-                    else:
-                        acks.append(first)
+                    self._finished_again(s, first, n, acks, failed)
                 continue
             if first != expected:
                 # An earlier entry was not taken: refuse from here (once per gap);
@@ -706,11 +703,7 @@ class IpcServer:
                     expected = first + n
                 token = s.inflight.get(first)
                 if token is None:
-                    runs_failed = s.recent_failed.get(first)
-                    if runs_failed is not None:
-                        failed.append([first, runs_failed])
-                    else:
-                        acks.append(first)
+                    self._finished_again(s, first, n, acks, failed)
                 elif token.spool_ids is not None and \
                         token.spool_ids[token.firsts.index(first)] <= spool.durable_id:
                     acks.append(first)       # durable already; the first ACK was lost
@@ -1210,7 +1203,23 @@ class IpcServer:
     def _remember_failed(self, s: _Session, first: int, runs: list) -> None:
         s.recent_failed[first] = runs
         if len(s.recent_failed) > s.failed_memory:
-            s.recent_failed.popitem(last=False)
+            old, _ = s.recent_failed.popitem(last=False)
+            s.forgotten_hw = max(s.forgotten_hw, old)
+
+    def _finished_again(self, s: _Session, first: int, n: int, acks: list, failed: list) -> None:
+        """A replay of a finished entry: re-acknowledge it, report its failure again, or, when
+        its outcome may have been a failure the session no longer remembers, say so."""
+        runs = s.recent_failed.get(first)
+        if runs is not None:
+            failed.append([first, runs])
+        elif first <= s.forgotten_hw:
+            self._c["forgotten"] += 1
+            log.warning("ipc: session %s (pid %d) replayed seq %d, finished long ago; its outcome is no "
+                        "longer known (more than %d failed entries since); reported as outcome unknown",
+                        s.sid.hex()[:12], s.pid, first, s.failed_memory)
+            failed.append([first, [[0, n, schema.OUTCOME_FORGOTTEN]]])
+        else:
+            acks.append(first)
 
     def _shown(self, values: list, settings: SessionSettings | None) -> str:
         """The failed messages for the log: themselves only if both the daemon's

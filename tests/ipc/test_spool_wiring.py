@@ -209,3 +209,49 @@ def test_global_log_messages_on_error_is_anded_with_the_session(caplog):
     finally:
         peer.close()
         st.stop()
+
+
+def test_a_replayed_failure_the_session_forgot_is_reported_as_outcome_unknown(monkeypatch):
+    import kafkad.ipc.server as server_mod
+
+    monkeypatch.setattr(server_mod, "_RECENT_FAILED", 2)
+    st = ServerThread()
+    st.producer.fail_with = 2
+    st.start()
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        for seq in range(3):                         # three failures: the first is forgotten
+            peer.send([schema.SEND, peer.sid, [entry(seq)]])
+            assert peer.recv()[0] == schema.FAILED
+        st.producer.fail_with = 0
+        peer.send([schema.SEND, peer.sid, [entry(3)]])
+        assert peer.recv() == [schema.ACK, peer.sid, [3]]
+        peer.send([schema.SEND, peer.sid, [entry(0), entry(2), entry(3)]])   # a replay of finished ones
+        replies = {r[0]: r for r in (peer.recv(), peer.recv())}
+        assert replies[schema.ACK][2] == [3]
+        assert replies[schema.FAILED][2] == [[0, [[0, 1, schema.OUTCOME_FORGOTTEN]]], [2, [[0, 1, 2]]]]
+        assert st.call(st.server.stats)["outcomes_forgotten"] == 1
+    finally:
+        peer.close()
+        st.stop()
+
+
+def test_failed_outcomes_are_remembered_for_as_long_as_the_shim_queue_can_hold(monkeypatch):
+    import kafkad.ipc.server as server_mod
+
+    monkeypatch.setattr(server_mod, "_RECENT_FAILED", 2)
+    st = ServerThread()
+    st.producer.fail_with = 2
+    st.start()
+    peer = Peer(st.endpoint)
+    try:
+        peer.register(settings=dict(SETTINGS, queue_maxsize=10))
+        for seq in range(5):
+            peer.send([schema.SEND, peer.sid, [entry(seq)]])
+            assert peer.recv()[0] == schema.FAILED
+        peer.send([schema.SEND, peer.sid, [entry(0)]])
+        assert peer.recv() == [schema.FAILED, peer.sid, [[0, [[0, 1, 2]]]]]
+    finally:
+        peer.close()
+        st.stop()
