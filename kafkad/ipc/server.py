@@ -48,6 +48,9 @@ from client_shim import schema
 from kafkad.config import IpcConfig
 from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission
 from kafkad.spool import SpoolEntry, SpoolFull, SpoolUnavailable
+from kafkad.spool import State as _SpoolState
+
+_SPOOL_OPEN = _SpoolState.OPEN
 
 log = logging.getLogger("kafkad.ipc")
 
@@ -58,6 +61,7 @@ _MAX_METADATA_TASKS = 256
 _PROBE_TIMEOUT_S = 0.5
 _REPLAY_BATCH = 256               # spool entries read back per pump step
 _HELD_MAX_BYTES = 64 << 20        # SEND payload held while a full spool blocks senders (then stop reading)
+_ENTRY_OVERHEAD = 2048            # bound on a spool entry's size beyond its keys and values (settings, header)
 
 
 class EndpointInUse(Exception):
@@ -734,8 +738,21 @@ class IpcServer:
                 runs.append([topic, partition, [entry], first + n])
             expected = first + n
         hold = None
-        for k, run in enumerate(runs):
-            group = run[2]
+        # One spool entry per (topic, partition) when the frame surely fits (the
+        # common case: the append cost is per entry); else one per contiguous run,
+        # so that whatever a refusal leaves taken is a prefix of the sequence.
+        if len(runs) > 1 and spool.state is _SPOOL_OPEN and spool.free_bytes >= sum(
+                _ENTRY_OVERHEAD + sum(len(v or b"") + len(k or b"") + 10 for e in run[2]
+                                      for v, k in zip(e[5], e[4] or (None,) * len(e[5])))
+                for run in runs):
+            by_partition: dict[tuple[str, int], list] = {}
+            for run in runs:
+                by_partition.setdefault((run[0], run[1]), []).append(run)
+            units = list(by_partition.values())
+        else:
+            units = [[run] for run in runs]
+        for k, unit in enumerate(units):
+            group = [e for run in unit for e in run[2]]
             if len(group) == 1:
                 keys, values = group[0][4], group[0][5]
             else:
@@ -743,10 +760,12 @@ class IpcServer:
                 keys = None if all(e[4] is None for e in group) else \
                     [k2 for e in group for k2 in (e[4] if e[4] is not None else [None] * len(e[5]))]
             try:
-                run.append(spool.append(SpoolEntry(sid, group[0][0], run[3] - 1, run[0], run[1], keys, values,
-                                                   group[0][3], s.settings_map)))
+                entry_id = spool.append(SpoolEntry(sid, group[0][0], unit[-1][3] - 1, unit[0][0], unit[0][1],
+                                                   keys, values, group[0][3], s.settings_map))
+                for run in unit:
+                    run.append(entry_id)
             except SpoolFull as exc:
-                del runs[k:]
+                runs = [run for u in units[:k] for run in u]
                 if spool.cfg.when_full == "block":
                     low = group[0][0]
                     hold = [e for e in entries if e[0] >= low]
@@ -757,14 +776,14 @@ class IpcServer:
                     self._rejected["spool_full"] += 1
                 break
             except SpoolUnavailable as exc:
-                del runs[k:]
+                runs = [run for u in units[:k] for run in u]
                 self._spool_unavailable(exc)
                 # E_QUEUE_FULL: every shim backs off and retries on it (docs/ipc-schema.md).
                 refused = (group[0][0], schema.E_QUEUE_FULL, f"spool unavailable ({exc})")
                 self._rejected["spool_unavailable"] += 1
                 break
             except ValueError as exc:      # larger than max_bytes: can never be spooled
-                del runs[k:]
+                runs = [run for u in units[:k] for run in u]
                 refused = (group[0][0], schema.E_TOO_LARGE, str(exc))
                 break
         if hold is not None:
@@ -778,8 +797,14 @@ class IpcServer:
                 self._log_failure(s, topic, partition, values, 3)
                 self._remember_failed(s, first, fruns)
                 failed.append([first, fruns])
-        # One Submission per (topic, partition): the engine's cost is per submission.
+        # Durability FIFO in id order; one Submission per (topic, partition).
         groups: dict[tuple[str, int], list] = {}
+        durable_fifo = self._await_durable
+        for run in sorted(runs, key=lambda r: r[4]):
+            if durable_fifo and durable_fifo[-1][0] == run[4] and durable_fifo[-1][1] is s:
+                durable_fifo[-1][2].extend(e[0] for e in run[2])
+            else:
+                durable_fifo.append((run[4], s, [e[0] for e in run[2]]))
         for run in runs:
             groups.setdefault((run[0], run[1]), []).append(run)
         for (topic, partition), gruns in groups.items():
@@ -794,7 +819,6 @@ class IpcServer:
                     if e[4] is not None:
                         any_keys = True
                     keys_parts.append(e)
-                self._await_durable.append((run[4], s, [e[0] for e in run[2]]))
             keys = [k2 for e in keys_parts for k2 in (e[4] if e[4] is not None else [None] * len(e[5]))] \
                 if any_keys else [None] * len(values)
             token = _AsyncToken(s, firsts, counts, values, ids)
