@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import gc
 import logging
 import os
 import signal
@@ -63,6 +64,9 @@ UNDELIVERED_AT_STOP_ERROR = 7
 
 # Exit status after an unexpected internal error (BSD sysexits EX_SOFTWARE).
 EXIT_CRASHED = 70
+
+# gc.set_threshold after start-up (see Daemon._start).
+GC_THRESHOLDS = (100_000, 50, 100)
 
 # Config keys the daemon cannot change while running (beyond what producer.reload reports).
 _RESTART_PREFIXES = ("ipc.", "spool.", "logging.log_messages_on_error")
@@ -196,6 +200,12 @@ class Daemon:
             await self._close_components()
             raise
         self._set_state(State.RUNNING)
+        # Everything built so far lives for the whole run: move it out of the collector's
+        # view, and collect the young generation less often (the hot path allocates many
+        # short-lived objects; cycles are rare). Measured: daemon CPU per async message
+        # 3.3 -> 2.9 us (median of 3 interleaved runs, 4 shim processes, 100k messages).
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         snap = self.stats.snapshot()
         self.notifier.ready(status=f"ready; {status_line(snap)}")
         event(log, logging.INFO, "ready", endpoint=cfg.ipc.endpoint,

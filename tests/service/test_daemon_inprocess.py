@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import io
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 from kafkad import logs
 from kafkad.broker import BrokerProducer
 from kafkad.config import Config, IpcConfig, KafkaConfig, ShutdownConfig
-from kafkad.daemon import EXIT_CRASHED, Daemon, State
+from kafkad.daemon import EXIT_CRASHED, GC_THRESHOLDS, Daemon, State
 from kafkad.systemd import Notifier
 from tests.support.net import free_port
 
@@ -98,3 +99,19 @@ def test_a_section_the_producer_cannot_reload_covers_its_keys(config, log_stream
     assert asyncio.run(Daemon(config, str(path), notifier=_notifier([]), on_ready=ready).run()) == 0
     line = next(x for x in log_stream.getvalue().splitlines() if ": reloaded " in x)
     assert line.endswith(f"reloaded path={path} changed=1 applied=- needs_restart=kafka.tls.check_hostname")
+
+
+def test_collector_is_tuned_once_started(config, log_stream):
+    before = gc.get_threshold()
+    seen = []
+
+    def ready(d: Daemon) -> None:
+        seen.append((gc.get_threshold(), gc.get_freeze_count()))
+        d.request(signal.SIGTERM)
+
+    try:
+        assert asyncio.run(Daemon(config, None, notifier=_notifier([]), on_ready=ready).run()) == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen[0][0] == GC_THRESHOLDS and seen[0][1] > 0

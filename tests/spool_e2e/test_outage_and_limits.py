@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.reliability.harness import audit_topic, report, start_worker, wait_until
@@ -44,6 +47,11 @@ def test_broker_outage_longer_than_the_memory_cap(proxied, ptopic, kafkad_factor
         during = d.stats()
         assert during["queued_messages"] + during["in_flight"] <= cap
         assert during["ipc"]["spool_deferred_messages"] > 0, during["ipc"]
+        table = subprocess.run([sys.executable, "-m", "kafkad", "stats", "--endpoint", d.endpoint],
+                               capture_output=True, text=True, timeout=10).stdout
+        spool_lines = table.split("\nspool\n", 1)[1].splitlines()
+        for name in ("bytes", "segments", "oldest_pending_age_s", "replayed", "damaged"):
+            assert any(line.split()[:1] == [name] for line in spool_lines), (name, table)
         assert d.term(30) == 0                   # stopped during the outage: the spool keeps it all
         pending = during["spool"]["entries_pending"]
         d.restart()
