@@ -28,11 +28,6 @@ class ProxiedBroker:
         """What clients use: the proxy."""
         return self.proxy.address
 
-    @property
-    def direct(self) -> str:
-        """The broker's own port (topic creation); clients that bootstrap here still get the proxy in Metadata."""
-        return self.tansu.bootstrap
-
     def create_topic(self, name: str, partitions: int = 3) -> None:
         self.tansu.create_topic(name, partitions)
 

@@ -47,20 +47,6 @@ class Worker:
                 self.result = obj
                 self.results.append(obj)
 
-    def wait_started(self, timeout: float = 30.0) -> None:
-        """Block until the worker printed {"started": pid} (its producer exists)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            obj = json.loads(line)
-            self.lines.append(obj)
-            if "started" in obj:
-                return
-        raise AssertionError(f"worker {self.worker} did not start: rc={self.proc.poll()} "
-                             f"stderr={self.stderr()[-2000:]}")
-
     def wait(self, timeout: float = 120.0) -> dict:
         try:
             self.proc.wait(timeout)
@@ -95,19 +81,6 @@ def start_worker(endpoint: str, topic: str, worker: int, count: int, **opts) -> 
     err = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env=env)
     return Worker(worker, proc, err)
-
-
-def run_workers(endpoint: str, topic: str, workers: int, count: int, timeout: float = 120.0,
-                **opts) -> list[dict]:
-    """Start `workers` workers (ids 0..n-1), wait for all, return their results."""
-    ws = [start_worker(endpoint, topic, w, count, **opts) for w in range(workers)]
-    try:
-        return [w.wait(timeout) for w in ws]
-    finally:
-        for w in ws:
-            if w.proc.poll() is None:
-                w.proc.kill()
-                w.proc.wait(5)
 
 
 def audit_topic(bootstrap: str, topic: str, expected: dict[int, range | list[int]],

@@ -61,7 +61,7 @@ def test_workers_killed_mid_stream_keep_what_they_handed_over(tansu, topic, daem
 
 @pytest.mark.parametrize("workers,count", [
     pytest.param(120, 25, id="120-workers"),
-    pytest.param(400, 200, id="400-workers", marks=pytest.mark.slow),
+    pytest.param(250, 200, id="250-workers", marks=pytest.mark.slow),
 ])
 def test_many_workers_connecting_at_once(tansu, topic, daemon, workers, count):
     fleet = start_worker(daemon.endpoint, topic, 0, count, fleet=workers, rate=200, stop_timeout=60)

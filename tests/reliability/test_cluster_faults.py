@@ -126,8 +126,9 @@ def test_leader_broker_down_and_up(mock_cluster, kafkad_factory):
 
 @pytest.mark.slow
 def test_leader_broker_down_and_up_long(mock_cluster, kafkad_factory):
+    # The stream (50 s) outlasts the 6 cycles of a 3 s outage each.
     rep, results, stats = _stream(mock_cluster, kafkad_factory, "leader-down-up-long", workers=4,
-                                  count=15000, rate=1000,
+                                  count=25000, rate=500,
                                   during=lambda t, d: _leader_down_up(mock_cluster, t, d, 6, 3.0))
     _check_clean_delivery(rep, results, stats)
 

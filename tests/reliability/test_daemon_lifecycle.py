@@ -103,8 +103,9 @@ def _kill9_under_load(proxied, ptopic, kafkad_factory, *, kills, count, rate, na
     ws = [start_worker(d.endpoint, ptopic, w, count, rate=rate, stop_timeout=60) for w in range(workers)]
     try:
         # Each daemon takes a share of the stream before it is killed (its
-        # counters start from zero; replays count as accepted again).
-        share = workers * count // (kills + 2)
+        # counters start from zero; replays count as accepted again); the
+        # kills all fall within the first third of the stream.
+        share = workers * count // (kills * 3)
         for k in range(kills):
             wait_until(lambda: _accepted(d) >= share, 60, f"load before kill {k + 1}")
             d.kill9()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 
@@ -70,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fleet(args) -> int:
-    import os
-
     import client_shim  # noqa: F401  - imported once, before the forks
 
     children = []
@@ -106,7 +105,7 @@ def _run(args) -> int:
                              async_queue_put_timeout=args.put_timeout,
                              async_stop_timeout=args.stop_timeout)
     key = worker_key(args.worker)
-    _emit({"started": __import__("os").getpid()})
+    _emit({"started": os.getpid()})
     errors: list[str] = []
     sent = 0
     t0 = time.monotonic()

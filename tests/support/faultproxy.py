@@ -40,7 +40,6 @@ is counted under `unparsed_produce`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import socket
 import struct
@@ -528,12 +527,13 @@ class FaultProxy:
         self._call(do)
 
     def lose_responses(self, count: int = 1) -> None:
-        """The next `count` Produce requests reach the broker; their answers never reach the client.
+        """Lose `count` Produce answers, one per connection: the broker writes, the client never hears.
 
         The connection that carried such a request goes silent from that
         answer on (later answers on it would be out of order anyway), so the
-        client's request times out; new connections are healthy. A Produce
-        with acks=0 has no answer: it still uses up one of the `count`.
+        client's request times out; the next Produce on a new connection is
+        the next one to lose, until `count` were lost. A Produce with acks=0
+        has no answer: it still uses up one of the `count`.
         """
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count!r}")
@@ -614,7 +614,7 @@ class FaultProxy:
                 continue
             api_key, version, corr = parse_request_header(frame)
             s.requests[api_key] = s.requests.get(api_key, 0) + 1
-            if api_key == PRODUCE and self._lose_budget > 0:
+            if api_key == PRODUCE and self._lose_budget > 0 and not conn.lose_ids:
                 self._lose_budget -= 1
                 conn.lose_ids.add(corr)
             s.versions.setdefault(api_key, set()).add(version)
@@ -624,7 +624,3 @@ class FaultProxy:
                 except ValueError:
                     s.unparsed_produce += 1
 
-
-def count_by_api(stats: ProxyStats) -> collections.Counter:
-    """The request counts of a snapshot as a Counter (handy for assertions and reports)."""
-    return collections.Counter(stats.requests)
