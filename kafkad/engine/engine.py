@@ -916,8 +916,6 @@ class Engine:
                         self._log_failure(conn, now, logging.WARNING, "no answer", why)
                     self._closes.append(conn.node)
                     self._lost(conn, now, timed_out=first)
-                else:
-                    deadline = min(deadline, first.sent_at + rt)
             if conn.state is ConnState.BACKOFF:
                 if now >= conn.retry_at:
                     self._move(conn, ConnState.DOWN)
@@ -953,6 +951,12 @@ class Engine:
                 self._move(conn, ConnState.CONNECTING)
                 act.connects.append((conn.node, conn.host, conn.port))
         self._want_connect.clear()
+        # 6. the next request timeout, taken now that this poll's own requests
+        # are in flight: step 1 runs before they are sent, and the last request
+        # of a stream has no later event to bring the engine back for it.
+        for conn in self.conns.values():
+            if conn.inflight:
+                deadline = min(deadline, conn.inflight[0].sent_at + rt)
         act.deadline = None if deadline == _INF else deadline
         return act
 

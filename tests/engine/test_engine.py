@@ -1096,3 +1096,21 @@ def test_stats_balance_after_drain_returns_records_on_the_wire(after):
                                 "retried": 0}
     assert "wire" not in h.by_token()       # returned, not also reported
     h.check_accounting()
+
+
+def test_the_next_deadline_covers_a_request_sent_by_the_same_poll():
+    # The last request of a stream, unanswered: nothing else happens after the
+    # poll that sends it, so that poll's deadline alone must bring the engine
+    # back to time it out (the harness runs without the safety sweep).
+    h = Harness(cluster("t"), request_timeout_ms=1000)
+    connect(h)
+    h.hold_answers.add(1)
+    h.submit("t", 0, [b"last"], token="last")
+    h.step()
+    (req,) = h.produce_requests()
+    timeout_at = req.sent_at + 1.0
+    while 1 not in h.closes:
+        assert h.deadline is not None and h.deadline <= timeout_at, (h.deadline, timeout_at)
+        h.now = h.deadline
+        h.step()
+    assert h.now == timeout_at
