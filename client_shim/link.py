@@ -149,7 +149,6 @@ class _Session:
         self.register_sent = False
         self.hold_until = 0.0       # replay back-off after a REJECTED
         self.replay_from: int | None = None
-        self.recreating = False     # an UNREGISTER + REGISTER to move the daemon's next_seq is under way
         self.flushing = False       # its producer is stopping: ask the daemon not to hold its messages
         self.flush_due = False      # a FLUSH is to follow the entries sent so far
         self.backoff = _REPLAY_BACKOFF_MIN_S
@@ -219,6 +218,39 @@ class _Session:
                 if not self.pending:
                     self.drained.notify_all()
         return freed
+
+    def missing_from(self, next_seq: int) -> bool:
+        """True if an entry at or after `next_seq` (what the daemon waits for) is no longer held here."""
+        with self.lock:
+            expected = next_seq
+            for seq, entry in self.pending.items():
+                if seq + len(entry[5]) <= expected:
+                    continue            # taken by the daemon already
+                if seq > expected:
+                    return True
+                expected = seq + len(entry[5])
+            return expected < self.next_seq      # settled entries after the last one held
+
+    def renumber(self) -> bytes:
+        """Continue as a new session: a new id, the pending entries numbered 0, 1, ... in order.
+
+        Returns the old id. Frames already packed keep the old id and numbers,
+        so nothing the daemon answers for them can settle a renumbered entry.
+        """
+        with self.lock:
+            old = self.session_id
+            self.session_id = os.urandom(schema.SESSION_ID_LEN)
+            pending: dict[int, list] = {}
+            seq = 0
+            for entry in self.pending.values():
+                entry[0] = seq
+                pending[seq] = entry
+                seq += len(entry[5])
+            self.pending = pending
+            self.next_seq = seq
+            self.unsent = collections.deque()
+            self.replay_from = None
+        return old
 
     def schedule_replay(self, from_seq: int, delay: float) -> None:
         if self.replay_from is None or from_seq < self.replay_from:
@@ -581,7 +613,6 @@ class _Link:
             s.replay_from = None
             s.hold_until = 0.0
             s.backoff = _REPLAY_BACKOFF_MIN_S
-            s.recreating = False
             self._register(s)
 
     def _on_disconnected(self) -> None:
@@ -705,23 +736,24 @@ class _Link:
             if isinstance(features, list) else frozenset()
         if s is None:
             return
-        with s.lock:
-            low = min(s.pending) if s.pending else s.next_seq
-        if next_seq < low:
-            # The daemon expects entries this process no longer holds: a restarted
-            # daemon's session began at this REGISTER's first_seq, and acknowledgements
-            # from the previous daemon, read after the REGISTER left, settled entries
-            # from there on. Nothing at or beyond `low` can be taken before the missing
-            # ones, so end that session (it holds nothing) and begin it again at `low`.
-            if not s.recreating:
-                s.recreating = True
-                self.stats["sessions_recreated"] += 1
-                self._queue(schema.encode([schema.UNREGISTER, next(self.req_ids), sid]))
-                self._register(s)
-                return
-            log.warning("client_shim: kafkad expects seq %d of %s, which was already acknowledged; "
-                        "replaying from %d", next_seq, s.label, low)
-        s.recreating = False
+        if s.missing_from(next_seq):
+            # The daemon takes a session's entries only in an unbroken run from its
+            # next_seq, and this process no longer holds some of them: acknowledged
+            # by a previous daemon (acknowledgements come per partition, so what is
+            # left has holes), while this daemon's session is new and starts at the
+            # REGISTER's first_seq. Those entries can never be sent again, so the
+            # daemon would wait for them forever. Start over as a new session whose
+            # entries are numbered without holes (late acknowledgements for the old
+            # id are ignored: at worst an entry is written twice, never lost).
+            self.stats["sessions_renumbered"] += 1
+            old = s.renumber()
+            del self.sessions[old]
+            self.sessions[s.session_id] = s
+            log.info("client_shim: kafkad expects seq %d of %s, which a previous daemon already "
+                     "acknowledged; continuing as a new session", next_seq, s.label)
+            self._queue(schema.encode([schema.UNREGISTER, next(self.req_ids), old]))
+            self._register(s)
+            return
         s.registered = True
         # Replay, oldest first: after a refusal from the refused entry on; after a
         # (re)connect everything unacknowledged (the daemon drops what it already

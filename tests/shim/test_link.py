@@ -226,6 +226,36 @@ def test_daemon_restart_mid_stream_loses_nothing_and_keeps_order():
         assert p._session.pending == {}
 
 
+def test_restart_after_out_of_order_acknowledgements_loses_nothing():
+    """Acknowledgements come per partition, so what a process still holds has holes
+    (here seq 1 was delivered, 0 and 2 were not). A restarted daemon starts the session
+    at its oldest entry and takes entries only in an unbroken run: the shim must not
+    leave it waiting for seq 1, which it can never send again."""
+    first = ServerThread().start()
+    endpoint = first.endpoint
+    first.producer.hold = True
+    p = client_shim.Producer(client_shim.DaemonClient(endpoint), async_send=True, batch_send_every_n=1)
+    for i in range(3):
+        p.send_messages("t", 1 if i == 1 else 0, b"m%d" % i)
+        first.producer.wait_messages(i + 1)       # one submission per entry
+    done = threading.Event()
+
+    def deliver_partition_1():
+        first.producer.complete([sub for sub in first.producer.held if sub.partition == 1])
+        done.set()
+
+    first.loop.call_soon_threadsafe(deliver_partition_1)
+    assert done.wait(5)
+    with p._session.lock:
+        assert p._session.space.wait_for(lambda: 1 not in p._session.pending, timeout=5)
+    first.stop()
+    p.send_messages("t", 0, b"m3")                # while the daemon is down
+    with ServerThread(endpoint=endpoint) as second:
+        p.stop(timeout=10)
+        assert p._session.pending == {}
+        assert [v for _, pp, _, v in second.producer.messages() if pp == 0] == [b"m0", b"m2", b"m3"]
+
+
 def test_stopping_daemon_hands_messages_to_the_next_one():
     first = ServerThread().start()
     endpoint = first.endpoint
@@ -451,9 +481,9 @@ def test_refused_replay_is_retried_until_taken(server):
 
 
 def test_late_acknowledgement_from_the_old_daemon_does_not_strand_messages():
-    """A daemon restart where the old daemon's last ACK is read after the shim has
-    registered with the new one (a loaded machine): the new session expects a seq the
-    shim has just settled. The shim must move the daemon on, not wait forever.
+    """A restarted daemon's new session expects seqs this process has meanwhile settled
+    (here: the old daemon's last ACK is read after the REGISTER left). The shim must not
+    leave the daemon waiting for entries it can never send again.
 
     The daemon here is scripted (the exact frame order of that race), with the real
     daemon's rules: a new session starts at the REGISTER's first_seq, an existing one
@@ -499,7 +529,8 @@ def test_late_acknowledgement_from_the_old_daemon_does_not_strand_messages():
         # ... and the old daemon's last ACK is read after this REGISTER left.
         send(peer, [schema.ACK, sid, [0, 1]])
         send(peer, [schema.REGISTERED, reg[2], sid, 0, b"new-daemon"])
-        expected, gap_reported, known = 0, False, True
+        expected = {sid: 0}                       # the daemon's next_seq per session it knows
+        gap_reported = set()
         delivered = []
         deadline = time.monotonic() + 5
         while p._session.pending and time.monotonic() < deadline:
@@ -508,23 +539,27 @@ def test_late_acknowledgement_from_the_old_daemon_does_not_strand_messages():
             peer, frame = router.recv_multipart()
             msg = msgpack.unpackb(frame)
             if msg[0] == schema.UNREGISTER:
-                known = False
+                expected.pop(msg[2], None)
                 send(peer, [schema.UNREGISTERED, msg[1], 0])
             elif msg[0] == schema.REGISTER:
-                if not known:
-                    expected, known = msg[4], True
-                gap_reported = False
-                send(peer, [schema.REGISTERED, msg[2], sid, expected, b"new-daemon"])
+                s_id = msg[3]
+                expected.setdefault(s_id, msg[4])
+                gap_reported.discard(s_id)
+                send(peer, [schema.REGISTERED, msg[2], s_id, expected[s_id], b"new-daemon"])
             elif msg[0] == schema.SEND:
+                s_id = msg[1]
+                if s_id not in expected:
+                    send(peer, [schema.ERROR, None, schema.E_UNKNOWN_SESSION, "unknown", s_id])
+                    continue
                 for first, *_rest, vals in msg[2]:
-                    if first == expected:
+                    if first == expected[s_id]:
                         delivered.extend(vals)
-                        expected += len(vals)
-                        send(peer, [schema.ACK, sid, [first]])
-                    elif first > expected:
-                        if not gap_reported:
-                            gap_reported = True
-                            send(peer, [schema.REJECTED, sid, expected, schema.E_OUT_OF_ORDER, "gap"])
+                        expected[s_id] += len(vals)
+                        send(peer, [schema.ACK, s_id, [first]])
+                    elif first > expected[s_id]:
+                        if s_id not in gap_reported:
+                            gap_reported.add(s_id)
+                            send(peer, [schema.REJECTED, s_id, expected[s_id], schema.E_OUT_OF_ORDER, "gap"])
                         break
         assert p._session.pending == {}
         assert delivered == [b"m2"]
