@@ -935,9 +935,13 @@ def report_failures(session: _Session, failures: list[tuple[list, int, int, int]
             shown = repr(values)
         else:
             shown = "hashes " + ", ".join(_digest(v) for v in values)
+        if code == getattr(schema, "OUTCOME_FORGOTTEN", None):
+            name = "outcome unknown (replayed after kafkad forgot how it ended: maybe delivered)"
+        else:
+            name = for_code(code).__name__
         log.error("kafkad could not deliver %d message(s) of %s to %s[%d] (first seq %d)%s: "
                   "[Error %d] %s; %s", len(values), session.label, topic, partition, first, why, code,
-                  for_code(code).__name__, shown)
+                  name, shown)
 
 
 def _digest(value: bytes | None) -> str:

@@ -269,3 +269,18 @@ def test_keyed_send_is_a_deprecated_alias():
         p.send("t", b"k", b"v")
     assert seen == [("t", b"k", (b"v",))]
     assert any(issubclass(x.category, DeprecationWarning) for x in w)
+
+
+def test_a_forgotten_outcome_is_reported_as_unknown_not_as_a_broker_error(caplog):
+    import logging
+
+    from client_shim import link, schema
+
+    s = link._Session(link._Link("ipc:///nonexistent"), {}, maxsize=0, put_timeout=0, log_messages=True,
+                      label="P")
+    entry = [7, "t", 2, 0, None, [b"maybe"]]
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        link.report_failures(s, [(entry, 0, 1, schema.OUTCOME_FORGOTTEN)])
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "outcome unknown" in line and "t[2]" in line and "maybe" in line
+    assert "BrokerResponseError" not in line
