@@ -143,6 +143,7 @@ class Engine:
         self._wanted: set[str] = set()
         self._meta_inflight = False
         self._meta_needed = True
+        self._meta_asked: frozenset[str] = frozenset()   # the topics the last request named
         self._meta_next = 0.0
         self._meta_retries = 0      # refreshes in a row asked for by a missing leader
         self._leader_wait = False   # a lane visited by this poll waits for a leader
@@ -605,7 +606,9 @@ class Engine:
     def _on_metadata(self, msg, now: float) -> None:
         self._dirty_all = True   # leaders may have moved
         self._meta_inflight = False
-        self._meta_needed = False
+        # Settled only if the request named every topic wanted now: one wanted
+        # while it was on the wire (fetch_partitions) still needs asking for.
+        self._meta_needed = not self._wanted <= self._meta_asked
         self.metadata.update(msg, now)
         for node, (host, port) in self.metadata.brokers.items():
             conn = self.conns.get(node)
@@ -1044,7 +1047,8 @@ class Engine:
             self._connect_some(now)
             return deadline
         v = conn.version(API_METADATA)
-        topics = [MetadataRequest.MetadataRequestTopic(name=t) for t in sorted(self._wanted)]
+        self._meta_asked = frozenset(self._wanted)
+        topics = [MetadataRequest.MetadataRequestTopic(name=t) for t in sorted(self._meta_asked)]
         msg = MetadataRequest(topics=topics,
                               allow_auto_topic_creation=self.kafka.allow_auto_create_topics)
         self._push(conn, Request(conn.node, msg, v, MetadataResponse, now))

@@ -9,6 +9,7 @@ import pytest
 
 from kafkad.config import QueueConfig
 from kafkad.engine.types import QueueFull
+from kafkad.engine.engine import API_METADATA
 from tests.support.readback import read_all_confluent
 
 from .helpers import check_balanced, check_read_back, kafka_config, run_producer, settings, sub, submit
@@ -113,6 +114,27 @@ def test_unknown_topic_fails_exactly_its_records(tansu, topic):
     assert [(o.error, o.failed) for o in run.by_token()["missing"]] == [(3, 2)]
     assert run.by_token()["fine"][0].error == 0
     check_balanced(run.stats)
+
+
+def test_a_topic_asked_for_while_the_first_metadata_request_is_out_gets_its_error(tansu, topic):
+    # The daemon's race: a client asks for a topic's partitions just as the
+    # producer's first Metadata request (naming no topic) is on the wire.
+    kafka = kafka_config(tansu.bootstrap, allow_auto_create_topics=False,
+                         unknown_topic_wait_ms=200)
+
+    def metadata_out(producer) -> bool:
+        return any(r.api_key == API_METADATA
+                   for c in producer.engine.conns.values() for r in c.inflight)
+
+    async def script(producer, run):
+        # One loop turn at a time: the answer is read in a later turn than the
+        # one that sent the request, so this sees the request on the wire.
+        while not metadata_out(producer):
+            assert producer.engine.metadata.updated_at is None, "missed the first request"
+            await asyncio.sleep(0)
+        assert await producer.fetch_partitions(topic + "-missing", 5) == (3, [])
+
+    asyncio.run(run_producer(kafka, script))
 
 
 def test_queue_full_refuses_and_drain_returns_what_cannot_go(topic):

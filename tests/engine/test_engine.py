@@ -1114,3 +1114,25 @@ def test_the_next_deadline_covers_a_request_sent_by_the_same_poll():
         h.now = h.deadline
         h.step()
     assert h.now == timeout_at
+
+
+def test_a_topic_wanted_while_a_metadata_request_is_out_is_asked_for_next():
+    # fetch_partitions' want_topic can come while a Metadata request that does
+    # not name the topic is on the wire; its answer must not settle the need.
+    c = cluster("t")
+    h = Harness(c, unknown_topic_wait_ms=500, allow_auto_create_topics=False)
+    plain = c.answer
+
+    def answer(req):
+        if type(req.msg).__name__ == "MetadataRequest" and not h.engine.metadata.topics:
+            h.engine.want_topic("nope")   # arrives while the first one is out
+        return plain(req)
+
+    c.answer = answer
+    h.submit("t", 0, [b"x"], token="x")
+    h.run(until=h.now + 1.0)
+    asked = [[t.name for t in r.msg.topics] for r in c.requests
+             if type(r.msg).__name__ == "MetadataRequest"]
+    assert "nope" not in asked[0] and any("nope" in names for names in asked[1:]), asked
+    assert h.engine.topic_result("nope", h.now) == (3, [])
+    assert h.by_token()["x"][0].error == 0

@@ -143,12 +143,6 @@ def test_messages_over_the_size_limit_fail_alone(tansu, topic, daemon):
     assert daemon.stats()["failed"] >= 1
 
 
-# Not strict: it fails about every other run (timing), which a strict marker would turn into a flaky suite.
-@pytest.mark.xfail(strict=False, reason=(
-    "kafkad engine/broker metadata path: for a topic Tansu reports UNKNOWN_TOPIC_OR_PARTITION at once "
-    "(checked with librdkafka), the daemon sometimes has no metadata answer for it within "
-    "[ipc] metadata_timeout_s and replies REQUEST_TIMED_OUT (7) after 5 s instead of error 3 after "
-    "unknown_topic_wait_ms"))
 @pytest.mark.parametrize("wait_ms", [500, None], ids=["wait-500ms", "wait-default"])
 def test_unknown_topic_without_auto_create_fails_clearly(tansu, topic, kafkad_factory, wait_ms):
     """UnknownTopicOrPartitionError (errno 3) once the daemon stops waiting for the topic to appear."""
