@@ -13,7 +13,6 @@ import pytest
 
 from tests.reliability.harness import audit_topic, report, start_worker, wait_until
 from tests.support.audit import check_accounting
-from tests.support.daemon import DaemonError
 
 pytestmark = pytest.mark.broker
 
@@ -94,12 +93,7 @@ def test_sigterm_with_the_broker_down_reports_the_backlog_failed(proxied, ptopic
 def _kill9_under_load(proxied, ptopic, kafkad_factory, *, kills, count, rate, name, spool=False):
     workers = 3
     d = kafkad_factory(proxied.bootstrap, request_timeout_ms=2000, drain_timeout_s=10, spool=spool)
-    try:
-        d.start()
-    except DaemonError as exc:
-        if spool and "spool" in str(exc) and "not supported" in str(exc):
-            pytest.skip(f"kafkad refuses to run with the spool on: {str(exc).splitlines()[-1]}")
-        raise
+    d.start()
     ws = [start_worker(d.endpoint, ptopic, w, count, rate=rate, stop_timeout=60) for w in range(workers)]
     try:
         # Each daemon takes a share of the stream before it is killed (its
