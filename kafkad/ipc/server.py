@@ -9,9 +9,10 @@ back into RESULT replies (sync) or bulk ACK/FAILED frames (async).
 Per session the server keeps `next_seq` (every entry below it was taken) and
 the entries taken beyond it. A replayed entry that was taken is dropped (and
 acknowledged again if it is already finished). An entry that does not follow
-on means an earlier one was refused: it is refused as well (REJECTED once per
-gap), so the shim replays from `next_seq` and per-partition order survives
-refusals (queue full, this session's share exceeded, daemon stopping).
+on means an earlier one was refused: it is refused as well (every such frame
+gets REJECTED from `next_seq`, counted in `gap_replies`), so the shim replays
+from `next_seq` and per-partition order survives refusals (queue full, this
+session's share exceeded, daemon stopping).
 
 The entries of one SEND frame are merged into one `Submission` per (topic,
 partition): the engine's cost is per submission, and a busy shim packs
@@ -62,6 +63,29 @@ _PROBE_TIMEOUT_S = 0.5
 _REPLAY_BATCH = 256               # spool entries read back per pump step
 _HELD_MAX_BYTES = 64 << 20        # SEND payload held while a full spool blocks senders (then stop reading)
 _ENTRY_OVERHEAD = 2048            # bound on a spool entry's size beyond its keys and values (settings, header)
+_MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: a SEND entry larger than the whole spool
+_SPOOL_ENTRY_MAX = 4 << 20        # the most one spool entry holds when several SEND entries are merged
+
+
+def _entry_bytes(entry: list) -> int:
+    """A bound on the bytes one SEND entry's keys and values take in a spool entry."""
+    values, keys = entry[5], entry[4]
+    size = 10 * len(values)
+    for v in values:
+        if v is not None:
+            size += len(v)
+    if keys is not None:
+        for k in keys:
+            if k is not None:
+                size += len(k)
+    return size
+
+
+def _spool_entry_cap(spool) -> int:
+    """How large a spool entry made of several SEND entries may grow: a small share of
+    `max_bytes`, so one never exceeds what the spool can hold (a single SEND entry up
+    to `max_bytes` still makes an entry of its own)."""
+    return max(1, min(_SPOOL_ENTRY_MAX, spool.cfg.max_bytes // 4))
 
 
 class EndpointInUse(Exception):
@@ -369,10 +393,12 @@ class IpcServer:
             "error_replies_suppressed": self._c["suppressed"],
             "sessions_evicted": self._c["evicted"],
             "outcomes_forgotten": self._c["forgotten"],
+            "gap_replies": self._c["gap_replies"],
             **({"spool_deferred_messages": sum(len(sub) for sub in self._deferred),
                 "spool_replaying": self._replay is not None or bool(self._replay_queue),
                 "spool_replayed_messages": self._spool_c["replayed_messages"],
                 "spool_replay_failed_messages": self._spool_c["replay_failed"],
+                "spool_too_large_messages": self._spool_c["too_large"],
                 "spool_held_frames": len(self._held),
                 "spool_blocked": bool(self._held),
                 "spool_unavailable": self._spool_broken}
@@ -602,12 +628,9 @@ class IpcServer:
                     self._finished_again(s, first, n, acks, failed)
                 continue
             if first != expected:
-                # An earlier entry was not taken: refuse from here (once per gap);
-                # the shim replays everything from next_seq, in order.
-                if not s.gap_reported:
-                    s.gap_reported = True
-                    self._send(peer, schema.encode([schema.REJECTED, sid, s.next_seq, schema.E_OUT_OF_ORDER,
-                                                    f"expected seq {s.next_seq}, got {first}"]), s)
+                # An earlier entry was not taken: refuse from here; the shim replays
+                # everything from next_seq, in order.
+                self._refuse_gap(s, peer, first)
                 break
             expected = first + n
             groups.setdefault((entry[1], entry[2]), []).append(entry)
@@ -672,7 +695,7 @@ class IpcServer:
         else:
             for first, count in taken:
                 self._taken(s, first, count)
-        if refused_from is not None and not s.gap_reported:
+        if refused_from is not None:
             s.gap_reported = True
             self._send(peer, schema.encode([schema.REJECTED, sid, refused_from, schema.E_QUEUE_FULL, refusal]), s)
         if acks:
@@ -696,6 +719,8 @@ class IpcServer:
         failed: list[list] = []
         unknown: list[tuple[int, list, str, int, list]] = []
         runs: list[list] = []        # [topic, partition, entries, end_seq] contiguous, one spool entry each
+        run_bytes: list[int] = []    # a bound on each run's size as a spool entry
+        entry_cap = _spool_entry_cap(spool)
         expected = s.next_seq
         cap_left = self.cfg.max_inflight_per_session - s.inflight_msgs
         refused = None               # (from_seq, code, text)
@@ -713,10 +738,7 @@ class IpcServer:
                     acks.append(first)       # durable already; the first ACK was lost
                 continue
             if first != expected:
-                if not s.gap_reported:
-                    s.gap_reported = True
-                    self._send(peer, schema.encode([schema.REJECTED, sid, s.next_seq, schema.E_OUT_OF_ORDER,
-                                                    f"expected seq {s.next_seq}, got {first}"]), s)
+                self._refuse_gap(s, peer, first)
                 break
             topic, partition = entry[1], entry[2]
             known = self.producer.partitions_for(topic)
@@ -724,6 +746,7 @@ class IpcServer:
                 unknown.append((first, entry[5], topic, partition, [[0, n, 3]]))
                 expected = first + n
                 continue
+            size = _entry_bytes(entry)
             if n > cap_left:
                 self._rejected["queue_full"] += 1
                 refused = (first, schema.E_QUEUE_FULL, f"this session has {s.inflight_msgs} messages in "
@@ -731,27 +754,36 @@ class IpcServer:
                 break
             cap_left -= n
             last = runs[-1] if runs else None
-            if last is not None and last[3] == first and last[0] == topic and last[1] == partition:
+            if last is not None and last[3] == first and last[0] == topic and last[1] == partition \
+                    and run_bytes[-1] + size <= entry_cap:
                 last[2].append(entry)
                 last[3] = first + n
+                run_bytes[-1] += size
             else:
                 runs.append([topic, partition, [entry], first + n])
+                run_bytes.append(_ENTRY_OVERHEAD + size)
             expected = first + n
         hold = None
         # One spool entry per (topic, partition) when the frame surely fits (the
         # common case: the append cost is per entry); else one per contiguous run,
         # so that whatever a refusal leaves taken is a prefix of the sequence.
-        if len(runs) > 1 and spool.state is _SPOOL_OPEN and spool.free_bytes >= sum(
-                _ENTRY_OVERHEAD + sum(len(v or b"") + len(k or b"") + 10 for e in run[2]
-                                      for v, k in zip(e[5], e[4] or (None,) * len(e[5])))
-                for run in runs):
+        # Either way no spool entry grows past `entry_cap`: a replay after a
+        # refusal packs a whole backlog into one frame, and one entry larger than
+        # the spool could hold would be refused on every replay.
+        if len(runs) > 1 and spool.state is _SPOOL_OPEN and spool.free_bytes >= sum(run_bytes):
             by_partition: dict[tuple[str, int], list] = {}
-            for run in runs:
-                by_partition.setdefault((run[0], run[1]), []).append(run)
-            units = list(by_partition.values())
+            for run, size in zip(runs, run_bytes):
+                units_of = by_partition.setdefault((run[0], run[1]), [])
+                if units_of and units_of[-1][0] + size - _ENTRY_OVERHEAD <= entry_cap:
+                    units_of[-1][0] += size - _ENTRY_OVERHEAD
+                    units_of[-1][1].append(run)
+                else:
+                    units_of.append([size, [run]])
+            units = [unit for units_of in by_partition.values() for _, unit in units_of]
         else:
             units = [[run] for run in runs]
-        for k, unit in enumerate(units):
+        stored: list[list] = []      # the runs whose spool entry was appended
+        for unit in units:
             group = [e for run in unit for e in run[2]]
             if len(group) == 1:
                 keys, values = group[0][4], group[0][5]
@@ -762,10 +794,7 @@ class IpcServer:
             try:
                 entry_id = spool.append(SpoolEntry(sid, group[0][0], unit[-1][3] - 1, unit[0][0], unit[0][1],
                                                    keys, values, group[0][3], s.settings_map))
-                for run in unit:
-                    run.append(entry_id)
             except SpoolFull as exc:
-                runs = [run for u in units[:k] for run in u]
                 if spool.cfg.when_full == "block":
                     low = group[0][0]
                     hold = [e for e in entries if e[0] >= low]
@@ -776,16 +805,32 @@ class IpcServer:
                     self._rejected["spool_full"] += 1
                 break
             except SpoolUnavailable as exc:
-                runs = [run for u in units[:k] for run in u]
                 self._spool_unavailable(exc)
                 # E_QUEUE_FULL: every shim backs off and retries on it (docs/ipc-schema.md).
                 refused = (group[0][0], schema.E_QUEUE_FULL, f"spool unavailable ({exc})")
                 self._rejected["spool_unavailable"] += 1
                 break
-            except ValueError as exc:      # larger than max_bytes: can never be spooled
-                runs = [run for u in units[:k] for run in u]
-                refused = (group[0][0], schema.E_TOO_LARGE, str(exc))
-                break
+            except ValueError as exc:
+                if len(group) > 1:
+                    # Merged entries are capped well below max_bytes (_spool_entry_cap), so
+                    # this means the bound is wrong: refuse from here rather than lose order.
+                    log.error("ipc: %d merged entries of session %s do not fit the spool: %s",
+                              len(group), s.sid.hex()[:12], exc)
+                    refused = (group[0][0], schema.E_TOO_LARGE, str(exc))
+                    break
+                # One SEND entry larger than the whole spool can never be spooled. Refused,
+                # the shim would replay it forever; it fails like a message the broker finds
+                # too large (reported, logged), and what follows it is taken as usual.
+                e = group[0]
+                log.error("ipc: an entry of %d message(s) of session %s cannot be spooled: %s",
+                          len(e[5]), s.sid.hex()[:12], exc)
+                unknown.append((e[0], e[5], e[1], e[2], [[0, len(e[5]), _MESSAGE_SIZE_TOO_LARGE]]))
+                self._spool_c["too_large"] += len(e[5])
+                continue
+            for run in unit:
+                run.append(entry_id)
+            stored.extend(unit)
+        runs = stored
         if hold is not None:
             new_next = hold[0][0]
         elif refused is not None:
@@ -794,7 +839,7 @@ class IpcServer:
             new_next = max(expected, s.next_seq)
         for first, values, topic, partition, fruns in unknown:
             if first < new_next:
-                self._log_failure(s, topic, partition, values, 3)
+                self._log_failure(s, topic, partition, values, fruns[0][2])
                 self._remember_failed(s, first, fruns)
                 failed.append([first, fruns])
         # Durability FIFO in id order; one Submission per (topic, partition).
@@ -1037,6 +1082,23 @@ class IpcServer:
                 self._spool_unavailable(exc)
         self._pump()
         self._schedule_commit()
+
+    def _refuse_gap(self, s: _Session, peer: bytes, first: int) -> None:
+        """Answer a SEND whose entries start past `next_seq` (an earlier entry was not taken).
+
+        Every such frame is answered, never dropped in silence: a shim whose
+        first refusal was lost or overtaken (it re-registered while later frames
+        were still on their way) would otherwise hold its messages forever while
+        the daemon idles. REJECTED(from next_seq) makes it register again and
+        replay from the oldest entry the daemon lacks.
+        """
+        self._c["gap_replies"] += 1
+        if not s.gap_reported:
+            s.gap_reported = True
+            log.info("ipc: session %s (pid %d) sent seq %d, expected %d; asking it to replay",
+                     s.sid.hex()[:12], s.pid, first, s.next_seq)
+        self._send(peer, schema.encode([schema.REJECTED, s.sid, s.next_seq, schema.E_OUT_OF_ORDER,
+                                        f"expected seq {s.next_seq}, got {first}"]), s)
 
     @staticmethod
     def _taken(s: _Session, first: int, n: int) -> None:

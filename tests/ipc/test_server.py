@@ -121,13 +121,18 @@ def test_replayed_entries_are_dropped_and_finished_ones_acknowledged_again(serve
     assert server.server.stats()["duplicates_dropped"] == 3
 
 
-def test_a_gap_is_refused_once_until_the_replay_fills_it(server, peer):
+def test_every_frame_past_a_gap_is_refused_until_the_replay_fills_it(server, peer):
+    """No frame past next_seq goes unanswered: each one gets REJECTED from next_seq
+    (a shim whose first refusal was overtaken must still learn where to replay from)."""
     peer.register(first_seq=5)
-    peer.send([schema.SEND, peer.sid, [entry(7)]])
-    kind, sid, from_seq, code, _ = peer.recv()
-    assert (kind, from_seq, code) == (schema.REJECTED, 5, schema.E_OUT_OF_ORDER)
-    peer.send([schema.SEND, peer.sid, [entry(8)]])
-    assert peer.quiet()                                       # one refusal per gap
+    for seq in (7, 8, 9):
+        peer.send([schema.SEND, peer.sid, [entry(seq)]])
+        kind, sid, from_seq, code, text = peer.recv()
+        assert (kind, sid, from_seq, code) == (schema.REJECTED, peer.sid, 5, schema.E_OUT_OF_ORDER)
+        assert f"got {seq}" in text
+    assert server.server.stats()["gap_replies"] == 3
+    assert server.server.stats()["rejected"] == {}         # not a refusal of a message that was sent
+    assert server.producer.submissions == []
     peer.send([schema.SEND, peer.sid, [entry(5, n=2), entry(7), entry(8)]])
     acked = set()
     while len(acked) < 3:
@@ -135,6 +140,7 @@ def test_a_gap_is_refused_once_until_the_replay_fills_it(server, peer):
     assert acked == {5, 7, 8}
     assert len(server.producer.messages()) == 4
     assert len(server.producer.submissions) == 1    # one frame, one partition: one submission
+    assert peer.register(rid=9)[3] == 9             # REGISTERED says where the daemon stands
 
 
 def test_queue_full_refuses_from_that_entry_and_keeps_order(server, peer):

@@ -255,3 +255,47 @@ def test_failed_outcomes_are_remembered_for_as_long_as_the_shim_queue_can_hold(m
     finally:
         peer.close()
         st.stop()
+
+
+def test_a_replay_larger_than_the_spool_is_split_into_entries_that_fit(spool_server):
+    """After a refusal the shim replays its whole backlog in one frame: merged into one spool
+    entry it could exceed max_bytes and be refused on every replay (the 'reject' stall).
+    The daemon splits it into entries the spool can hold and takes all of it."""
+    st = spool_server(producer_hold=True, fsync="never", max_bytes=16 * 1024, when_full="reject")
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        backlog = [entry(i, b"%05d" % i + b"x" * 195) for i in range(60)]   # ~12 KiB, one partition
+        peer.send([schema.SEND, peer.sid, backlog])
+        assert acked(peer, 60) == list(range(60))                          # durable: all of it
+        assert st.call(st.server.stats)["rejected"] == {}
+        assert st.call(lambda: st.spool.stats(time.monotonic())["entries_pending"]) > 1
+        st.producer.release(after=60)
+        assert [v[:5] for _, _, _, v in st.producer.messages()] == [b"%05d" % i for i in range(60)]
+        wait_for(lambda: st.call(lambda: st.spool.stats(time.monotonic())["entries_pending"]) == 0,
+                 what="the spool to be released")
+    finally:
+        peer.close()
+
+
+def test_an_entry_larger_than_the_whole_spool_fails_and_the_rest_is_taken(spool_server, caplog):
+    """A single SEND entry the spool can never hold is reported FAILED (MessageSizeTooLarge,
+    10) instead of refused (a refusal would be replayed forever); the entries after it go on."""
+    st = spool_server(fsync="never", max_bytes=4096, when_full="reject")
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        peer.send([schema.SEND, peer.sid, [entry(0, b"a"), entry(1, b"b" * 8192), entry(2, b"c")]])
+        acks, failed = [], []
+        while len(acks) + len(failed) < 3:
+            reply = peer.recv()
+            assert reply[0] in (schema.ACK, schema.FAILED), reply
+            (acks if reply[0] == schema.ACK else failed).extend(reply[2])
+        assert sorted(acks) == [0, 2]
+        assert failed == [[1, [[0, 1, 10]]]]
+        st.producer.wait_messages(2)
+        assert [v for _, _, _, v in st.producer.messages()] == [b"a", b"c"]
+        assert st.call(st.server.stats)["spool_too_large_messages"] == 1
+        assert "cannot be spooled" in caplog.text
+    finally:
+        peer.close()

@@ -5,10 +5,11 @@
   disk), the daemon is even stopped and started again during the outage,
   and once the broker returns the whole stream is delivered.
 - Spool full: `max_bytes` is far below the stream. Under "block" the shims'
-  SENDs wait; the stream completes once the broker drains the spool, and the
-  spool never grows past `max_bytes`. ("reject" is covered on the wire by
-  tests/ipc/test_spool_wiring.py; end to end it depends on the shim replaying
-  after a refusal, see the report of issue 6.)
+  SENDs wait; under "reject" they are refused and the shims replay them (the
+  frames already on their way past the refused entry are answered too, so no
+  worker is left holding messages once the broker returns). Either way the
+  stream completes once the broker drains the spool, and the spool never
+  grows past `max_bytes`.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def test_broker_outage_longer_than_the_memory_cap(proxied, ptopic, kafkad_factor
     assert "kept_in_spool" in d.logs()
 
 
-@pytest.mark.parametrize("when_full", ["block"])
+@pytest.mark.parametrize("when_full", ["block", "reject"])
 def test_spool_full(proxied, ptopic, kafkad_factory, when_full):
     workers, count, max_bytes = 2, 1500, 96 * 1024
     d = kafkad_factory(proxied.bootstrap, request_timeout_ms=1000, drain_timeout_s=5, spool=True,
