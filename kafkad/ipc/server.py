@@ -63,6 +63,18 @@ _PROBE_TIMEOUT_S = 0.5
 _REPLAY_BATCH = 256               # spool entries read back per pump step
 _HELD_MAX_BYTES = 64 << 20        # SEND payload held while a full spool blocks senders (then stop reading)
 _ENTRY_OVERHEAD = 2048            # bound on a spool entry's size beyond its keys and values (settings, header)
+
+
+# FLUSH ([FLUSH, session_id], no reply): send what the session's producer has
+# waiting for batching now (its producer is stopping). The kind belongs to
+# client_shim.schema; until that module defines it, this daemon reads the
+# frame itself (`_decode_flush`), with the same checks as any other frame.
+FLUSH = getattr(schema, "FLUSH", 8)
+# Announced in every REGISTERED (a sixth, appended field): what this daemon
+# understands beyond schema version 1's base kinds.
+FEATURES = ["flush"]
+
+
 _MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: a SEND entry larger than the whole spool
 _SPOOL_ENTRY_MAX = 4 << 20        # the most one spool entry holds when several SEND entries are merged
 
@@ -206,6 +218,7 @@ class IpcServer:
         self._await_durable: collections.deque = collections.deque()  # (entry_id, session, firsts)
         self._release: list[int] = []      # spool ids finished in this outcome batch
         self._deferred: collections.deque[Submission] = collections.deque()  # spooled, not yet submitted
+        self._flush_after_pump: set[bytes] = set()   # sessions that asked for a FLUSH while deferred
         self._replay = None                # ReplayCursor over the recovered entries while replaying
         self._replay_queue: collections.deque = collections.deque()   # read back, not yet submitted
         self._held: collections.deque = collections.deque()   # (peer, sid, entries): spool full, "block"
@@ -394,6 +407,7 @@ class IpcServer:
             "sessions_evicted": self._c["evicted"],
             "outcomes_forgotten": self._c["forgotten"],
             "gap_replies": self._c["gap_replies"],
+            "flushes": self._c["flushes"],
             **({"spool_deferred_messages": sum(len(sub) for sub in self._deferred),
                 "spool_replaying": self._replay is not None or bool(self._replay_queue),
                 "spool_replayed_messages": self._spool_c["replayed_messages"],
@@ -452,14 +466,31 @@ class IpcServer:
         try:
             kind, fields = schema.decode_request(frame, self.cfg.max_frame_bytes)
         except schema.SchemaError as exc:
-            self._bad_frame(peer, self._guess_req_id(frame), exc.code, str(exc))
-            return
+            flush = self._decode_flush(frame) if exc.code == schema.E_UNKNOWN_KIND else None
+            if flush is None:
+                self._bad_frame(peer, self._guess_req_id(frame), exc.code, str(exc))
+                return
+            kind, fields = FLUSH, flush
         try:
             self._dispatch[kind](self, peer, *fields)
         except Exception:
             log.exception("ipc: internal error on a %s frame", schema.KIND_NAMES.get(kind))
             self._bad_frame(peer, schema.req_id_of(fields, kind), schema.E_INTERNAL,
                             "internal error; see the daemon log")
+
+    @staticmethod
+    def _decode_flush(frame: bytes) -> list | None:
+        """[session_id] of a FLUSH frame the shared schema does not know yet, else None."""
+        if FLUSH in schema.FIELDS:
+            return None             # the schema checked it, and it is not a FLUSH
+        try:
+            msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        except Exception:  # garbage: reported as the schema's unknown kind
+            return None
+        if type(msg) is list and len(msg) >= 2 and msg[0] == FLUSH and type(msg[1]) is bytes \
+                and len(msg[1]) == schema.SESSION_ID_LEN:
+            return [msg[1]]
+        return None
 
     def _guess_req_id(self, frame: bytes):
         """The req_id of a rejected frame, when it is simple to find (for the error reply)."""
@@ -572,7 +603,8 @@ class IpcServer:
         s.failed_memory = max(_RECENT_FAILED, int(settings.get("queue_maxsize") or 0))
         s.unregistered = False
         s.last_seen = time.monotonic()
-        self._send(peer, schema.encode([schema.REGISTERED, req_id, sid, s.next_seq, self.instance_id]))
+        self._send(peer, schema.encode([schema.REGISTERED, req_id, sid, s.next_seq, self.instance_id,
+                                        FEATURES]))
 
     def _evict_one(self) -> bool:
         """Make room by dropping the longest-idle session with nothing in flight."""
@@ -961,6 +993,10 @@ class IpcServer:
             except QueueFull:
                 return
             self._deferred.popleft()
+        if self._flush_after_pump:
+            sids, self._flush_after_pump = self._flush_after_pump, set()
+            for sid in sids:
+                producer.flush_session(sid)
 
     def _start_spool(self) -> None:
         """Seed sessions from the spool and start replaying what it recovered."""
@@ -1171,6 +1207,21 @@ class IpcServer:
                 del self._sessions[sid]
         self._send(peer, schema.encode([schema.UNREGISTERED, req_id, left]))
 
+    def _on_flush(self, peer, sid) -> None:
+        """The session's producer is stopping: what it has waiting for batching goes out now.
+
+        Frames are read in order, so every SEND the shim sent before the FLUSH
+        was taken (or refused) already. With a spool, entries still waiting to
+        be handed to the producer are flushed once the pump has submitted them.
+        """
+        s = self._session_for(peer, sid, None)
+        if s is None:
+            return          # ERROR(UNKNOWN_SESSION): the shim registers, replays and flushes again
+        self._c["flushes"] += 1
+        self.producer.flush_session(sid)
+        if any(sub.session_id == sid for sub in self._deferred):
+            self._flush_after_pump.add(sid)
+
     def _on_stats(self, peer, req_id) -> None:
         try:
             data = self.stats_provider()
@@ -1189,6 +1240,7 @@ class IpcServer:
         schema.METADATA: _on_metadata,
         schema.UNREGISTER: _on_unregister,
         schema.STATS: _on_stats,
+        FLUSH: _on_flush,
     }
 
     # --- outcomes --------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """A test double for the BrokerProducer seam, and a thread that hosts an IpcServer.
 
 `FakeProducer` implements what IpcServer uses (`submit`, `partitions_for`,
-`fetch_partitions`) and delivers each submission on the loop, with offsets
+`fetch_partitions`, `flush_session`) and delivers each submission on the loop, with offsets
 counted per partition, unless told to hold, fail or refuse. It is a double
 for the seam (DESIGN.md), for unit tests of the link; the end-to-end tests
 use the real daemon.
@@ -29,6 +29,7 @@ class FakeProducer:
         self.fail_with = 0           # deliver with this error code instead
         self.refuse = 0              # refuse the next N submissions with QueueFull
         self.held = []
+        self.flushed = []            # session ids passed to flush_session, in order
         self.on_outcomes = None
         self.loop = None
         self._arrived = threading.Condition()
@@ -44,6 +45,9 @@ class FakeProducer:
 
     async def fetch_partitions(self, topic, timeout):
         return 0, list(self.partitions)
+
+    def flush_session(self, session_id):
+        self.flushed.append(session_id)
 
     def submit(self, sub):
         if self.refuse:

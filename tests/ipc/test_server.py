@@ -143,6 +143,27 @@ def test_every_frame_past_a_gap_is_refused_until_the_replay_fills_it(server, pee
     assert peer.register(rid=9)[3] == 9             # REGISTERED says where the daemon stands
 
 
+def test_flush_reaches_the_producer_and_registered_announces_it(server, peer):
+    from kafkad.ipc.server import FLUSH
+
+    reply = peer.register()
+    assert reply[5] == ["flush"]                      # the feature list the shim looks for
+    peer.send([schema.SEND, peer.sid, [entry(0)]])
+    assert peer.recv()[:3] == [schema.ACK, peer.sid, [0]]
+    peer.send([FLUSH, peer.sid])
+    peer.send([schema.STATS, 4])                      # frames are handled in order
+    assert peer.recv()[:2] == [schema.STATS_REPLY, 4]  # and FLUSH itself has no reply
+    assert server.producer.flushed == [peer.sid]
+    assert server.server.stats()["flushes"] == 1
+    stranger = os.urandom(16)
+    peer.send([FLUSH, stranger])                      # unknown session: told so, like a SEND
+    kind, _, code, _, sid = peer.recv()
+    assert (kind, code, sid) == (schema.ERROR, schema.E_UNKNOWN_SESSION, stranger)
+    peer.send([FLUSH, b"short"])                      # a bad FLUSH is a bad frame, not a flush
+    assert peer.recv()[0] == schema.ERROR
+    assert server.producer.flushed == [peer.sid]
+
+
 def test_queue_full_refuses_from_that_entry_and_keeps_order(server, peer):
     peer.register()
     server.producer.refuse = 1
