@@ -44,6 +44,7 @@ from typing import Callable
 
 import msgpack
 import zmq
+from zmq.utils import monitor as zmq_monitor
 
 from client_shim import schema
 from kafkad.config import IpcConfig
@@ -63,6 +64,11 @@ _PROBE_TIMEOUT_S = 0.5
 _REPLAY_BATCH = 256               # spool entries read back per pump step
 _HELD_MAX_BYTES = 64 << 20        # SEND payload held while a full spool blocks senders (then stop reading)
 _ENTRY_OVERHEAD = 2048            # bound on a spool entry's size beyond its keys and values (settings, header)
+# ZeroMQ's MAXMSGSIZE is max_frame_bytes plus this: a frame a little over the
+# limit still arrives and gets an ERROR(TOO_LARGE) reply naming it; a bigger one
+# is cut off by ZeroMQ before it is buffered (it drops that peer's connection).
+_FRAME_ENVELOPE = 64 << 10
+_DISCONNECT_LOG_EVERY_S = 60.0    # at most one log line per this many seconds about dropped connections
 
 
 # FLUSH ([FLUSH, session_id], no reply): send what the session's producer has
@@ -231,6 +237,9 @@ class IpcServer:
         self.instance_id = os.urandom(16)
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._disconnects_unlogged = 0
+        self._disconnect_log_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sessions: dict[bytes, _Session] = {}
         self._stopping = False
@@ -269,7 +278,7 @@ class IpcServer:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         # A hard cap so one message cannot exhaust memory; frames between
         # max_frame_bytes and this get an ERROR reply, bigger ones a disconnect.
-        sock.setsockopt(zmq.MAXMSGSIZE, max(4 * self.cfg.max_frame_bytes, 1 << 20))
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         try:
             if path is not None:
                 old_umask = os.umask(0o177)   # nobody else can connect before the chmod below
@@ -291,11 +300,50 @@ class IpcServer:
                 raise EndpointInUse(f"{self.cfg.endpoint} is already in use by another process") from None
             raise
         self._sock = sock
+        self._start_monitor()
         if self.spool is not None:
             self._start_spool()
         self._loop.add_reader(sock.getsockopt(zmq.FD), self._on_readable)
         self._schedule_read()
         log.info("ipc: serving %s", self.cfg.endpoint)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The socket's MAXMSGSIZE: a peer sending a bigger message is disconnected by ZeroMQ."""
+        return self.cfg.max_frame_bytes + _FRAME_ENVELOPE
+
+    def _start_monitor(self) -> None:
+        """Watch the ROUTER's connections: ZeroMQ drops a peer that sends an oversized
+        message without telling the application, so every drop is counted here."""
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._loop.add_reader(self._monitor.getsockopt(zmq.FD), self._on_monitor)
+        self._loop.call_soon(self._on_monitor)
+
+    def _on_monitor(self) -> None:
+        mon = self._monitor
+        if mon is None:
+            return
+        while True:
+            try:
+                event = zmq_monitor.recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except zmq.ZMQError:
+                return
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self._c["peers_accepted"] += 1
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._c["peers_disconnected"] += 1
+                self._disconnects_unlogged += 1
+        now = time.monotonic()
+        if self._disconnects_unlogged and now >= self._disconnect_log_at:
+            # A shim that exits closes its connection too, so this is information,
+            # not an alarm; the limit is named because nothing else reports that case.
+            log.info("ipc: %d client connection(s) closed (%d in all): clients that exited, or that "
+                     "sent a message over %d bytes, which ZeroMQ cuts off without delivering it",
+                     self._disconnects_unlogged, self._c["peers_disconnected"], self.max_message_bytes)
+            self._disconnects_unlogged = 0
+            self._disconnect_log_at = now + _DISCONNECT_LOG_EVERY_S
 
     async def _clear_stale_socket(self, path: str) -> None:
         try:
@@ -367,6 +415,11 @@ class IpcServer:
             self._sync_timer = None
         if self.spool is not None and not self._spool_broken:
             await self._final_commit()
+        if self._monitor is not None:
+            self._loop.remove_reader(self._monitor.getsockopt(zmq.FD))
+            self._sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         if self._sock is not None:
             try:
                 self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
@@ -408,6 +461,8 @@ class IpcServer:
             "outcomes_forgotten": self._c["forgotten"],
             "gap_replies": self._c["gap_replies"],
             "flushes": self._c["flushes"],
+            "peers_accepted": self._c["peers_accepted"],
+            "peers_disconnected": self._c["peers_disconnected"],
             **({"spool_deferred_messages": sum(len(sub) for sub in self._deferred),
                 "spool_replaying": self._replay is not None or bool(self._replay_queue),
                 "spool_replayed_messages": self._spool_c["replayed_messages"],

@@ -7,9 +7,11 @@ frames of client_shim.schema by hand, so every check is on the wire format.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
+import time
 
 import msgpack
 import pytest
@@ -305,6 +307,40 @@ def test_oversized_frame_and_multipart_are_refused(tmp_path):
             assert p.recv()[:2] == [schema.STATS_REPLY, 3]
         finally:
             p.close()
+
+
+def test_a_message_over_the_socket_limit_drops_only_that_peer_and_is_counted(caplog):
+    """MAXMSGSIZE is max_frame_bytes plus a small envelope: a frame of exactly
+    max_frame_bytes is served, a bigger message makes ZeroMQ drop the sender's
+    connection before buffering it (counted and logged); other clients go on."""
+    caplog.set_level(logging.INFO, logger="kafkad.ipc")
+    with ServerThread(max_frame_bytes=4096) as st:
+        limit = st.server.max_message_bytes
+        assert 4096 < limit <= 4096 + (64 << 10)
+        good, bad = Peer(st.endpoint), Peer(st.endpoint)
+        try:
+            good.register()
+            pad = 0
+            while len(schema.encode([schema.SEND, good.sid, [entry(0, b"x" * pad)]])) < 4096:
+                pad += 1
+            maximal = schema.encode([schema.SEND, good.sid, [entry(0, b"x" * pad)]])
+            assert len(maximal) == 4096
+            good.send(maximal)
+            assert good.recv()[:3] == [schema.ACK, good.sid, [0]]
+            bad.send(b"\x91" + b"\x00" * limit)                 # one byte over the socket's limit
+            deadline = time.monotonic() + 5
+            while st.call(st.server.stats)["peers_disconnected"] < 1:
+                assert time.monotonic() < deadline, "the oversized sender was not disconnected"
+                time.sleep(0.01)
+            stats = st.call(st.server.stats)
+            assert stats["bad_frames_total"] == 0 and stats["frames_in"] == 2   # it never reached the reader
+            good.send([schema.SEND, good.sid, [entry(1)]])
+            assert good.recv()[:3] == [schema.ACK, good.sid, [1]]
+            assert [v for _, _, _, v in st.producer.messages()] == [b"x" * pad, b"v"]
+        finally:
+            good.close()
+            bad.close()
+    assert "client connection(s) closed" in caplog.text
 
 
 def test_hostile_flood_does_not_harm_a_good_client(server):
