@@ -68,6 +68,7 @@ _ENTRY_OVERHEAD = 2048            # bound on a spool entry's size beyond its key
 # limit still arrives and gets an ERROR(TOO_LARGE) reply naming it; a bigger one
 # is cut off by ZeroMQ before it is buffered (it drops that peer's connection).
 _FRAME_ENVELOPE = 64 << 10
+_CLOSE_LINGER_S = 1.0             # at close: how long replies already queued may take to reach the shims
 _DISCONNECT_LOG_EVERY_S = 60.0    # at most one log line per this many seconds about dropped connections
 
 
@@ -425,11 +426,16 @@ class IpcServer:
                 self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
             except (zmq.ZMQError, ValueError):
                 pass
-            self._sock.close(0)
+            await self._send_backlogs_before_close()
+            # Replies already handed to ZeroMQ (the ACKs of what the drain delivered,
+            # FAILED, REJECTED) get a short linger to reach the shims: one lost at exit
+            # makes its shim send the message again to the next daemon (a duplicate).
+            self._sock.setsockopt(zmq.LINGER, int(_CLOSE_LINGER_S * 1000))
+            self._sock.close()
             self._sock = None
         if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
+            ctx, self._ctx = self._ctx, None
+            await self._loop.run_in_executor(None, ctx.term)   # returns once sent or the linger ends
         path = _ipc_path(self.cfg.endpoint)
         if path is not None and self._bound_inode is not None:
             try:
@@ -438,6 +444,19 @@ class IpcServer:
                     os.unlink(path)
             except FileNotFoundError:
                 pass
+
+    async def _send_backlogs_before_close(self) -> None:
+        """Hand ZeroMQ the replies waiting for a slow peer's pipe, for up to the close linger."""
+        deadline = time.monotonic() + _CLOSE_LINGER_S
+        while any(s.backlog for s in self._sessions.values()):
+            self._flush_backlogs()
+            if time.monotonic() >= deadline:
+                lost = sum(len(s.backlog) for s in self._sessions.values())
+                if lost:
+                    log.warning("ipc: closing with %d reply frame(s) that the shims did not take in "
+                                "%.1fs; they replay those messages to the next daemon", lost, _CLOSE_LINGER_S)
+                return
+            await asyncio.sleep(0.01)
 
     def stats(self) -> dict:
         inflight = sum(s.inflight_msgs for s in self._sessions.values())
@@ -484,8 +503,8 @@ class IpcServer:
     def _on_readable(self) -> None:
         self._read_scheduled = False
         sock = self._sock
-        if sock is None:
-            return
+        if sock is None or self._closed:
+            return          # closing: nothing more is taken (the shims keep what they send now)
         n = 0
         if self._held_bytes > _HELD_MAX_BYTES:
             return      # a full spool holds back senders: resumed by _resume_held
