@@ -157,6 +157,11 @@ class _Session:
         self.orphaned = False       # its producer was garbage-collected without stop()
         self.failed_messages = 0
         self.delivered_messages = 0
+        # Whether the daemon's session may lack entries this process already settled:
+        # the instance id of the daemon that last answered REGISTERED for this id, and
+        # whether a daemon since said it does not know the session (E_UNKNOWN_SESSION).
+        self.daemon_instance: bytes | None = None
+        self.daemon_forgot = False
 
     # --- caller side --------------------------------------------------------
 
@@ -250,6 +255,8 @@ class _Session:
             self.next_seq = seq
             self.unsent = collections.deque()
             self.replay_from = None
+            self.daemon_instance = None     # no daemon knows the new id yet
+            self.daemon_forgot = False
         return old
 
     def schedule_replay(self, from_seq: int, delay: float) -> None:
@@ -736,21 +743,28 @@ class _Link:
             if isinstance(features, list) else frozenset()
         if s is None:
             return
-        if s.missing_from(next_seq):
-            # The daemon takes a session's entries only in an unbroken run from its
-            # next_seq, and this process no longer holds some of them: acknowledged
-            # by a previous daemon (acknowledgements come per partition, so what is
-            # left has holes), while this daemon's session is new and starts at the
-            # REGISTER's first_seq. Those entries can never be sent again, so the
-            # daemon would wait for them forever. Start over as a new session whose
-            # entries are numbered without holes (late acknowledgements for the old
-            # id are ignored: at worst an entry is written twice, never lost).
+        # A daemon that knew this session all along steps over what it took beyond
+        # next_seq (its taken_above): a plain replay from next_seq is right even when
+        # the entries held here have holes. Only a session the daemon has just made
+        # (it restarted, or evicted and forgot the session) knows nothing of them.
+        daemon_session_is_new = s.daemon_forgot or s.daemon_instance != instance
+        s.daemon_instance = instance
+        s.daemon_forgot = False
+        if daemon_session_is_new and s.missing_from(next_seq):
+            # The daemon takes a new session's entries only in an unbroken run from
+            # the REGISTER's first_seq, and this process no longer holds some of them:
+            # acknowledged by a previous daemon (acknowledgements come per partition,
+            # so what is left has holes). Those entries can never be sent again, so
+            # the daemon would wait for them forever. Start over as a new session
+            # whose entries are numbered without holes (late acknowledgements for the
+            # old id are ignored: at worst an entry is written twice, never lost).
             self.stats["sessions_renumbered"] += 1
             old = s.renumber()
             del self.sessions[old]
             self.sessions[s.session_id] = s
-            log.info("client_shim: kafkad expects seq %d of %s, which a previous daemon already "
-                     "acknowledged; continuing as a new session", next_seq, s.label)
+            log.info("client_shim: kafkad's new session for %s expects seqs this process no longer "
+                     "holds (settled before the daemon restarted or forgot the session); continuing "
+                     "as a new session", s.label)
             self._queue(schema.encode([schema.UNREGISTER, next(self.req_ids), old]))
             self._register(s)
             return
@@ -832,6 +846,7 @@ class _Link:
                 req.sent = False
                 self._waiting.append(req)
             s.replay_from = None        # a new session on the daemon: replay everything
+            s.daemon_forgot = True
             self._register(s)
             return
         if req is not None and code in (schema.E_QUEUE_FULL, schema.E_STOPPING):

@@ -18,7 +18,8 @@ import pytest
 
 import client_shim
 from client_shim import errors
-from tests.ipc.fakes import ServerThread, short_tmp_endpoint
+from kafkad.engine.types import QueueFull
+from tests.ipc.fakes import FakeProducer, ServerThread, short_tmp_endpoint
 
 
 @pytest.fixture
@@ -478,6 +479,48 @@ def test_refused_replay_is_retried_until_taken(server):
             [b"r%d" % i for i in range(5) if i % 2 == part]
     assert p._session.link.stats["rejected_QUEUE_FULL"] >= 1
     p.stop()
+
+
+class _RefusesPartition1Once(FakeProducer):
+    """Refuses the first submission for partition 1 (QueueFull), holds partition 0's,
+    delivers the rest at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused = False
+
+    def submit(self, sub):
+        if sub.partition == 1 and not self.refused:
+            self.refused = True
+            raise QueueFull("fake queue full")
+        with self._arrived:
+            self.submissions.append(sub)
+            self._arrived.notify_all()
+        if sub.partition == 0:
+            self.held.append(sub)
+        else:
+            self.loop.call_soon(self.complete, [sub])
+
+
+def test_refusal_with_holes_on_a_running_daemon_sends_nothing_twice():
+    """One frame carries seq 0 (partition 0, held), 1 (partition 1, refused) and 2
+    (partition 2, delivered). The running daemon keeps the session (next_seq 1, seq 2
+    taken above it), and the shim has settled seq 2 when it registers again. That hole
+    is not a restart: the shim must replay from seq 1 in the same session, not continue
+    as a new one (which would send seq 0, still in flight, a second time)."""
+    endpoint = short_tmp_endpoint()
+    p = client_shim.Producer(client_shim.DaemonClient(endpoint), async_send=True, batch_send_every_n=1)
+    for part in (0, 1, 2):                        # queued while no daemon runs: one frame later
+        p.send_messages("t", part, b"m%d" % part)
+    with ServerThread(endpoint=endpoint, producer=_RefusesPartition1Once()) as st:
+        st.producer.wait_messages(3)              # m0 held, m2 delivered, m1 taken on the replay
+        st.producer.release()
+        p.stop(timeout=10)
+        assert p._session.pending == {}
+        link = p.client._link
+        assert st.producer.refused and link.stats["rejected_QUEUE_FULL"] == 1
+        assert link.stats["sessions_renumbered"] == 0
+        assert sorted(values(st)) == [b"m0", b"m1", b"m2"]
 
 
 def test_late_acknowledgement_from_the_old_daemon_does_not_strand_messages():
