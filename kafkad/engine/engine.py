@@ -804,6 +804,14 @@ class Engine:
     def _retry_or_fail(self, b: Batch, code: int, now: float, *, retriable: bool,
                        timeout: bool, counts: bool) -> None:
         lane = b.lane
+        if lane.batches[0] is not b:
+            # Records ahead of b in its lane are unresolved (waiting for a resend or
+            # still on the wire). Failing b now would report a submission's later
+            # records before its earlier ones, and outcomes map onto records by
+            # arrival order: b waits as a collateral retry instead, and its fate is
+            # decided in lane order (by its resend, or by the expiry sweep).
+            b.retry_at = now
+            return
         keep: list[Chunk] = []
         failed: list[tuple[Chunk, int]] = []
         retries = b.attempts  # failures so far, this one included
@@ -852,10 +860,15 @@ class Engine:
             self._finish(b)
 
     def _fail_lane(self, lane: Lane, code: int, now: float, why: str) -> None:
-        """Fail every record of `lane` that is not on the wire."""
+        """Fail the records of `lane` ahead of its first batch on the wire.
+
+        Records behind a batch on the wire wait for its answer (or its request
+        timeout): failing them first would report a submission's records out of
+        order. The lane fails them in order once it is visited again.
+        """
         for b in list(lane.batches):
             if b.state is BatchState.IN_FLIGHT:
-                continue
+                break
             self._drop_from_batch(b, [], [(c, code) for c in b.chunks], now, why or None)
 
     def _fail_chunk(self, c: Chunk, code: int, why: str | None, lane: Lane | None = None) -> None:
@@ -1129,10 +1142,12 @@ class Engine:
         """Expire, ready and pick `lane`'s batches; return when it needs a look again."""
         deadline = _INF
         group = lane.group
-        # expiry of records not on the wire
+        # expiry of records not on the wire, in lane order up to the first batch on
+        # the wire: the records behind it wait for its answer or request timeout,
+        # so that each submission's outcomes come in record order
         for b in list(lane.batches):
             if b.state is BatchState.IN_FLIGHT:
-                continue
+                break
             if now >= b.deadline:
                 code, why = self._expiry_cause(lane)
                 keep = [c for c in b.chunks if now < c.deadline]
@@ -1353,11 +1368,8 @@ class Engine:
                 return sub
             return replace(sub, keys=sub.keys[c.lo:c.hi], values=sub.values[c.lo:c.hi])
 
-        for hold in self.holds.values():
-            out.extend(part(c) for c in hold.chunks)
-            hold.chunks.clear()
-            hold.count = 0
-        self.holds.clear()
+        # Lanes before holds: a hold releases a submission from its front, so a
+        # submission's parts in lanes come before its part still held.
         for lane in list(self._active):
             for b in list(lane.batches):
                 out.extend(part(c) for c in b.chunks)
@@ -1366,6 +1378,11 @@ class Engine:
             lane.inflight = 0
             lane.queued = 0
         self._active.clear()
+        for hold in self.holds.values():
+            out.extend(part(c) for c in hold.chunks)
+            hold.chunks.clear()
+            hold.count = 0
+        self.holds.clear()
         for group in self.groups.values():
             group.inflight = 0
         for conn in self.conns.values():
