@@ -53,6 +53,7 @@ from zmq.utils.monitor import recv_monitor_message
 from client_shim import schema
 from client_shim.errors import (
     AsyncProducerQueueFull,
+    IllegalStateError,
     KafkadUnavailableError,
     KafkaProtocolError,
 )
@@ -169,8 +170,15 @@ class _Session:
         n = len(values)
         entry = [0, topic, partition, int(time.time() * 1000), keys, values]
         with self.lock:
+            # Checked under the lock that stop() takes to collect what is left: an entry
+            # is either in that collection (delivered or reported by stop()) or refused
+            # here, never put into a session the I/O thread no longer sends.
+            if self.closed:
+                raise self._stopped_error(n, topic, partition)
             if self.maxsize and self.unacked + n > self.maxsize:
                 self._wait_for_space(n, values)
+                if self.closed:
+                    raise self._stopped_error(n, topic, partition)
             seq = self.next_seq
             self.next_seq = seq + n
             entry[0] = seq
@@ -180,6 +188,10 @@ class _Session:
         link = self.link
         if link.sleeping:
             link.wake()
+
+    def _stopped_error(self, n: int, topic: str, partition: int) -> IllegalStateError:
+        return IllegalStateError(f"{self.label} is stopped: {n} message(s) to {topic}[{partition}] "
+                                 "were not sent")
 
     def _wait_for_space(self, n: int, values: list) -> None:
         if n > self.maxsize:
@@ -191,13 +203,17 @@ class _Session:
                 if left <= 0 or self.closed:
                     break
                 self.space.wait(left)
-        if self.unacked + n > self.maxsize:
+        if self.unacked + n > self.maxsize and not self.closed:
             raise AsyncProducerQueueFull(
                 list(values), f"{self.unacked} messages not yet acknowledged by kafkad "
                 f"(async_queue_maxsize={self.maxsize}, async_queue_put_timeout={self.put_timeout})")
 
-    def wait_drained(self, timeout: float) -> list[list]:
-        """Wait until every entry is acknowledged or `timeout` passes; return what is left."""
+    def wait_drained(self, timeout: float, *, close: bool = False) -> list[list]:
+        """Wait until every entry is acknowledged or `timeout` passes; return what is left.
+
+        With `close` (stop()), the session refuses new entries from the moment the
+        result is taken, under the same lock, so no send slips in after it unseen.
+        """
         deadline = time.monotonic() + max(0.0, timeout)
         with self.lock:
             while self.pending:
@@ -205,6 +221,9 @@ class _Session:
                 if left <= 0:
                     break
                 self.drained.wait(left)
+            if close:
+                self.closed = True
+                self.space.notify_all()     # a sender waiting for room is refused at once
             return list(self.pending.values())
 
     # --- I/O-thread side ------------------------------------------------------

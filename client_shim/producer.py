@@ -263,6 +263,8 @@ class Producer:
         return self._send_sync(session, topic, partition, keys, values)
 
     def _send_sync(self, session, topic, partition, keys, values):
+        if session.closed:              # stopped by another thread since _get_session()
+            raise IllegalStateError(f"{type(self).__name__} is stopped")
         import time
         ts = int(time.time() * 1000)
         reply = session.link.request_direct(
@@ -297,7 +299,9 @@ class Producer:
             # Like kafka-python's stop(), which sent its queue at once: ask the daemon
             # not to hold this producer's messages for batching any longer.
             session.link.request_flush(session)
-        left = session.wait_drained(wait) if self.async_send else []
+        # Closes the session too: a send racing this stop() from another thread either
+        # got in before (and is waited for or reported here) or raises IllegalStateError.
+        left = session.wait_drained(wait if self.async_send else 0.0, close=True)
         if left:
             count = sum(len(e[5]) for e in left)
             log.error("%s stopped with %d message(s) not delivered after %gs", session.label, count, wait)

@@ -129,6 +129,57 @@ def test_sync_stop_is_harmless(server):
     q.stop()
 
 
+def _stop_between_get_session_and_send(p):
+    """Make `p`'s next send find its session, then have another thread run stop() to
+    its end before the send goes on: the interleaving of a send racing stop()."""
+    get_session = p._get_session
+
+    def racing():
+        session = get_session()
+        stopper = threading.Thread(target=p.stop, args=(5,))
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive() and session.closed
+        return session
+
+    p._get_session = racing
+
+
+@pytest.mark.parametrize("async_send", [True, False], ids=["async", "sync"])
+def test_send_racing_stop_from_another_thread_raises(server, async_send):
+    p = client_shim.Producer(client(server), async_send=async_send)
+    p.send_messages("t", 0, b"before")
+    _stop_between_get_session_and_send(p)
+    with pytest.raises(errors.IllegalStateError, match="stopped"):
+        p.send_messages("t", 0, b"racing")
+    assert values(server) == [b"before"]
+    assert p._session.pending == {}
+
+
+def test_sender_waiting_for_room_is_refused_when_stop_ends_the_session(server, caplog):
+    server.producer.hold = True
+    p = client_shim.Producer(client(server), async_send=True, async_queue_maxsize=1,
+                             async_queue_put_timeout=60)
+    p.send_messages("t", 0, b"held")
+    outcome = []
+
+    def send_when_room():
+        try:
+            p.send_messages("t", 0, b"never-taken")
+        except Exception as exc:  # recorded for the assertion below
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send_when_room)
+    sender.start()
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        p.stop(timeout=0.1)
+    sender.join(30)                               # not the 60 s put timeout
+    assert not sender.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.IllegalStateError), outcome
+    assert "1 message(s) not delivered" in caplog.text and "never-taken" not in caplog.text
+    server.producer.release()
+
+
 def test_async_failure_is_logged_with_contents_or_hash(server, caplog):
     server.producer.fail_with = 29
     loud = client_shim.Producer(client(server), async_send=True)
