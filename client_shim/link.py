@@ -157,7 +157,6 @@ class _Session:
         self.closed = False
         self.orphaned = False       # its producer was garbage-collected without stop()
         self.failed_messages = 0
-        self.delivered_messages = 0
         # Whether the daemon's session may lack entries this process already settled:
         # the instance id of the daemon that last answered REGISTERED for this id, and
         # whether a daemon since said it does not know the session (E_UNKNOWN_SESSION).
@@ -668,9 +667,6 @@ class _Link:
         # Every frame is a msgpack array whose first element is a positive fixint kind.
         return frame[1] if len(frame) > 1 else -1
 
-    def _is_sync_send(self, req: _Request) -> bool:
-        return self._kind_of(req.frame) == schema.SEND_SYNC
-
     def _is_register(self, req: _Request) -> bool:
         return self._kind_of(req.frame) == schema.REGISTER
 
@@ -797,9 +793,7 @@ class _Link:
     def _h_ack(self, msg) -> None:
         s = self.sessions.get(msg[1])
         if s is not None:
-            freed = s.settle(msg[2])
-            if freed:
-                s.delivered_messages += freed
+            if s.settle(msg[2]):
                 s.backoff = _REPLAY_BACKOFF_MIN_S    # the daemon takes messages again
 
     def _h_failed(self, msg) -> None:

@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import threading
+import time
 import warnings
 import weakref
 
@@ -265,7 +266,6 @@ class Producer:
     def _send_sync(self, session, topic, partition, keys, values):
         if session.closed:              # stopped by another thread since _get_session()
             raise IllegalStateError(f"{type(self).__name__} is stopped")
-        import time
         ts = int(time.time() * 1000)
         reply = session.link.request_direct(
             lambda rid: schema.encode([schema.SEND_SYNC, session.session_id, rid, topic, partition,
