@@ -1248,12 +1248,26 @@ class Engine:
             for q in queues:
                 b = q[0]
                 lane = b.lane
+                group = lane.group
+                if group.idempotent and group.state is not PidState.READY:
+                    # Another lane of the group started an epoch bump in this poll
+                    # (an expired batch that may have been written): nothing more
+                    # goes until the new epoch, else these batches would go out
+                    # without sequence numbers and could overtake each other.
+                    q.clear()
+                    continue
                 tp = (lane.topic, lane.partition)
                 if tp in tps:
                     continue   # same partition under other batch settings: next request
                 try:
                     wire = self._encode(b)
                 except Exception as exc:  # noqa: BLE001 - a failing codec must not wedge the lane
+                    if lane.batches[0] is not b:
+                        # Earlier records of the lane are on the wire: fail b once it is
+                        # the lane's oldest (their answers mark the lane dirty), so its
+                        # submission's outcomes stay in record order.
+                        q.clear()
+                        continue
                     q.popleft()
                     self._drop_from_batch(
                         b, [], [(c, UNKNOWN_SERVER_ERROR) for c in b.chunks], now,

@@ -172,3 +172,71 @@ def test_random_event_orders_keep_each_submissions_outcomes_in_order(seed):
         assert e.idle
     h.check_accounting()
     check_order(h, subs, left)
+
+
+def test_a_batch_that_cannot_be_encoded_behind_one_on_the_wire_fails_after_it(monkeypatch):
+    import kafkad.engine.engine as engine_mod
+
+    real = engine_mod.encode_record_batch
+
+    def broken(keys, values, *a, **kw):
+        if any(v.startswith(b"poison") for v in values):
+            raise RuntimeError("codec library missing")
+        return real(keys, values, *a, **kw)
+
+    h = Harness(_cluster(), batch_max_bytes=2000)
+    _connect(h)
+    monkeypatch.setattr(engine_mod, "encode_record_batch", broken)
+    values = [bytes([65 + i]) * 600 for i in range(3)] + [b"poison" * 100] * 3
+    sub = h.submit("t", 0, values, token="T", settings=SYNC)
+    h.run()
+    runs = [(o.error, o.delivered, o.failed) for o in h.by_token()["T"]]
+    assert runs == [(0, 3, 0), (-1, 0, 3)]
+    check_order(h, {"T": sub})
+
+
+def test_nothing_goes_without_a_sequence_when_another_lane_starts_an_epoch_bump_in_the_same_poll():
+    """Lane p1 picks a batch, then lane p0's expiry (maybe written) starts a bump: p1 waits.
+
+    A batch sent without a sequence number while the group bumps its epoch
+    could overtake the lane's other batches (and be reported before them).
+    """
+    from kafkad.protocol import decode_record_batches
+
+    c = _cluster()
+    c.move_leader("t", 0, 2)
+    c.move_leader("t", 1, 1)
+    h = Harness(c, delivery_timeout_ms=10_000, request_timeout_ms=30_000)
+    _connect(h)
+    h.submit("t", 1, [b"w"], token="w1")       # broker 1's connection up too
+    h.run()
+    h.outcomes.clear()
+    h.hold_answers.add(1)
+    x = h.submit("t", 1, [b"x"], token="x", settings=SYNC)   # p1's lane is the older one
+    h.run(until=h.now + 0.1)
+    h.hold_answers.add(2)
+    p0_at = h.now
+    p0 = h.submit("t", 0, [b"p0"], token="p0", settings=SYNC)
+    h.run(until=h.now + 0.1)
+    h.up.discard(2)
+    h.unanswered = [q for q in h.unanswered if q.node != 2]
+    h.engine.disconnected(2, h.now, "reset")   # p0's batch may have been written
+    h.run(until=p0_at + 9.9)
+    assert h.by_token()["p0"] == []
+    h.sent.clear()
+    h.now = p0_at + 10.0                       # p0's delivery deadline
+    y = h.submit("t", 1, [b"y"], token="y", settings=SYNC)
+    h.step()                                   # p0 expires in the poll that would send y
+    assert [(o.error, o.failed) for o in h.by_token()["p0"]] == [(7, 1)]
+    for req in h.produce_requests():
+        for t in req.msg.topic_data:
+            for p in t.partition_data:
+                assert decode_record_batches(p.records)[0].producer_id >= 0, \
+                    "a batch went out without a producer id during the bump"
+    h.hold_answers.clear()
+    for req in h.unanswered:
+        h.engine.response(req, c.answer(req), h.now)
+    h.unanswered.clear()
+    h.run()
+    assert h.values("t", 1) == [b"w", b"x", b"y"]
+    check_order(h, {"x": x, "y": y, "p0": p0})
