@@ -26,9 +26,10 @@ from kafkad import __version__
 from kafkad.broker.connection import BrokerConnection
 from kafkad.config import KafkaConfig, QueueConfig
 from kafkad.engine.engine import Engine
-from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission
+from kafkad.engine.types import Outcome, ProducerDrained, QueueFull, SessionSettings, Submission
 
-__all__ = ["BrokerProducer", "Outcome", "QueueFull", "SessionSettings", "Submission"]
+__all__ = ["BrokerProducer", "Outcome", "ProducerDrained", "QueueFull", "SessionSettings",
+           "Submission"]
 
 log = logging.getLogger("kafkad.broker")
 
@@ -90,7 +91,12 @@ class BrokerProducer:
         self.wake()
 
     def submit(self, sub: Submission) -> None:
-        """Take a submission, or raise QueueFull (nothing taken). Never blocks."""
+        """Take a submission, or raise QueueFull (nothing taken). Never blocks.
+
+        Once `drain` has handed back the undelivered, every submission is
+        refused with ProducerDrained (a QueueFull subclass): the outcomes that
+        drain's last poll reports may prompt the IPC side to submit more.
+        """
         if self.loop is None:
             raise RuntimeError("BrokerProducer.submit: await start() first")
         if self._closed:
@@ -161,7 +167,10 @@ class BrokerProducer:
                 if fut in self._idle_waiters:
                     self._idle_waiters.remove(fut)
         left = engine.take_undelivered()
-        self._poll()  # report what finished while draining
+        # Report what finished while draining. on_outcomes may try to submit more
+        # (the IPC server's spool replay): the engine refuses it from now on
+        # (ProducerDrained), so `left` stays exactly what was not delivered.
+        self._poll()
         return left
 
     async def close(self) -> None:

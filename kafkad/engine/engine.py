@@ -42,7 +42,7 @@ from kafkad.engine.batching import SEQ_MODULO, Batch, Chunk, Group, Lane, Sessio
 from kafkad.engine.connections import Actions, Conn, Request
 from kafkad.engine.metadata import MetadataCache
 from kafkad.engine.states import BatchState, ConnState, PidState, advance
-from kafkad.engine.types import Outcome, QueueFull, Submission
+from kafkad.engine.types import Outcome, ProducerDrained, QueueFull, Submission
 from kafkad.protocol import (
     BATCH_OVERHEAD,
     UNSUPPORTED_VERSION,
@@ -152,6 +152,7 @@ class Engine:
         self._cause = 0
         self._cause_text = ""
         self.draining = False
+        self.drained = False   # take_undelivered ran: submit refuses everything
         # counters (messages unless named otherwise)
         self.accepted = 0
         self.delivered = 0
@@ -174,7 +175,13 @@ class Engine:
     # ------------------------------------------------------------------ submit
 
     def submit(self, sub: Submission, now: float) -> None:
-        """Take `sub` or raise QueueFull (nothing taken). Problems found now become Outcomes."""
+        """Take `sub` or raise QueueFull (nothing taken). Problems found now become Outcomes.
+
+        After `take_undelivered` nothing is taken: ProducerDrained (a QueueFull).
+        """
+        if self.drained:
+            raise ProducerDrained("the producer is drained: it takes no more messages "
+                                  "(the daemon is stopping)")
         values = sub.values
         n = len(values)
         if len(sub.keys) != n:
@@ -1372,8 +1379,11 @@ class Engine:
         """Give up on everything not delivered yet; return it as Submissions (or parts).
 
         Records on the wire are included: their fate is unknown, so whoever
-        takes them over (the spool) may write some twice but loses none.
+        takes them over (the spool) may write some twice but loses none. From
+        now on `submit` raises ProducerDrained, so what is returned stays
+        exactly what was not delivered (nothing slips in behind it).
         """
+        self.drained = True
         out: list[Submission] = []
 
         def part(c: Chunk) -> Submission:

@@ -4,7 +4,8 @@ The IPC layer turns a producer session's SEND frame into a `Submission`; the
 engine hands back one or more `Outcome`s per submission (a submission can be
 split across batches, and each part is reported once: delivered or failed).
 `QueueFull` is raised by `BrokerProducer.submit` when the global caps would be
-exceeded; nothing of that submission was taken.
+exceeded, and its subclass `ProducerDrained` once `drain` has handed back the
+undelivered; nothing of that submission was taken.
 
 These classes are plain data: no I/O, no clock, cheap to build (the IPC side
 creates one `Submission` per SEND frame, so `Submission` does no validation
@@ -118,4 +119,14 @@ class QueueFull(Exception):
     """The global caps ([queue] max_messages / max_bytes) would be exceeded.
 
     Nothing of the refused submission was taken.
+    """
+
+
+class ProducerDrained(QueueFull):
+    """The producer was drained (`drain` handed back what it held): it takes no more.
+
+    A subclass of QueueFull, so a caller that keeps a refused submission for
+    later (the IPC server's spool replay and deferred queue) keeps this one
+    too instead of handing it to an engine nobody will empty again. Nothing
+    of the refused submission was taken.
     """

@@ -1136,3 +1136,17 @@ def test_a_topic_wanted_while_a_metadata_request_is_out_is_asked_for_next():
     assert "nope" not in asked[0] and any("nope" in names for names in asked[1:]), asked
     assert h.engine.topic_result("nope", h.now) == (3, [])
     assert h.by_token()["x"][0].error == 0
+
+
+def test_nothing_is_taken_once_drain_has_handed_the_undelivered_back():
+    from kafkad.engine.types import ProducerDrained
+
+    h = Harness(cluster("t"))
+    connect(h)
+    h.engine.start_drain()
+    assert h.engine.take_undelivered() == []
+    with pytest.raises(ProducerDrained, match="drained"):
+        h.submit("t", 0, [b"late"], token="late")
+    assert isinstance(ProducerDrained("x"), QueueFull)   # callers that defer on QueueFull keep it
+    assert h.engine.accepted == 1 and h.engine.queued == 0   # only the warm-up record
+    h.check_accounting()
