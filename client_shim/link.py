@@ -254,6 +254,16 @@ class _Session:
                 expected = seq + len(entry[5])
             return expected < self.next_seq      # settled entries after the last one held
 
+    def lacks(self, seq: int) -> bool:
+        """True if entry `seq` was handed out but is no longer held (it was settled)."""
+        with self.lock:
+            if seq >= self.next_seq:
+                return False
+            for first, entry in self.pending.items():
+                if first <= seq < first + len(entry[5]):
+                    return False
+            return True
+
     def renumber(self) -> bytes:
         """Continue as a new session: a new id, the pending entries numbered 0, 1, ... in order.
 
@@ -831,6 +841,12 @@ class _Link:
             s.paused = True
             s.replay_from = from_seq
             return
+        if code == schema.E_OUT_OF_ORDER and s.lacks(from_seq):
+            # A daemon that kept this session all along never waits for an entry it
+            # settled: its session is new although its instance id is the same (it
+            # evicted the session while this process was disconnected). Registering
+            # again will find the hole and continue as a new session.
+            s.daemon_forgot = True
         if code == schema.E_QUEUE_FULL:
             if s.backoff >= _REPLAY_BACKOFF_MAX_S / 2:
                 log.warning("client_shim: kafkad's queue is full (%s); %s retries", text, s.label)

@@ -663,6 +663,72 @@ def test_late_acknowledgement_from_the_old_daemon_does_not_strand_messages():
         ctx.term()
 
 
+def test_daemon_that_forgot_the_session_under_the_same_instance_gets_a_new_one():
+    """A daemon can forget a session without restarting (it evicted it while this
+    process was disconnected) and make it anew at the next REGISTER, under the same
+    instance id. Its REJECTED(out of order) then names an entry this process settled
+    long ago; no daemon that kept the session waits for such an entry, so the shim
+    continues as a new session numbered without holes instead of replaying forever.
+
+    The daemon is scripted (that sequence needs a disconnect at the right moment).
+    """
+    import msgpack
+    import zmq
+
+    from client_shim import schema
+
+    endpoint = short_tmp_endpoint()
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+
+    def recv(kind):
+        while True:
+            assert router.poll(5000), f"the shim sent no frame of kind {kind}"
+            peer, frame = router.recv_multipart()
+            msg = msgpack.unpackb(frame)
+            if msg[0] == kind:
+                return peer, msg
+
+    def send(peer, msg):
+        router.send_multipart([peer, schema.encode(msg)])
+
+    try:
+        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
+        for part in (0, 1, 2):
+            p.send_messages("t", part, b"m%d" % part)
+        peer, reg = recv(schema.REGISTER)
+        sid = reg[3]
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"daemon"])
+        seen = set()
+        while seen != {0, 1, 2}:
+            _, frame = recv(schema.SEND)
+            seen.update(e[0] for e in frame[2])
+        send(peer, [schema.ACK, sid, [1]])
+        with p._session.lock:
+            assert p._session.space.wait_for(lambda: 1 not in p._session.pending, timeout=5)
+        # The session made anew from first_seq 0 took seq 0 and waits for seq 1.
+        send(peer, [schema.REJECTED, sid, 1, schema.E_OUT_OF_ORDER, "expected seq 1, got 2"])
+        peer, reg = recv(schema.REGISTER)
+        assert reg[3] == sid
+        send(peer, [schema.REGISTERED, reg[2], sid, 1, b"daemon"])
+        peer, reg = recv(schema.REGISTER)
+        new_sid = reg[3]
+        assert new_sid != sid and reg[4] == 0
+        send(peer, [schema.REGISTERED, reg[2], new_sid, 0, b"daemon"])
+        _, frame = recv(schema.SEND)
+        assert frame[1] == new_sid
+        assert [(e[0], e[5]) for e in frame[2]] == [(0, [b"m0"]), (1, [b"m2"])]
+        send(peer, [schema.ACK, new_sid, [0, 1]])
+        p.stop(timeout=5)
+        assert p._session.pending == {}
+        assert p.client._link.stats["sessions_renumbered"] == 1
+    finally:
+        router.close(0)
+        ctx.term()
+
+
 def test_sync_sends_are_answered_in_the_calling_thread(server):
     """Once the session is registered, a sync send goes out on the calling thread's own
     socket (no hand-off to the I/O thread); a refusal falls back to the I/O thread's way."""
