@@ -69,6 +69,11 @@ _ENTRY_OVERHEAD = 2048            # bound on a spool entry's size beyond its key
 # is cut off by ZeroMQ before it is buffered (it drops that peer's connection).
 _FRAME_ENVELOPE = 64 << 10
 _CLOSE_LINGER_S = 1.0             # at close: how long replies already queued may take to reach the shims
+# At a stop, the socket stays open this long after the last reply went out: a
+# shim whose ZeroMQ receive queue is full when the connection closes loses what
+# it had not read yet, linger or not (measured with libzmq 4.3.5: up to a third
+# of a 3,000-frame burst), so a shim busy with the drain's ACKs lost the last ones.
+_CLOSE_GRACE_S = 0.25
 _DISCONNECT_LOG_EVERY_S = 60.0    # at most one log line per this many seconds about dropped connections
 
 
@@ -241,6 +246,7 @@ class IpcServer:
         self._monitor: zmq.Socket | None = None
         self._disconnects_unlogged = 0
         self._disconnect_log_at = 0.0
+        self._last_reply_at = 0.0           # when the last frame went out (close waits a little after it)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sessions: dict[bytes, _Session] = {}
         self._stopping = False
@@ -426,7 +432,7 @@ class IpcServer:
                 self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
             except (zmq.ZMQError, ValueError):
                 pass
-            await self._send_backlogs_before_close()
+            await self._let_replies_out()
             # Replies already handed to ZeroMQ (the ACKs of what the drain delivered,
             # FAILED, REJECTED) get a short linger to reach the shims: one lost at exit
             # makes its shim send the message again to the next daemon (a duplicate).
@@ -445,8 +451,10 @@ class IpcServer:
             except FileNotFoundError:
                 pass
 
-    async def _send_backlogs_before_close(self) -> None:
-        """Hand ZeroMQ the replies waiting for a slow peer's pipe, for up to the close linger."""
+    async def _let_replies_out(self) -> None:
+        """Hand ZeroMQ the replies waiting for a slow peer's pipe, then (after
+        stop_accepting, i.e. a daemon stop) give the shims `_CLOSE_GRACE_S` after the
+        last reply to read them; all within `_CLOSE_LINGER_S`."""
         deadline = time.monotonic() + _CLOSE_LINGER_S
         while any(s.backlog for s in self._sessions.values()):
             self._flush_backlogs()
@@ -457,6 +465,11 @@ class IpcServer:
                                 "%.1fs; they replay those messages to the next daemon", lost, _CLOSE_LINGER_S)
                 return
             await asyncio.sleep(0.01)
+        if not self._stopping:
+            return          # not a daemon stop (no drain whose replies matter)
+        quiet_at = min(self._last_reply_at + _CLOSE_GRACE_S, deadline)
+        if quiet_at > time.monotonic():
+            await asyncio.sleep(quiet_at - time.monotonic())
 
     def stats(self) -> dict:
         inflight = sum(s.inflight_msgs for s in self._sessions.values())
@@ -615,6 +628,7 @@ class IpcServer:
                 return False
             raise
         self._c["frames_out"] += 1
+        self._last_reply_at = time.monotonic()
         return True
 
     def _schedule_backlog(self) -> None:
