@@ -730,10 +730,10 @@ class _Link:
                 s.flush_due = False
 
     def _flush_kind(self) -> int | None:
-        """The FLUSH kind, if both this process's schema and the daemon know it."""
+        """The FLUSH kind, if the daemon announced it understands FLUSH."""
         if "flush" not in self.features:
             return None
-        return getattr(schema, "FLUSH", None)
+        return schema.FLUSH
 
     # --- replies ----------------------------------------------------------------
 

@@ -33,6 +33,7 @@ SEND_SYNC = 4     # [SEND_SYNC, session_id, req_id, topic, partition, ts_ms, key
 METADATA = 5      # [METADATA, req_id, topic]
 UNREGISTER = 6    # [UNREGISTER, req_id, session_id]
 STATS = 7         # [STATS, req_id]
+FLUSH = 8         # [FLUSH, session_id]  (no reply; only to a daemon announcing "flush")
 
 # --- kinds: daemon -> shim -------------------------------------------------
 HELLO_OK = 64     # [HELLO_OK, req_id, version, instance_id, limits]
@@ -246,6 +247,7 @@ FIELDS = {
     METADATA: (("req_id", _req), ("topic", _topic)),
     UNREGISTER: (("req_id", _req), ("session_id", _session_id)),
     STATS: (("req_id", _req),),
+    FLUSH: (("session_id", _session_id),),
 }
 
 

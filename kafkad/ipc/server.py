@@ -78,10 +78,8 @@ _DISCONNECT_LOG_EVERY_S = 60.0    # at most one log line per this many seconds a
 
 
 # FLUSH ([FLUSH, session_id], no reply): send what the session's producer has
-# waiting for batching now (its producer is stopping). The kind belongs to
-# client_shim.schema; until that module defines it, this daemon reads the
-# frame itself (`_decode_flush`), with the same checks as any other frame.
-FLUSH = getattr(schema, "FLUSH", 8)
+# waiting for batching now (its producer is stopping).
+FLUSH = schema.FLUSH
 # Announced in every REGISTERED (a sixth, appended field): what this daemon
 # understands beyond schema version 1's base kinds.
 FEATURES = ["flush"]
@@ -553,31 +551,14 @@ class IpcServer:
         try:
             kind, fields = schema.decode_request(frame, self.cfg.max_frame_bytes)
         except schema.SchemaError as exc:
-            flush = self._decode_flush(frame) if exc.code == schema.E_UNKNOWN_KIND else None
-            if flush is None:
-                self._bad_frame(peer, self._guess_req_id(frame), exc.code, str(exc))
-                return
-            kind, fields = FLUSH, flush
+            self._bad_frame(peer, self._guess_req_id(frame), exc.code, str(exc))
+            return
         try:
             self._dispatch[kind](self, peer, *fields)
         except Exception:
             log.exception("ipc: internal error on a %s frame", schema.KIND_NAMES.get(kind))
             self._bad_frame(peer, schema.req_id_of(fields, kind), schema.E_INTERNAL,
                             "internal error; see the daemon log")
-
-    @staticmethod
-    def _decode_flush(frame: bytes) -> list | None:
-        """[session_id] of a FLUSH frame the shared schema does not know yet, else None."""
-        if FLUSH in schema.FIELDS:
-            return None             # the schema checked it, and it is not a FLUSH
-        try:
-            msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
-        except Exception:  # garbage: reported as the schema's unknown kind
-            return None
-        if type(msg) is list and len(msg) >= 2 and msg[0] == FLUSH and type(msg[1]) is bytes \
-                and len(msg[1]) == schema.SESSION_ID_LEN:
-            return [msg[1]]
-        return None
 
     def _guess_req_id(self, frame: bytes):
         """The req_id of a rejected frame, when it is simple to find (for the error reply)."""

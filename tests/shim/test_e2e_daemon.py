@@ -307,9 +307,6 @@ def test_queue_full_refusals_are_retried_until_delivered(tansu, topic):
             assert order == [v for nn, v in sent if nn == n]
 
 
-@pytest.mark.xfail(strict=True, reason="kafkad has no FLUSH yet: client_shim.schema FLUSH kind, "
-                                       "IpcServer FLUSH handler calling producer.flush_session(), and "
-                                       "'flush' in REGISTERED's features (docs/shim.md 'stop() and FLUSH')")
 def test_stop_sends_what_the_daemon_holds_for_batching_at_once(daemon, tansu, topic):
     """kafka-python's stop() sent its queue at once; so must this one, not wait batch_send_every_t."""
     p = client_shim.Producer(daemon.endpoint, async_send=True, batch_send_every_n=1000, batch_send_every_t=300)

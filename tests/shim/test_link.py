@@ -757,9 +757,11 @@ def test_sync_sends_are_answered_in_the_calling_thread(server):
     assert values(server).count(b"refused-once") == 1
 
 
-def test_stop_sends_no_flush_to_a_daemon_that_did_not_announce_it(server):
+def test_stop_sends_no_flush_to_a_daemon_that_did_not_announce_it(server, monkeypatch):
     """stop() asks for a FLUSH only from a daemon that announced it in REGISTERED:
-    this daemon does not, so stop() behaves as before and sends it nothing unknown."""
+    this daemon (an older one, without the feature) does not, so stop() sends it nothing unknown."""
+    import kafkad.ipc.server as ipc_server
+    monkeypatch.setattr(ipc_server, "FEATURES", [])
     p = client_shim.Producer(client(server), async_send=True, batch_send_every_n=2, batch_send_every_t=300)
     p.send_messages("t", 0, b"a", b"b")
     link = p._session.link
@@ -769,8 +771,6 @@ def test_stop_sends_no_flush_to_a_daemon_that_did_not_announce_it(server):
     assert server.server.stats()["bad_frames_total"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="client_shim.schema has no FLUSH kind yet (to be added with the "
-                                       "daemon's FLUSH handler, see docs/shim.md 'stop() and FLUSH')")
 def test_stop_sends_flush_after_the_sessions_entries_to_a_daemon_that_announced_it():
     import msgpack
     import zmq
@@ -788,7 +788,7 @@ def test_stop_sends_flush_after_the_sessions_entries_to_a_daemon_that_announced_
         frames = []
         stopper = threading.Thread(target=p.stop, kwargs={"timeout": 1})
         deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and not any(f[0] == getattr(schema, "FLUSH", -1) for f in frames):
+        while time.monotonic() < deadline and not any(f[0] == schema.FLUSH for f in frames):
             if not router.poll(100):
                 continue
             peer, raw = router.recv_multipart()
