@@ -446,6 +446,10 @@ class _Link:
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            # Unbounded receive queue (as on the I/O thread's socket): replies are
+            # small and bounded by what this process sent, and a full queue drops
+            # them when the daemon closes, losing answers it already gave.
+            sock.setsockopt(zmq.RCVHWM, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, 50)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
             sock.connect(self.endpoint)
@@ -490,6 +494,10 @@ class _Link:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDHWM, 10_000)
+        # Unbounded receive queue: ACK/FAILED/RESULT frames are small and bounded
+        # by what this process has sent. A bounded queue that is full when the
+        # daemon closes loses ACKs, and the entries are then replayed (duplicates
+        # after a clean restart).
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
@@ -855,10 +863,11 @@ class _Link:
         else:
             delay = 0.0
         s.schedule_replay(from_seq, delay)
-        # The daemon reports a gap once and then drops everything past it without a
-        # word until the session registers again. So every replay starts with a
-        # REGISTER (after the back-off): a replay that is refused again is answered
-        # again, instead of leaving these messages waiting for an answer forever.
+        # The daemon answers every SEND past a gap with REJECTED(OUT_OF_ORDER,
+        # next_seq), so refusals of the entries already in flight behind this one
+        # follow. Every replay still starts with a REGISTER (after the back-off): it
+        # learns the daemon's next_seq afresh and finds a daemon that forgot the
+        # session, so a replay that is refused again is answered again.
         s.registered = False
         s.register_sent = False
 

@@ -805,3 +805,15 @@ def test_stop_sends_flush_after_the_sessions_entries_to_a_daemon_that_announced_
     finally:
         router.close(0)
         ctx.term()
+
+
+def test_a_threads_sync_socket_never_drops_replies_for_a_full_receive_queue(server):
+    """A thread's own sync socket takes every reply, as the I/O thread's socket does:
+    a bounded receive queue, full when the daemon closes, loses answers already given."""
+    import zmq
+    p = client_shim.Producer(client(server))
+    assert p.send_messages("t", 0, b"x")[0].offset == 0
+    direct = p._session.link._direct_socket()
+    assert direct is not None and direct.sock.getsockopt(zmq.RCVHWM) == 0
+    assert p.send_messages("t", 0, b"y")[0].offset == 1
+    p.stop(timeout=10)
