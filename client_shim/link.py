@@ -74,6 +74,7 @@ _LINGER_MS = 1
 _OUTBOX_FRAMES = 64
 _REPLAY_BACKOFF_MIN_S = 0.01
 _REPLAY_BACKOFF_MAX_S = 1.0
+_MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: how an entry the daemon can never take fails
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
@@ -849,6 +850,21 @@ class _Link:
             s.paused = True
             s.replay_from = from_seq
             return
+        if code == schema.E_TOO_LARGE:
+            with s.lock:
+                entry = s.pending.get(from_seq)
+            if entry is not None:
+                # The daemon can never take this entry: replayed, it would be refused
+                # again, forever. It fails like a message the broker finds too large
+                # (logged, counted); what follows it is replayed as usual.
+                self.stats["too_large_failures"] += 1
+                s.failed_messages += len(entry[5])
+                report_failures(s, [(entry, 0, len(entry[5]), _MESSAGE_SIZE_TOO_LARGE)],
+                                f" (kafkad refused it: {text})")
+                s.settle([from_seq])
+                # The daemon still waits for from_seq, which this process no longer
+                # holds: the next REGISTER finds the hole and continues as a new session.
+                s.daemon_forgot = True
         if code == schema.E_OUT_OF_ORDER and s.lacks(from_seq):
             # A daemon that kept this session all along never waits for an entry it
             # settled: its session is new although its instance id is the same (it

@@ -817,3 +817,64 @@ def test_a_threads_sync_socket_never_drops_replies_for_a_full_receive_queue(serv
     assert direct is not None and direct.sock.getsockopt(zmq.RCVHWM) == 0
     assert p.send_messages("t", 0, b"y")[0].offset == 1
     p.stop(timeout=10)
+
+
+def test_an_entry_refused_as_too_large_fails_once_instead_of_being_replayed_forever(caplog):
+    """REJECTED(TOO_LARGE) names an entry the daemon can never take: the shim logs it
+    as a failure (MessageSizeTooLargeError) and replays only what follows it, under a
+    new session (the daemon still waits for the failed entry's seq).
+
+    The daemon is scripted: a real one refuses this way only when its own bound is wrong.
+    """
+    import msgpack
+    import zmq
+
+    from client_shim import schema
+
+    endpoint = short_tmp_endpoint()
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+
+    def recv(kind):
+        while True:
+            assert router.poll(5000), f"the shim sent no frame of kind {kind}"
+            peer, frame = router.recv_multipart()
+            msg = msgpack.unpackb(frame)
+            if msg[0] == kind:
+                return peer, msg
+
+    def send(peer, msg):
+        router.send_multipart([peer, schema.encode(msg)])
+
+    try:
+        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
+        p.send_messages("t", 0, b"big")
+        peer, reg = recv(schema.REGISTER)
+        sid = reg[3]
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"daemon"])
+        _, frame = recv(schema.SEND)
+        assert [e[0] for e in frame[2]] == [0]
+        p.send_messages("t", 0, b"small")
+        _, frame = recv(schema.SEND)
+        assert [e[0] for e in frame[2]] == [1]
+        with caplog.at_level("ERROR", logger="client_shim"):
+            send(peer, [schema.REJECTED, sid, 0, schema.E_TOO_LARGE, "over the spool entry cap"])
+            peer, reg = recv(schema.REGISTER)
+            send(peer, [schema.REGISTERED, reg[2], reg[3], 0, b"daemon"])
+            peer, reg = recv(schema.REGISTER)      # the hole at seq 0: a new session
+            new_sid = reg[3]
+            assert new_sid != sid and reg[4] == 0
+            send(peer, [schema.REGISTERED, reg[2], new_sid, 0, b"daemon"])
+            _, frame = recv(schema.SEND)
+        assert frame[1] == new_sid and [(e[0], e[5]) for e in frame[2]] == [(0, [b"small"])]
+        send(peer, [schema.ACK, new_sid, [0]])
+        p.stop(timeout=5)
+        assert p._session.pending == {} and p._session.failed_messages == 1
+        failures = [r.getMessage() for r in caplog.records if "could not deliver" in r.getMessage()]
+        assert len(failures) == 1 and "MessageSizeTooLargeError" in failures[0] and "b'big'" in failures[0]
+        assert p.client._link.stats["too_large_failures"] == 1
+    finally:
+        router.close(0)
+        ctx.term()
