@@ -1156,8 +1156,18 @@ class IpcServer:
             self._spool_broken = True
             log.error("ipc: %s; new messages are refused (spool unavailable) until kafkad restarts; "
                       "messages taken so far are acknowledged when the broker has them", exc)
-            # What waited for durability is acknowledged when its broker outcome arrives.
+            # From now on an entry is acknowledged when its broker outcome arrives.
+            # Entries the broker already has (no longer in flight, not failed) had
+            # their outcome before that rule applied: acknowledge them now, or the
+            # shim would replay them as never answered (duplicates).
+            acks: dict[_Session, list[int]] = {}
+            for _, s, firsts in self._await_durable:
+                done = [f for f in firsts if f not in s.inflight and f not in s.recent_failed]
+                if done:
+                    acks.setdefault(s, []).extend(done)
             self._await_durable.clear()
+            for s, seqs in acks.items():
+                self._send(s.peer, schema.encode([schema.ACK, s.sid, seqs]), s)
 
     async def _final_commit(self) -> None:
         """At close: wait for a running fsync, then force one and ACK everything durable."""

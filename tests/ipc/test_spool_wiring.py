@@ -299,3 +299,45 @@ def test_an_entry_larger_than_the_whole_spool_fails_and_the_rest_is_taken(spool_
         assert "cannot be spooled" in caplog.text
     finally:
         peer.close()
+
+
+def test_a_failed_fsync_acknowledges_what_the_broker_already_has(spool_server, monkeypatch):
+    """Entries the broker delivered while their fsync ran are acknowledged when that
+    fsync fails: the broker has them, and a shim never answered would replay them."""
+    import threading
+
+    st = spool_server(fsync="always")
+    gate = threading.Event()
+    prepare = st.spool.prepare_sync
+
+    class GatedJob:
+        def __init__(self, job):
+            self.job = job
+
+        def run(self):
+            gate.wait(10)
+            self.job.run()
+
+    def gated_prepare(*args, **kwargs):
+        job = prepare(*args, **kwargs)
+        return None if job is None else GatedJob(job)
+
+    def failed_finish(job):
+        raise kafkad.spool.SpoolUnavailable("fsync failed (test)", op="fsync", errno=5, filename="spool")
+
+    monkeypatch.setattr(st.spool, "prepare_sync", gated_prepare)
+    monkeypatch.setattr(st.spool, "finish_sync", failed_finish)
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        peer.send([schema.SEND, peer.sid, [entry(0, b"a"), entry(1, b"b", partition=1)]])
+        st.producer.wait_messages(2)
+        wait_for(lambda: st.call(lambda: sum(len(s.inflight) for s in st.server._sessions.values())) == 0,
+                 what="the deliveries")
+        assert peer.quiet()                       # delivered, but the fsync has not finished
+        gate.set()
+        assert acked(peer, 2) == [0, 1]
+        assert st.call(lambda: st.server.stats()["spool_unavailable"]) is True
+    finally:
+        gate.set()
+        peer.close()
