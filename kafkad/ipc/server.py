@@ -251,6 +251,9 @@ class IpcServer:
         self._closed = False
         self._read_scheduled = False
         self._backlog_scheduled = False
+        # Replies to no session (a sync RESULT to a thread's own socket) that met a
+        # full pipe: per peer, in order, sent like the sessions' backlogs.
+        self._peer_backlog: dict[bytes, list[bytes]] = {}
         self._bound_inode: tuple[int, int] | None = None
         self._bad_by_peer: dict[bytes, int] = {}
         self._metadata_tasks: set[asyncio.Task] = set()
@@ -454,10 +457,11 @@ class IpcServer:
         stop_accepting, i.e. a daemon stop) give the shims `_CLOSE_GRACE_S` after the
         last reply to read them; all within `_CLOSE_LINGER_S`."""
         deadline = time.monotonic() + _CLOSE_LINGER_S
-        while any(s.backlog for s in self._sessions.values()):
+        while self._peer_backlog or any(s.backlog for s in self._sessions.values()):
             self._flush_backlogs()
             if time.monotonic() >= deadline:
-                lost = sum(len(s.backlog) for s in self._sessions.values())
+                lost = sum(len(s.backlog) for s in self._sessions.values()) + \
+                    sum(len(frames) for frames in self._peer_backlog.values())
                 if lost:
                     log.warning("ipc: closing with %d reply frame(s) that the shims did not take in "
                                 "%.1fs; they replay those messages to the next daemon", lost, _CLOSE_LINGER_S)
@@ -595,13 +599,18 @@ class IpcServer:
         sock = self._sock
         if sock is None:
             return False
+        if session is None and peer in self._peer_backlog:
+            self._peer_backlog[peer].append(frame)      # behind what waits for this peer
+            return False
         try:
             sock.send_multipart([peer, frame], zmq.NOBLOCK)
         except zmq.Again:
             self._c["peer_full"] += 1
             if session is not None:
                 session.backlog.append(frame)
-                self._schedule_backlog()
+            else:
+                self._peer_backlog[peer] = [frame]
+            self._schedule_backlog()
             return False
         except zmq.ZMQError as exc:
             if exc.errno == _errno.EHOSTUNREACH:
@@ -626,7 +635,34 @@ class IpcServer:
                     if not self._send(s.peer, frame):
                         s.backlog = frames[i + 1:] + s.backlog if s.backlog else frames[i:]
                         break
+        self._flush_peer_backlogs()
         self._check_events()
+
+    def _flush_peer_backlogs(self) -> None:
+        """Send the replies waiting for a peer's pipe; drop them for a peer that is gone."""
+        sock = self._sock
+        if sock is None or not self._peer_backlog:
+            return
+        for peer in list(self._peer_backlog):
+            frames = self._peer_backlog[peer]
+            while frames:
+                try:
+                    sock.send_multipart([peer, frames[0]], zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno != _errno.EHOSTUNREACH:
+                        raise
+                    self._c["peer_gone"] += len(frames)   # its caller is gone; nobody waits
+                    frames.clear()
+                    break
+                frames.pop(0)
+                self._c["frames_out"] += 1
+                self._last_reply_at = time.monotonic()
+            if frames:
+                self._schedule_backlog()
+            else:
+                del self._peer_backlog[peer]
 
     # --- frame handlers --------------------------------------------------------------
 
@@ -656,7 +692,8 @@ class IpcServer:
             if len(self._sessions) >= self.cfg.max_sessions and not self._evict_one():
                 self._c["too_many_sessions"] += 1
                 self._error(peer, req_id, schema.E_TOO_MANY_SESSIONS,
-                            f"{len(self._sessions)} sessions open ([ipc] max_sessions)", sid)
+                            f"{len(self._sessions)} sessions open ([ipc] max_sessions), none idle "
+                            "(each has messages in flight or answers not yet taken)", sid)
                 return
             s = _Session(sid, ss, peer, first_seq, settings.get("pid", 0))
             self._sessions[sid] = s
@@ -676,11 +713,17 @@ class IpcServer:
                                         FEATURES]))
 
     def _evict_one(self) -> bool:
-        """Make room by dropping the longest-idle session with nothing in flight."""
-        idle = [s for s in self._sessions.values() if not s.inflight]
+        """Make room by dropping the longest-idle session with nothing left to answer.
+
+        A session with entries in flight or with ACK/FAILED frames its shim has
+        not taken yet is never evicted: its answers would be lost, and the shim
+        would replay entries that were delivered (duplicates). Unregistered
+        sessions go first.
+        """
+        idle = [s for s in self._sessions.values() if not s.inflight and not s.backlog]
         if not idle:
             return False
-        victim = min(idle, key=lambda s: s.last_seen)
+        victim = min(idle, key=lambda s: (not s.unregistered, s.last_seen))
         del self._sessions[victim.sid]
         self._c["evicted"] += 1
         return True
@@ -1002,7 +1045,13 @@ class IpcServer:
             self._held_bytes -= sum(len(v or b"") for e in entries for v in e[5])
             s = self._sessions.get(sid)
             if s is None or s.unregistered:
-                continue       # the shim keeps them and replays after registering again
+                # Evicted or unregistered while held: the shim still holds these
+                # entries; told so, it registers again and replays them.
+                self._bad["unknown_session"] += 1
+                self._error(peer, None, schema.E_UNKNOWN_SESSION,
+                            "session not registered (it ended while its messages waited for spool room)",
+                            sid)
+                continue
             s.peer = peer
             rest = self._on_send_spooled(s, peer, sid, entries)
             if rest:

@@ -505,3 +505,78 @@ def test_unknown_socket_group_is_a_clear_start_error():
         st.start()
     st.stop()
     assert not os.path.exists(st.endpoint[len("ipc://"):])    # nothing left bound behind
+
+
+class _PipeFullFor:
+    """Wraps the server's ROUTER: sends matching `blocked(frame)` fail with zmq.Again
+    (a peer's pipe is full) until `open()`; everything else goes to the real socket."""
+
+    def __init__(self, sock, blocked):
+        self._sock, self._blocked, self.refused = sock, blocked, 0
+
+    def open(self):
+        self._blocked = lambda frame: False
+
+    def send_multipart(self, parts, flags=0):
+        if self._blocked(msgpack.unpackb(parts[1], raw=False, strict_map_key=False)):
+            self.refused += 1
+            raise zmq.Again()
+        return self._sock.send_multipart(parts, flags)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def _pipe_full_for(st, blocked) -> _PipeFullFor:
+    def install():
+        st.server._sock = _PipeFullFor(st.server._sock, blocked)
+        return st.server._sock
+    return st.call(install)
+
+
+def test_a_session_with_answers_not_yet_taken_is_not_evicted():
+    """Evicting a session drops the ACKs its shim has not taken yet (the shim would then
+    replay delivered entries): such a session is kept, and the new REGISTER refused."""
+    with ServerThread(max_sessions=1) as st:
+        a, c = Peer(st.endpoint), Peer(st.endpoint)
+        try:
+            a.register()
+            wrapper = _pipe_full_for(st, lambda f: f[0] == schema.ACK and f[1] == a.sid)
+            a.send([schema.SEND, a.sid, [entry(0)]])
+            st.producer.wait_messages(1)
+            deadline = time.monotonic() + 5
+            while not st.call(lambda: bool(st.server._sessions[a.sid].backlog)):
+                assert time.monotonic() < deadline, "the ACK never met the full pipe"
+                time.sleep(0.005)
+            c.send([schema.REGISTER, 1, 1, c.sid, 0, SETTINGS])
+            reply = c.recv()
+            assert reply[0] == schema.ERROR and reply[2] == schema.E_TOO_MANY_SESSIONS, reply
+            assert "none idle" in reply[3]
+            assert st.server.stats()["sessions_evicted"] == 0
+            st.call(wrapper.open)
+            assert a.recv() == [schema.ACK, a.sid, [0]]
+        finally:
+            a.close()
+            c.close()
+
+
+def test_a_sync_result_that_meets_a_full_pipe_is_sent_later():
+    """A sync RESULT goes to a thread's own socket, which has no session backlog:
+    on a full pipe it waits for that peer instead of being dropped (the caller would
+    wait for its timeout)."""
+    with ServerThread() as st:
+        peer = Peer(st.endpoint)
+        try:
+            peer.register()
+            wrapper = _pipe_full_for(st, lambda f: f[0] == schema.RESULT)
+            peer.send([schema.SEND_SYNC, peer.sid, 5, "t", 0, -1, None, [b"x"]])
+            st.producer.wait_messages(1)
+            deadline = time.monotonic() + 5
+            while wrapper.refused == 0:
+                assert time.monotonic() < deadline, "the RESULT never met the full pipe"
+                time.sleep(0.005)
+            assert peer.quiet()
+            st.call(wrapper.open)
+            assert peer.recv() == [schema.RESULT, 5, 0, 0, 0]
+        finally:
+            peer.close()

@@ -341,3 +341,25 @@ def test_a_failed_fsync_acknowledges_what_the_broker_already_has(spool_server, m
     finally:
         gate.set()
         peer.close()
+
+
+def test_held_sends_of_a_session_that_ended_meanwhile_are_answered(spool_server):
+    """A SEND held for spool room whose session ended before room came is answered
+    ERROR(UNKNOWN_SESSION): the shim still holds those entries and replays them."""
+    st = spool_server(producer_hold=True, fsync="never", max_bytes=1500, segment_bytes=300,
+                      when_full="block")
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        peer.send([schema.SEND, peer.sid, [entry(0, b"a" * 400), entry(1, b"b" * 400, partition=1),
+                                           entry(2, b"c" * 400, partition=2)]])
+        assert acked(peer, 2) == [0, 1]
+        assert peer.quiet()                          # entry 2 waits for room
+        peer.send([schema.UNREGISTER, 7, peer.sid])
+        assert peer.recv() == [schema.UNREGISTERED, 7, 2]
+        st.producer.release(after=2)                 # the session ends; room again
+        reply = peer.recv()
+        assert reply[0] == schema.ERROR and reply[2] == schema.E_UNKNOWN_SESSION and reply[4] == peer.sid
+        assert len(st.producer.messages()) == 2      # entry 2 was not taken for an ended session
+    finally:
+        peer.close()
