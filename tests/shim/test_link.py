@@ -553,6 +553,38 @@ class _RefusesPartition1Once(FakeProducer):
             self.loop.call_soon(self.complete, [sub])
 
 
+
+class _ScriptedDaemon:
+    """A raw ROUTER socket standing in for kafkad, for tests that script its answers."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.bind(endpoint)
+
+    def recv(self, kind: int):
+        """The next (peer, frame) of this kind from the shim; frames of other kinds are skipped."""
+        import msgpack
+
+        while True:
+            assert self.router.poll(5000), f"the shim sent no frame of kind {kind}"
+            peer, frame = self.router.recv_multipart()
+            msg = msgpack.unpackb(frame)
+            if msg[0] == kind:
+                return peer, msg
+
+    def send(self, peer: bytes, msg: list) -> None:
+        from client_shim import schema
+
+        self.router.send_multipart([peer, schema.encode(msg)])
+
+    def close(self) -> None:
+        self.router.close(0)
+        self.ctx.term()
+
 def test_refusal_with_holes_on_a_running_daemon_sends_nothing_twice():
     """One frame carries seq 0 (partition 0, held), 1 (partition 1, refused) and 2
     (partition 2, delivered). The running daemon keeps the session (next_seq 1, seq 2
@@ -584,26 +616,12 @@ def test_late_acknowledgement_from_the_old_daemon_does_not_strand_messages():
     keeps its next_seq, and a gap is reported once and then passed over in silence.
     """
     import msgpack
-    import zmq
 
     from client_shim import schema
 
     endpoint = short_tmp_endpoint()
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(endpoint)
-
-    def recv(kind):
-        while True:
-            assert router.poll(5000), f"the shim sent no frame of kind {kind}"
-            peer, frame = router.recv_multipart()
-            msg = msgpack.unpackb(frame)
-            if msg[0] == kind:
-                return peer, msg
-
-    def send(peer, msg):
-        router.send_multipart([peer, schema.encode(msg)])
+    daemon = _ScriptedDaemon(endpoint)
+    router, recv, send = daemon.router, daemon.recv, daemon.send
 
     try:
         p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
@@ -659,8 +677,7 @@ def test_late_acknowledgement_from_the_old_daemon_does_not_strand_messages():
         assert delivered == [b"m2"]
         p.stop(timeout=1)
     finally:
-        router.close(0)
-        ctx.term()
+        daemon.close()
 
 
 def test_daemon_that_forgot_the_session_under_the_same_instance_gets_a_new_one():
@@ -672,27 +689,12 @@ def test_daemon_that_forgot_the_session_under_the_same_instance_gets_a_new_one()
 
     The daemon is scripted (that sequence needs a disconnect at the right moment).
     """
-    import msgpack
-    import zmq
 
     from client_shim import schema
 
     endpoint = short_tmp_endpoint()
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(endpoint)
-
-    def recv(kind):
-        while True:
-            assert router.poll(5000), f"the shim sent no frame of kind {kind}"
-            peer, frame = router.recv_multipart()
-            msg = msgpack.unpackb(frame)
-            if msg[0] == kind:
-                return peer, msg
-
-    def send(peer, msg):
-        router.send_multipart([peer, schema.encode(msg)])
+    daemon = _ScriptedDaemon(endpoint)
+    recv, send = daemon.recv, daemon.send
 
     try:
         p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
@@ -725,8 +727,7 @@ def test_daemon_that_forgot_the_session_under_the_same_instance_gets_a_new_one()
         assert p._session.pending == {}
         assert p.client._link.stats["sessions_renumbered"] == 1
     finally:
-        router.close(0)
-        ctx.term()
+        daemon.close()
 
 
 def test_sync_sends_are_answered_in_the_calling_thread(server):
@@ -773,15 +774,12 @@ def test_stop_sends_no_flush_to_a_daemon_that_did_not_announce_it(server, monkey
 
 def test_stop_sends_flush_after_the_sessions_entries_to_a_daemon_that_announced_it():
     import msgpack
-    import zmq
 
     from client_shim import schema
 
     endpoint = short_tmp_endpoint()
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(endpoint)
+    daemon = _ScriptedDaemon(endpoint)
+    router = daemon.router
     try:
         p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=100, batch_send_every_t=300)
         p.send_messages("t", 0, b"held")
@@ -803,8 +801,7 @@ def test_stop_sends_flush_after_the_sessions_entries_to_a_daemon_that_announced_
         router.send_multipart([peer, schema.encode([schema.ACK, frames[-1][1], [0]])])
         stopper.join(10)
     finally:
-        router.close(0)
-        ctx.term()
+        daemon.close()
 
 
 def test_a_threads_sync_socket_never_drops_replies_for_a_full_receive_queue(server):
@@ -826,27 +823,12 @@ def test_an_entry_refused_as_too_large_fails_once_instead_of_being_replayed_fore
 
     The daemon is scripted: a real one refuses this way only when its own bound is wrong.
     """
-    import msgpack
-    import zmq
 
     from client_shim import schema
 
     endpoint = short_tmp_endpoint()
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.bind(endpoint)
-
-    def recv(kind):
-        while True:
-            assert router.poll(5000), f"the shim sent no frame of kind {kind}"
-            peer, frame = router.recv_multipart()
-            msg = msgpack.unpackb(frame)
-            if msg[0] == kind:
-                return peer, msg
-
-    def send(peer, msg):
-        router.send_multipart([peer, schema.encode(msg)])
+    daemon = _ScriptedDaemon(endpoint)
+    recv, send = daemon.recv, daemon.send
 
     try:
         p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
@@ -876,5 +858,4 @@ def test_an_entry_refused_as_too_large_fails_once_instead_of_being_replayed_fore
         assert len(failures) == 1 and "MessageSizeTooLargeError" in failures[0] and "b'big'" in failures[0]
         assert p.client._link.stats["too_large_failures"] == 1
     finally:
-        router.close(0)
-        ctx.term()
+        daemon.close()
