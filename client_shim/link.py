@@ -845,8 +845,12 @@ class _Link:
             return
         self.stats[f"rejected_{schema.ERROR_NAMES.get(code, code)}"] += 1
         if code == schema.E_STOPPING:
+            # Refused while the daemon stops, or handed back at the end of its drain
+            # (no spool): either way nothing from from_seq on is acknowledged, so it
+            # is all still pending here, and every pending entry is replayed, in
+            # order, once a daemon is connected again (_on_connected).
             if not s.paused:
-                log.info("client_shim: kafkad is stopping; %s keeps its messages for the next daemon", s.label)
+                log.info("client_shim: %s; %s keeps its messages for the next daemon", text, s.label)
             s.paused = True
             s.replay_from = from_seq
             return

@@ -357,7 +357,8 @@ class Daemon:
         self._set_state(State.STOPPING)
         loop = asyncio.get_running_loop()
         timeout = self.config.shutdown.drain_timeout_s
-        queued = self._producer.stats().get("queued_messages", 0)
+        stats = self._producer.stats()
+        queued = stats.get("queued_messages", stats.get("queued", 0))   # the engine names it "queued"
         self.notifier.stopping(status=f"stopping: draining {queued} messages, up to {timeout:g}s")
         event(log, logging.INFO, "stopping", signal=signame, queued=queued, drain_timeout_s=timeout)
         self._ipc.stop_accepting()
@@ -375,9 +376,12 @@ class Daemon:
             in_spool = sum(len(sub) for sub in kept) + self._ipc.spooled_undelivered()
             if in_spool:
                 event(log, logging.INFO, "kept_in_spool", messages=in_spool, path=self.config.spool.path)
+            handed_back = 0
+        else:
+            handed_back, undelivered = self._hand_back(undelivered)
         self._report_undelivered(undelivered)
         event(log, logging.WARNING if count else logging.INFO, "drained",
-              undelivered=count, seconds=round(loop.time() - started, 3))
+              undelivered=count, handed_back=handed_back, seconds=round(loop.time() - started, 3))
         await self._close_components()
 
     async def _drain(self, deadline: float) -> list[Submission]:
@@ -398,6 +402,24 @@ class Daemon:
                 await asyncio.gather(drain, return_exceptions=True)
                 return await self._producer.drain(asyncio.get_running_loop().time())
             event(log, logging.INFO, "reload_ignored", state=self._state.value)
+
+    def _hand_back(self, undelivered: list[Submission]) -> tuple[int, list[Submission]]:
+        """Without a spool: async messages of shims still connected go back to them.
+
+        Those shims keep the messages and replay them to the next daemon (what was
+        in flight may then be written twice: at least once). Logged per
+        topic/partition and counted as handed back; returns (that count, what is
+        left to fail: sync sends and messages of senders that are gone).
+        """
+        assert self._ipc is not None and self._producer is not None
+        handed, rest = self._ipc.hand_back(undelivered)
+        total = sum(handed.values())
+        if total:
+            self._producer.note_handed_back(total)
+        for (topic, partition), n in sorted(handed.items()):
+            event(log, logging.WARNING, "handed_back", topic=topic, partition=partition, messages=n,
+                  to="their shims, which replay them to the next daemon")
+        return total, rest
 
     def _report_undelivered(self, undelivered: Iterable[Submission]) -> None:
         """Log what was not delivered per topic/partition and fail it towards its senders."""

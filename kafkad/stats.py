@@ -12,17 +12,19 @@ serves to `kafkad stats`. From that dict come:
 Snapshot shape (every key always present; sub-dicts may be empty)::
 
     version, pid, state, uptime_s,
-    accepted, delivered, failed, dropped, retried,       # counters (messages)
+    accepted, delivered, failed, dropped, handed_back, retried,   # counters (messages)
     queued_messages, queued_bytes, in_flight,            # gauges (messages, bytes)
     requests,                                            # Produce requests sent
-    unaccounted,          # accepted - (delivered + failed + dropped + queued + in_flight): 0
+    unaccounted,          # accepted - (delivered + failed + dropped + handed_back + queued + in_flight): 0
     delivered_per_s, accepted_per_s,                     # over the last ~10 s
     brokers: {broker: {...}},     # as the producer reports them (latency p50/p99, ...)
     topics:  {topic: {..., <counter>_per_s}},
     ipc:     {...}, spool: {...}
 
 `unaccounted` is the accounting check: a message that was accepted is always
-exactly one of delivered, failed, dropped, queued or in flight.
+exactly one of delivered, failed, dropped, handed back (at a stop without a
+spool: returned to its shim, which replays it to the next daemon), queued or
+in flight.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ __all__ = ["COUNTERS", "GAUGES", "PrometheusServer", "RateTracker", "StatsCollec
 log = logging.getLogger("kafkad.stats")
 
 # Message counters (monotonic) and gauges that every snapshot carries at the top level.
-COUNTERS = ("accepted", "delivered", "failed", "dropped", "retried", "requests")
+COUNTERS = ("accepted", "delivered", "failed", "dropped", "handed_back", "retried", "requests")
 GAUGES = ("queued_messages", "queued_bytes", "in_flight")
 # Terms of the accounting identity: accepted = sum of these.
-BALANCE_TERMS = ("delivered", "failed", "dropped", "queued_messages", "in_flight")
+BALANCE_TERMS = ("delivered", "failed", "dropped", "handed_back", "queued_messages", "in_flight")
 # Counters that get a per-second rate, overall and per topic.
 RATED = ("accepted", "delivered", "failed")
 RATE_WINDOW_S = 10.0
@@ -214,6 +216,7 @@ def render_table(snap: Mapping[str, Any]) -> str:
         ("delivered", snap.get("delivered", 0), _rate(snap.get("delivered_per_s", 0))),
         ("failed", snap.get("failed", 0), _rate(snap.get("failed_per_s", 0))),
         ("dropped", snap.get("dropped", 0), ""),
+        ("handed back", snap.get("handed_back", 0), ""),
         ("queued", snap.get("queued_messages", 0), _human_bytes(snap.get("queued_bytes", 0))),
         ("in flight", snap.get("in_flight", 0), ""),
         ("retried", snap.get("retried", 0), ""),
@@ -221,10 +224,11 @@ def render_table(snap: Mapping[str, Any]) -> str:
     ]
     width = max(len(_cell(v)) for _, v, _ in msg_rows)
     lines.append("messages")
-    lines += [f"  {name:<10} {_cell(value):>{width}}  {extra}".rstrip() for name, value, extra in msg_rows]
+    lines += [f"  {name:<11} {_cell(value):>{width}}  {extra}".rstrip() for name, value, extra in msg_rows]
     unaccounted = snap.get("unaccounted", 0)
     check = ("balanced" if unaccounted == 0 else f"OFF BY {unaccounted}")
-    lines.append(f"  accounting: accepted = delivered + failed + dropped + queued + in flight: {check}")
+    lines.append(f"  accounting: accepted = delivered + failed + dropped + handed back + queued + in flight: "
+                 f"{check}")
     for title, key in (("broker", "brokers"), ("topic", "topics")):
         rows = snap.get(key) or {}
         lines.append("")
@@ -263,6 +267,8 @@ _HELP = {
     "delivered": ("counter", "messages_delivered_total", "Messages acknowledged by Kafka."),
     "failed": ("counter", "messages_failed_total", "Messages that failed and were reported to their producer."),
     "dropped": ("counter", "messages_dropped_total", "Messages given up without a producer to report to."),
+    "handed_back": ("counter", "messages_handed_back_total",
+                    "Messages not delivered at stop, handed back to their shims to replay to the next daemon."),
     "retried": ("counter", "messages_retried_total", "Message sends retried."),
     "requests": ("counter", "produce_requests_total", "Produce requests sent to brokers."),
     "queued_messages": ("gauge", "queued_messages", "Messages accepted and waiting to be sent."),

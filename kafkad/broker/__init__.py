@@ -173,6 +173,10 @@ class BrokerProducer:
         self._poll()
         return left
 
+    def note_handed_back(self, n: int) -> None:
+        """`n` messages of what `drain` returned went back to their shims (see Engine.note_handed_back)."""
+        self.engine.note_handed_back(n)
+
     async def close(self) -> None:
         """Close every connection. Call drain() first: records still queued stay counted."""
         self._closed = True

@@ -159,6 +159,7 @@ class Engine:
         self.failed = 0
         self.retried = 0
         self.dropped = 0
+        self.handed_back = 0       # undelivered at stop, kept by their shims for the next daemon
         self.requests = 0
         self.queued = 0            # held + in lanes, not on the wire
         self.queued_bytes = 0      # size bound of everything accepted and not finished
@@ -1422,6 +1423,18 @@ class Engine:
                         n, len(out))
         return out
 
+    def note_handed_back(self, n: int) -> None:
+        """`n` of the messages `take_undelivered` returned went back to their senders.
+
+        Without a spool the I/O shell hands a live shim's undelivered async
+        messages back at stop (the shim keeps and replays them): they are
+        counted as handed back, not as dropped, so the books still balance.
+        """
+        if not 0 <= n <= self.dropped:
+            raise ValueError(f"cannot hand back {n} messages: only {self.dropped} were given up")
+        self.dropped -= n
+        self.handed_back += n
+
     # ------------------------------------------------------------------ config and stats
 
     RESTART_KEYS = ("bootstrap_servers", "client_id", "security_protocol", "idempotence",
@@ -1461,6 +1474,7 @@ class Engine:
             "failed": self.failed,
             "retried": self.retried,
             "dropped": self.dropped,
+            "handed_back": self.handed_back,
             "requests": self.requests,
             "errors": {_err_name(k): v for k, v in self._errors.items()},
             "brokers": brokers,

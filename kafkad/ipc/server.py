@@ -406,6 +406,55 @@ class IpcServer:
         """Messages written to the spool and not handed to the producer (replay or backlog)."""
         return sum(len(sub) for sub in self._deferred) + sum(len(e.values) for _, e in self._replay_queue)
 
+    def hand_back(self, undelivered: list[Submission]) -> tuple[collections.Counter, list[Submission]]:
+        """At the end of a drain without a spool: return undelivered async messages to their shims.
+
+        A session whose shim is still connected holds every entry the daemon has
+        not acknowledged or failed; instead of failing those entries, the daemon
+        tells it `REJECTED(STOPPING, from_seq)` (from_seq: its oldest entry not
+        finished) and forgets them: the shim keeps them and replays them, in
+        order, to the next daemon (docs/ipc-schema.md, "Stopping"). Whether the
+        shim is still there is what ZeroMQ says when the frame is handed over
+        (ROUTER_MANDATORY: a peer that is gone fails at once).
+
+        Returns (messages handed back per (topic, partition), the submissions not
+        handed back: sync sends, spooled ones, and those of sessions that are
+        gone or unregistered, which the caller fails as before).
+        """
+        handed: collections.Counter = collections.Counter()
+        rest: list[Submission] = []
+        by_session: dict[_Session, list[Submission]] = {}
+        for sub in undelivered:
+            token = sub.token
+            if (isinstance(token, _AsyncToken) and token.spool_ids is None
+                    and not token.session.unregistered
+                    and self._sessions.get(token.session.sid) is token.session):
+                by_session.setdefault(token.session, []).append(sub)
+            else:
+                rest.append(sub)
+        for s, subs in by_session.items():
+            tokens = list({id(sub.token): sub.token for sub in subs}.values())
+            # Outcomes cover a token's messages in order, so what is left of it is
+            # every entry from entry_index on (the first possibly in part).
+            left = [(t.firsts[i], t.counts[i]) for t in tokens for i in range(t.entry_index, len(t.firsts))]
+            n = sum(len(sub) for sub in subs)
+            if not left:        # cannot happen (an undelivered part is unfinished); fail, never lose
+                rest.extend(subs)
+                continue
+            frame = schema.encode([schema.REJECTED, s.sid, min(f for f, _ in left), schema.E_STOPPING,
+                                   f"kafkad is stopping: {n} message(s) it did not deliver are handed "
+                                   "back; they are replayed to the next daemon"])
+            if not (self._send(s.peer, frame, s) or (s.backlog and s.backlog[-1] is frame)):
+                rest.extend(subs)           # nobody holds them any more: failed and logged
+                continue
+            for first, count in left:
+                if s.inflight.pop(first, None) is not None:
+                    s.inflight_msgs -= count
+            self._c["handed_back"] += n
+            for sub in subs:
+                handed[(sub.topic, sub.partition)] += len(sub)
+        return handed, rest
+
     async def close(self) -> None:
         """Stop reading, acknowledge what the spool holds, close the socket, remove its file.
 
@@ -495,6 +544,7 @@ class IpcServer:
             "outcomes_forgotten": self._c["forgotten"],
             "gap_replies": self._c["gap_replies"],
             "flushes": self._c["flushes"],
+            "handed_back_messages": self._c["handed_back"],
             "peers_accepted": self._c["peers_accepted"],
             "peers_disconnected": self._c["peers_disconnected"],
             **({"spool_deferred_messages": sum(len(sub) for sub in self._deferred),

@@ -611,6 +611,19 @@ def test_drain_returns_exactly_the_undelivered_parts():
     h.check_accounting()
 
 
+def test_undelivered_handed_back_to_their_senders_move_from_dropped_to_handed_back():
+    h = Harness(cluster("t"))
+    h.submit("t", 0, [b"1", b"2", b"3", b"4", b"5"], settings=ASYNC, token="p")
+    h.run(until=h.now + 0.5)    # 3 delivered, 2 held
+    assert sum(len(s.values) for s in h.engine.take_undelivered()) == 2
+    with pytest.raises(ValueError, match="only 2 were given up"):
+        h.engine.note_handed_back(3)
+    h.engine.note_handed_back(2)
+    st = h.engine.stats()
+    assert (st["dropped"], st["handed_back"], st["delivered"]) == (0, 2, 3)
+    h.check_accounting()
+
+
 def test_drain_returns_the_held_remainder_of_a_split_submission():
     h = Harness(cluster("t"))
     h.submit("t", 0, [b"1", b"2", b"3", b"4", b"5"], settings=ASYNC, token="p")

@@ -234,6 +234,50 @@ def test_stopping_refuses_new_messages_but_answers_the_rest(server, peer):
     assert server.producer.submissions == []
 
 
+def test_stop_hands_undelivered_messages_back_to_connected_shims_only(server):
+    """At the end of a drain without a spool, a connected session gets its undelivered
+    async entries back (REJECTED(STOPPING) from its oldest unfinished entry) instead of a
+    failure; a session whose process is gone and sync sends are left to be failed."""
+    from dataclasses import replace
+
+    server.producer.hold = True
+    live, gone, sync = Peer(server.endpoint), Peer(server.endpoint), Peer(server.endpoint)
+    try:
+        live.register()
+        gone.register()
+        sync.register(settings=dict(SETTINGS, async_send=False))
+        # seqs 0 and 1 merge into one submission (partition 0), seq 2 goes to partition 1
+        live.send([schema.SEND, live.sid, [entry(0, b"a"), entry(1, b"b"), entry(2, b"c", partition=1)]])
+        gone.send([schema.SEND, gone.sid, [entry(0, b"g")]])
+        sync.send([schema.SEND_SYNC, sync.sid, 5, "t", 2, 0, None, [b"s"]])
+        server.producer.wait_messages(5)
+        held = {(sub.session_id, sub.partition): sub for sub in server.producer.held}
+        p0, p1, g, sy = (held[live.sid, 0], held[live.sid, 1], held[gone.sid, 0], held[sync.sid, 2])
+        assert (p0.token.firsts, p1.token.firsts) == ([0, 1], [2])
+        # seq 0 is delivered, seq 1 (the rest of that submission) and seq 2 are not
+        server.call(server.server.on_outcomes, [Outcome(p0.token, "t", 0, 0, 0, 1, 0)])
+        assert live.recv() == [schema.ACK, live.sid, [0]]
+        gone.close()
+        deadline = time.monotonic() + 5
+        while server.call(server.server.stats)["peers_disconnected"] < 1:
+            assert time.monotonic() < deadline, "the server never saw the peer go"
+            time.sleep(0.01)
+        server.call(server.server.stop_accepting)
+        rest_of_p0 = replace(p0, keys=p0.keys[1:], values=p0.values[1:])
+        handed, rest = server.call(server.server.hand_back, [rest_of_p0, p1, g, sy])
+        assert dict(handed) == {("t", 0): 1, ("t", 1): 1}
+        assert sorted(map(id, rest)) == sorted(map(id, (g, sy)))
+        kind, sid, from_seq, code, text = live.recv()
+        assert (kind, sid, from_seq, code) == (schema.REJECTED, live.sid, 1, schema.E_STOPPING)
+        assert "2 message(s)" in text and "handed back" in text
+        st = server.call(server.server.stats)
+        assert st["handed_back_messages"] == 2 and st["async_inflight_messages"] == 1   # the gone one's
+        assert live.quiet() and sync.quiet()
+    finally:
+        live.close()
+        sync.close()
+
+
 def test_sync_send_result_carries_partition_error_and_first_offset(server, peer):
     peer.register(settings=dict(SETTINGS, async_send=False))
     for rid in (1, 2):

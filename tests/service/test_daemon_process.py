@@ -15,6 +15,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -129,20 +130,46 @@ def queue_undeliverable(d: KafkadProcess, n: int):
     return producer
 
 
-def test_stop_counts_and_logs_what_was_not_delivered():
+def test_stop_hands_back_to_live_shims_and_fails_what_gone_ones_sent():
+    """No spool: at the end of the drain the undelivered messages of a connected
+    shim are handed back to it (it replays them to the next daemon); those of a
+    process that is gone are failed, logged per partition with their contents."""
     with KafkadProcess(unreachable_broker(), request_timeout_ms=1000, drain_timeout_s=0.5,
                        env=NOT_UNDER_SYSTEMD) as d:
         d.start()
         producer = queue_undeliverable(d, 7)
+        script = ("import sys; from client_shim import Producer\n"
+                  "p = Producer(sys.argv[1], async_send=True, batch_send_every_n=1)\n"
+                  "[p.send_messages('nowhere', 1, b'gone-%d' % i) for i in range(4)]\n"
+                  "print('sent', flush=True); sys.stdin.read()\n")
+        gone = subprocess.Popen([sys.executable, "-c", script, d.endpoint], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=daemon_env())
         try:
+            assert gone.stdout.readline() == "sent\n"
+            deadline = time.monotonic() + 20
+            while d.stats()["accepted"] < 11:
+                assert time.monotonic() < deadline, "the daemon never accepted the gone process's messages"
+            gone.kill()                   # no shim left to keep its messages
+            gone.wait(10)
+            while d.stats()["ipc"]["peers_disconnected"] < 1:
+                assert time.monotonic() < deadline, "the daemon never saw the process go"
             assert d.term() == 0
         finally:
+            if gone.poll() is None:
+                gone.kill()
             producer.stop()
         logs = d.logs()
+        assert "queued=11 " in event_lines(logs, "stopping")[0]
+        assert [line.split(": ", 1)[1] for line in event_lines(logs, "handed_back")] == [
+            "handed_back topic=nowhere partition=0 messages=7 "
+            "to=\"their shims, which replay them to the next daemon\""]
         assert [line.split(": ", 1)[1] for line in event_lines(logs, "undelivered")] == [
-            "undelivered topic=nowhere partition=0 messages=7"]
+            "undelivered topic=nowhere partition=1 messages=4"]
+        failures = [line for line in logs.splitlines() if " ERROR kafkad.ipc: " in line]
+        assert all(any(f"b'gone-{i}'" in line for line in failures) for i in range(4)), failures
         drained = event_lines(logs, "drained")
-        assert len(drained) == 1 and "undelivered=7 " in drained[0] and " WARNING " in drained[0]
+        assert len(drained) == 1 and "undelivered=11 handed_back=7 " in drained[0] \
+            and " WARNING " in drained[0]
 
 
 def test_a_second_sigterm_cuts_the_drain_short():
@@ -255,14 +282,15 @@ def test_with_tansu_stats_prometheus_and_clean_stop(tansu, topic):
         snap = d.stats()
         assert snap["accepted"] >= 5 and snap["delivered"] >= 5
         assert snap["unaccounted"] == 0
-        assert snap["accepted"] == (snap["delivered"] + snap["failed"] + snap["dropped"]
+        assert snap["accepted"] == (snap["delivered"] + snap["failed"] + snap["dropped"] + snap["handed_back"]
                                     + snap["queued_messages"] + snap["in_flight"])
 
         r = subprocess.run(kafkad_cmd("stats", "--endpoint", d.endpoint), capture_output=True,
                            text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("kafkad ")
-        assert "accounting: accepted = delivered + failed + dropped + queued + in flight: balanced" in r.stdout
+        assert ("accounting: accepted = delivered + failed + dropped + handed back + queued + in flight: "
+                "balanced") in r.stdout
         delivered_row = next(line for line in r.stdout.splitlines() if line.strip().startswith("delivered"))
         assert int(delivered_row.split()[1]) >= 5
 

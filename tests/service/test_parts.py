@@ -203,7 +203,8 @@ def test_table_and_status_line():
     c, _ = _collector()
     snap = c.snapshot()
     table = render_table(snap)
-    assert "accounting: accepted = delivered + failed + dropped + queued + in flight: balanced" in table
+    assert ("accounting: accepted = delivered + failed + dropped + handed back + queued + in flight: "
+            "balanced") in table
     assert "2.0 KiB" in table
     header = next(line for line in table.splitlines() if line.startswith("broker"))
     assert header.split() == ["broker", "host", "latency_p50_ms", "latency_p99_ms"]

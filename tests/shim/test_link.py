@@ -327,6 +327,52 @@ def test_stopping_daemon_hands_messages_to_the_next_one():
         assert values(second) == [b"during-stop"]
 
 
+def test_messages_handed_back_at_stop_are_kept_bounded_and_replayed_in_order(caplog):
+    """A daemon stopping without a spool hands back what it took but did not deliver
+    (REJECTED(STOPPING) from the oldest such entry): the shim keeps those entries,
+    still counted against async_queue_maxsize, and replays them in order to the next
+    daemon."""
+    first = ServerThread().start()
+    endpoint = first.endpoint
+    first.producer.hold = True
+    p = client_shim.Producer(client_shim.DaemonClient(endpoint), async_send=True, batch_send_every_n=1,
+                             async_queue_maxsize=6, async_queue_put_timeout=0)
+    p.send_messages("t", 0, b"m0")
+    first.producer.wait_messages(1)                   # m0 alone in the first submission
+    for i in range(1, 6):
+        p.send_messages("t", i % 2, b"m%d" % i)
+    first.producer.wait_messages(6)
+    done = threading.Event()
+
+    def deliver_first_then_stop():
+        first.producer.complete([first.producer.held.pop(0)])      # m0 is delivered
+        first.server.stop_accepting()
+        handed, rest = first.server.hand_back(first.producer.held)
+        assert sum(handed.values()) == 5 and rest == []
+        done.set()
+
+    with caplog.at_level(logging.INFO, logger="client_shim"):
+        first.loop.call_soon_threadsafe(deliver_first_then_stop)
+        assert done.wait(5)
+        link = p.client._link
+        deadline = time.monotonic() + 5
+        while not link.stats["rejected_STOPPING"] or 0 in p._session.pending:
+            assert time.monotonic() < deadline, "no hand-back reached the shim"
+            time.sleep(0.01)
+    assert "handed back" in caplog.text
+    first.stop()
+    assert sorted(p._session.pending) == [1, 2, 3, 4, 5] and p._session.unacked == 5
+    p.send_messages("t", 0, b"m6")                    # the last free place
+    with pytest.raises(errors.AsyncProducerQueueFull):
+        p.send_messages("t", 1, b"m7")                # still bounded: the kept ones count
+    with ServerThread(endpoint=endpoint) as second:
+        p.stop(timeout=10)
+        assert p._session.pending == {}
+        for part in (0, 1):
+            got = [v for _, pp, _, v in second.producer.messages() if pp == part]
+            assert got == [b"m%d" % i for i in range(1, 7) if i % 2 == part]
+
+
 def test_simple_producer_round_robin_one_partition_per_call(server):
     p = client_shim.SimpleProducer(client(server), random_start=False)
     for i in range(5):
