@@ -102,11 +102,9 @@ class DaemonClient:
 
 
 def _partition_cache(link: _Link) -> dict:
-    cache = getattr(link, "partition_cache", None)
-    if cache is None:
-        cache = link.partition_cache = {}
-        link.on_unknown_partition = lambda topic: cache.pop(topic, None)
-    return cache
+    # Kept by the link: PARTITIONS_CHANGED from the daemon and unknown-partition
+    # failures update it on the I/O thread (a whole list replaced at a time).
+    return link.partition_cache
 
 
 def _topic_str(topic) -> str:

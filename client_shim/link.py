@@ -333,6 +333,11 @@ class _Link:
         self.connected = False
         self.instance_id: bytes | None = None
         self.features: frozenset = frozenset()   # what the daemon announced in REGISTERED
+        # topic -> sorted partition ids, as the daemon last said (METADATA, PARTITIONS_CHANGED).
+        # Replaced, never changed in place: a producer sees a new list object when it changed.
+        self.partition_cache: dict[str, list[int]] = {}
+        self._refreshes: dict[int, str] = {}     # req_id -> topic of a METADATA sent on reconnect
+        self._unknown_kinds: set = set()
         self.stats = collections.Counter()
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -658,6 +663,7 @@ class _Link:
             s.hold_until = 0.0
             s.backoff = _REPLAY_BACKOFF_MIN_S
             self._register(s)
+        self._refresh_partitions()
 
     def _on_disconnected(self) -> None:
         self.connected = False
@@ -752,7 +758,11 @@ class _Link:
             kind = msg[0]
             handler = self._handlers.get(kind)
             if handler is None:
-                log.warning("client_shim: ignoring a reply of unknown kind %r from kafkad", kind)
+                # A newer daemon may send kinds this shim does not know (the schema's rule:
+                # receivers ignore them); said once per kind, not per frame.
+                if kind not in self._unknown_kinds and len(self._unknown_kinds) < 64:
+                    self._unknown_kinds.add(kind)
+                    log.warning("client_shim: ignoring replies of unknown kind %r from kafkad", kind)
                 return
             handler(self, msg)
         except (schema.SchemaError, IndexError, TypeError, ValueError) as exc:
@@ -836,7 +846,44 @@ class _Link:
         s.settle(done)
 
     def on_unknown_partition(self, topic: str) -> None:
-        """Overridden by the client: drop the cached partition list of `topic`."""
+        """A send failed for an unknown topic or partition: drop the cached partition list of `topic`."""
+        self.partition_cache.pop(topic, None)
+
+    def _set_partitions(self, topic: str, error: int, parts) -> None:
+        if error or not parts:
+            self.partition_cache.pop(topic, None)      # asked again at the next send
+            return
+        parts = sorted(parts)
+        if self.partition_cache.get(topic) != parts:
+            self.partition_cache[topic] = parts
+
+    def _h_partitions_changed(self, msg) -> None:
+        _, topic, error, parts = msg[:4]
+        self.stats["partition_changes"] += 1
+        log.info("client_shim: kafkad says topic %r now has partitions %s", topic,
+                 parts if not error else f"none (error {error})")
+        self._set_partitions(topic, error, parts)
+
+    def _h_partitions(self, msg) -> None:
+        topic = self._refreshes.pop(msg[1], None)
+        if topic is None:
+            self._h_reply(msg)
+        else:                       # the answer to a refresh sent on reconnect
+            self._set_partitions(topic, msg[2], msg[3])
+
+    def _refresh_partitions(self) -> None:
+        """After a (re)connect: ask again for every cached topic.
+
+        The daemon may have restarted (it tells only peers that asked about a
+        topic when its partitions change, and a new connection is a new peer),
+        and the partitions may have changed meanwhile. Nobody waits for these
+        answers: the cache keeps its list until they come.
+        """
+        self._refreshes.clear()
+        for topic in list(self.partition_cache):
+            rid = next(self.req_ids)
+            self._refreshes[rid] = topic
+            self._queue(schema.encode([schema.METADATA, rid, topic]))
 
     def _h_rejected(self, msg) -> None:
         _, sid, from_seq, code, text = msg[:5]
@@ -936,7 +983,8 @@ class _Link:
         schema.REJECTED: _h_rejected,
         schema.ERROR: _h_error,
         schema.RESULT: _h_reply,
-        schema.PARTITIONS: _h_reply,
+        schema.PARTITIONS: _h_partitions,
+        schema.PARTITIONS_CHANGED: _h_partitions_changed,
         schema.STATS_REPLY: _h_reply,
         schema.HELLO_OK: _h_reply,
         schema.UNREGISTERED: _h_reply,

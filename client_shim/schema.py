@@ -46,6 +46,10 @@ PARTITIONS = 70   # [PARTITIONS, req_id, error, [partition ids]]
 STATS_REPLY = 71  # [STATS_REPLY, req_id, {stats}]
 ERROR = 72        # [ERROR, req_id|None, code, message, session_id|None]
 UNREGISTERED = 73  # [UNREGISTERED, req_id, undelivered_count]
+# Unasked: the partition list of a topic this peer asked about (METADATA) changed, or
+# (error != 0, []) the topic is gone. The shim replaces its cached list; a shim that
+# does not know the kind ignores it (receivers ignore kinds they do not know).
+PARTITIONS_CHANGED = 74  # [PARTITIONS_CHANGED, topic, error, [partition ids]]
 
 KIND_NAMES = {v: k for k, v in dict(globals()).items()
               if k.isupper() and isinstance(v, int) and 1 <= v < 128 and k not in ("SCHEMA_VERSION",)}

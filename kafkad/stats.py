@@ -286,6 +286,7 @@ _COUNTER_FIELDS = frozenset(COUNTERS) | {
     "frames_in", "frames_out", "messages_in", "duplicates_dropped",
     "replies_dropped_peer_gone", "replies_dropped_peer_full", "error_replies_suppressed",
     "sessions_evicted", "connects", "disconnects", "errors",
+    "handed_back_messages", "partition_changes_sent",
 }
 
 

@@ -55,12 +55,16 @@ class BrokerProducer:
     """Owns the broker connections and the producer engine; driven by the running loop."""
 
     def __init__(self, kafka: KafkaConfig, queue: QueueConfig, *,
-                 on_outcomes: Callable[[list[Outcome]], None]) -> None:
+                 on_outcomes: Callable[[list[Outcome]], None],
+                 on_partitions_changed: Callable[[list[tuple[str, int, list[int]]]], None] | None = None,
+                 ) -> None:
         if not callable(on_outcomes):
             raise TypeError("on_outcomes: expected a callable taking a list of Outcome")
         self.kafka = kafka
         self.engine = Engine(kafka, queue, client_version=__version__)
         self._on_outcomes = on_outcomes
+        # (topic, error, partition ids) of known topics whose layout changed (Actions.partition_changes)
+        self._on_partitions_changed = on_partitions_changed
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ssl_context: ssl.SSLContext | None = None
         self._conns: dict[int, BrokerConnection] = {}
@@ -262,6 +266,8 @@ class BrokerProducer:
                 self._on_outcomes(act.outcomes)
             except Exception:  # noqa: BLE001 - the engine must keep running
                 log.exception("on_outcomes callback failed for %d outcomes", len(act.outcomes))
+        if act.partition_changes:
+            self._report_partition_changes(act.partition_changes)
         deadline = act.deadline
         if deadline is not None:
             deadline = max(deadline, now + _MIN_TIMER_S)
@@ -287,6 +293,19 @@ class BrokerProducer:
             for fut in self._idle_waiters:
                 if not fut.done():
                     fut.set_result(None)
+
+    def _report_partition_changes(self, changes: list[tuple[str, int, list[int]]]) -> None:
+        for topic, error, parts in changes:
+            if error:
+                log.warning("topic %r: the cluster now answers error %d for it (its partition list is gone)",
+                            topic, error)
+            else:
+                log.info("topic %r now has %d partitions", topic, len(parts))
+        if self._on_partitions_changed is not None:
+            try:
+                self._on_partitions_changed(changes)
+            except Exception:  # noqa: BLE001 - the engine must keep running
+                log.exception("on_partitions_changed callback failed")
 
     @staticmethod
     def _release_freed_memory() -> None:

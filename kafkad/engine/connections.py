@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from kafkad.engine.states import ConnState
 from kafkad.engine.types import Outcome
@@ -26,7 +26,7 @@ _INF = float("inf")
 class Actions:
     """What the driver must do after `Engine.poll`, in this order: close, connect, send."""
 
-    __slots__ = ("closes", "connects", "sends", "authenticate", "outcomes", "deadline")
+    __slots__ = ("closes", "connects", "sends", "authenticate", "outcomes", "partition_changes", "deadline")
 
     def __init__(self) -> None:
         self.closes: list[int] = []
@@ -34,6 +34,9 @@ class Actions:
         self.sends: list[Request] = []
         self.authenticate: list[int] = []
         self.outcomes: list[Outcome] = []
+        # (topic, error, partition ids): a known topic's partition list changed
+        # (error 0), or the topic is gone for good (error, []); for the IPC side
+        self.partition_changes: Sequence[tuple[str, int, list[int]]] = ()   # a list when there are any
         self.deadline: float | None = None
 
     def __repr__(self) -> str:

@@ -148,6 +148,8 @@ class Engine:
         self._meta_retries = 0      # refreshes in a row asked for by a missing leader
         self._leader_wait = False   # a lane visited by this poll waits for a leader
         self._topic_wait: dict[str, float] = {}   # topic -> since when the cluster says unknown
+        # topic -> (error, partitions): layouts of known topics that changed, until poll reports them
+        self._partition_changes: dict[str, tuple[int, list[int]]] = {}
         # the last connection failure with a Kafka code (see _expiry_cause), any broker
         self._cause = 0
         self._cause_text = ""
@@ -617,7 +619,9 @@ class Engine:
         # Settled only if the request named every topic wanted now: one wanted
         # while it was on the wire (fetch_partitions) still needs asking for.
         self._meta_needed = not self._wanted <= self._meta_asked
+        before = {t.name: self.metadata.partitions(t.name) for t in msg.topics if t.name is not None}
         self.metadata.update(msg, now)
+        self._note_partition_changes(before)
         for node, (host, port) in self.metadata.brokers.items():
             conn = self.conns.get(node)
             if conn is None:
@@ -635,6 +639,23 @@ class Engine:
             elif name is not None:
                 self._meta_needed = True
                 self._topic_wait.setdefault(name, now)
+
+    def _note_partition_changes(self, before: dict[str, list[int] | None]) -> None:
+        """Remember topics whose known partition list changed (reported by the next poll).
+
+        Only a topic that had a layout counts: its first layout is what a
+        fetch_partitions asker receives anyway. A passing (retriable) error keeps
+        the last layout (MetadataCache.update), so only a lasting one is a change.
+        """
+        for name, old in before.items():
+            if old is None:
+                continue
+            new = self.metadata.partitions(name)
+            if new is None:
+                info = self.metadata.topics.get(name)
+                self._partition_changes[name] = (info.error if info is not None else UNKNOWN_TOPIC_OR_PARTITION, [])
+            elif new != old:
+                self._partition_changes[name] = (0, list(new))
 
     def _fail_missing_partitions(self, topic: str, parts: set[int], now: float) -> None:
         for lane in list(self._active):
@@ -969,6 +990,9 @@ class Engine:
             deadline = min(deadline, self._poll_metadata(now, act))
         act.closes, self._closes = self._closes, []
         act.outcomes, self._outcomes = self._outcomes, []
+        if self._partition_changes:
+            act.partition_changes = [(t, err, parts) for t, (err, parts) in self._partition_changes.items()]
+            self._partition_changes = {}
         self._handout(act)
         for conn in self.conns.values():
             if conn.state is ConnState.DOWN and conn.node in self._want_connect:

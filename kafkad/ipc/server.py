@@ -60,6 +60,10 @@ _READ_BATCH = 4096                # frames per reader callback before yielding t
 _BAD_REPLY_BUDGET = 100           # error replies per peer before going quiet (then 1 in 1000)
 _RECENT_FAILED = 1024             # finished-but-failed entries remembered per session for replays
 _MAX_METADATA_TASKS = 256
+# Peers told when a topic's partition list changes (those that asked METADATA for it):
+# at most this many per topic and this many topics, the least recently asked go first.
+_MAX_WATCHERS_PER_TOPIC = 4096
+_MAX_WATCHED_TOPICS = 4096
 _PROBE_TIMEOUT_S = 0.5
 _REPLAY_BATCH = 256               # spool entries read back per pump step
 _HELD_MAX_BYTES = 64 << 20        # SEND payload held while a full spool blocks senders (then stop reading)
@@ -257,6 +261,7 @@ class IpcServer:
         self._bound_inode: tuple[int, int] | None = None
         self._bad_by_peer: dict[bytes, int] = {}
         self._metadata_tasks: set[asyncio.Task] = set()
+        self._watchers: dict[str, dict[bytes, None]] = {}   # topic -> peers that asked, oldest first
         self._sync_inflight = 0
         self._c = collections.Counter()
         self._bad = collections.Counter()
@@ -545,6 +550,8 @@ class IpcServer:
             "gap_replies": self._c["gap_replies"],
             "flushes": self._c["flushes"],
             "handed_back_messages": self._c["handed_back"],
+            "partition_changes_sent": self._c["partition_changes_sent"],
+            "watched_topics": len(self._watchers),
             "peers_accepted": self._c["peers_accepted"],
             "peers_disconnected": self._c["peers_disconnected"],
             **({"spool_deferred_messages": sum(len(sub) for sub in self._deferred),
@@ -1352,6 +1359,7 @@ class IpcServer:
         self._c["messages_in"] += n
 
     def _on_metadata(self, peer, req_id, topic) -> None:
+        self._watch(topic, peer)
         parts = self.producer.partitions_for(topic)
         if parts:
             self._send(peer, schema.encode([schema.PARTITIONS, req_id, 0, sorted(parts)]))
@@ -1372,6 +1380,39 @@ class IpcServer:
             log.warning("ipc: metadata for %r failed: %s", topic, exc)
             error, parts = 5, []
         self._send(peer, schema.encode([schema.PARTITIONS, req_id, error, sorted(parts)]))
+        self._check_events()
+
+    def _watch(self, topic: str, peer: bytes) -> None:
+        """Remember that `peer` asked about `topic` (bounded; least recently asked forgotten first)."""
+        peers = self._watchers.pop(topic, None)
+        if peers is None:
+            peers = {}
+            if len(self._watchers) >= _MAX_WATCHED_TOPICS:
+                del self._watchers[next(iter(self._watchers))]
+        peers.pop(peer, None)
+        peers[peer] = None
+        if len(peers) > _MAX_WATCHERS_PER_TOPIC:
+            del peers[next(iter(peers))]
+        self._watchers[topic] = peers
+
+    def on_partitions_changed(self, changes: list[tuple[str, int, list[int]]]) -> None:
+        """A known topic's partition list changed: tell the peers that asked about it.
+
+        `changes` holds (topic, error, partition ids) (BrokerProducer's
+        on_partitions_changed). A peer ZeroMQ no longer knows is forgotten.
+        """
+        for topic, error, parts in changes:
+            peers = self._watchers.get(topic)
+            if not peers:
+                continue
+            frame = schema.encode([schema.PARTITIONS_CHANGED, topic, error, sorted(parts)])
+            for peer in list(peers):
+                if self._send(peer, frame) or peer in self._peer_backlog:
+                    self._c["partition_changes_sent"] += 1
+                else:
+                    del peers[peer]         # gone: it would have to ask again anyway
+            if not peers:
+                del self._watchers[topic]
         self._check_events()
 
     def _on_unregister(self, peer, req_id, sid) -> None:

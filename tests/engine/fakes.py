@@ -198,6 +198,7 @@ class Harness:
         self.engine = Engine(self.kafka, queue, rng=random.Random(7), sweep_interval=float("inf"))
         self.now = 1000.0
         self.outcomes = []
+        self.partition_changes = []     # what polls reported in Actions.partition_changes
         self.up: set[int] = set(self.cluster.brokers)   # brokers accepting connections
         self.hold_answers: set[int] = set()             # brokers that never answer
         self.hang_up: set[int] = set()   # brokers that close connections before answering
@@ -240,6 +241,7 @@ class Harness:
         act = self.engine.poll(self.now)
         self.deadline = act.deadline
         self.outcomes += act.outcomes
+        self.partition_changes += list(act.partition_changes)
         did = bool(act.outcomes or act.sends or act.connects or act.closes or act.authenticate)
         self.closes += act.closes
         for node, host, port in act.connects:

@@ -837,6 +837,24 @@ def test_a_batch_that_cannot_be_encoded_fails_without_wedging_its_lane(monkeypat
     assert any("codec library missing" in r.getMessage() for r in caplog.records)
 
 
+def test_a_known_topics_new_partition_count_is_reported_once_by_poll():
+    c = cluster("t", "u")
+    h = Harness(c, metadata_max_age_ms=1000)
+    connect(h, "t", "u")
+    assert h.engine.partitions_for("t") == [0, 1, 2]
+    assert h.partition_changes == []            # a first layout is no change
+    c.create("t", 5)
+    h.run(until=h.now + 1.5)                    # the next refresh sees it
+    assert h.partition_changes == [("t", 0, [0, 1, 2, 3, 4])]
+    h.submit("t", 4, [b"new"], token="p4")      # and the new partition takes records
+    h.run(until=h.now + 2.5)
+    assert h.by_token()["p4"][0].error == 0 and h.values("t", 4) == [b"new"]
+    assert h.partition_changes == [("t", 0, [0, 1, 2, 3, 4])]   # reported once, "u" never
+    del c.topics["u"]                           # UNKNOWN_TOPIC_OR_PARTITION is retriable:
+    h.run(until=h.now + 1.5)                    # the last layout stays, nothing to report
+    assert h.partition_changes == [("t", 0, [0, 1, 2, 3, 4])]
+
+
 def test_bootstrap_connections_are_closed_once_the_brokers_are_known():
     h = Harness(cluster("t"), metadata_max_age_ms=1000)
     connect(h)

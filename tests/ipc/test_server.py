@@ -442,6 +442,47 @@ def test_metadata_and_stats(server, peer):
     assert data["ipc"]["frames_in"] == 2
 
 
+def test_partition_changes_go_to_the_peers_that_asked_about_the_topic(server):
+    asked_t, asked_u, gone = Peer(server.endpoint), Peer(server.endpoint), Peer(server.endpoint)
+    try:
+        for p, topic in ((asked_t, "t"), (asked_u, "u"), (gone, "t")):
+            p.send([schema.METADATA, 1, topic])
+            assert p.recv()[0] == schema.PARTITIONS
+        assert server.call(server.server.stats)["watched_topics"] == 2
+        gone.close()
+        deadline = time.monotonic() + 5
+        while server.call(server.server.stats)["peers_disconnected"] < 1:
+            assert time.monotonic() < deadline, "the server never saw the peer go"
+            time.sleep(0.01)
+        server.call(server.server.on_partitions_changed, [("t", 0, [3, 0, 1, 2])])
+        assert asked_t.recv() == [schema.PARTITIONS_CHANGED, "t", 0, [0, 1, 2, 3]]
+        assert asked_u.quiet()
+        server.call(server.server.on_partitions_changed, [("u", 3, [])])      # the topic is gone
+        assert asked_u.recv() == [schema.PARTITIONS_CHANGED, "u", 3, []]
+        st = server.call(server.server.stats)
+        assert st["partition_changes_sent"] == 2         # not to the peer that is gone ...
+        assert server.call(lambda: {t: len(p) for t, p in server.server._watchers.items()}) == {
+            "t": 1, "u": 1}                              # ... which is forgotten
+    finally:
+        asked_t.close()
+        asked_u.close()
+
+
+def test_peers_watching_topics_are_bounded(server, monkeypatch):
+    import kafkad.ipc.server as srv
+
+    monkeypatch.setattr(srv, "_MAX_WATCHERS_PER_TOPIC", 2)
+    monkeypatch.setattr(srv, "_MAX_WATCHED_TOPICS", 2)
+    s = server.server
+    for peer in (b"p1", b"p2", b"p3"):
+        server.call(s._watch, "t", peer)
+    server.call(s._watch, "t", b"p2")                # asked again: the most recent
+    assert list(s._watchers["t"]) == [b"p3", b"p2"]
+    server.call(s._watch, "u", b"p1")
+    server.call(s._watch, "v", b"p1")                # a third topic pushes out the oldest
+    assert list(s._watchers) == ["u", "v"]
+
+
 # --- binding ------------------------------------------------------------------------
 
 

@@ -337,3 +337,64 @@ def test_hostile_frames_next_to_a_good_client(daemon, tansu, topic):
     finally:
         ctx.destroy(0)
     assert daemon.running
+
+
+def test_partitions_added_while_a_producer_runs_are_used_without_a_restart(tansu, topic):
+    """The topic grows from 3 to 5 partitions under a running SimpleProducer. Tansu has
+    no CreatePartitions, so the topic is deleted and created again with 5 (about 10 ms
+    apart; auto-creation off, so nothing re-creates it in between with the default
+    count); the daemon's next metadata refresh (every 200 ms here) sees the new count and
+    tells the shim, whose round robin then covers the new partitions, as an independent
+    consumer sees."""
+    import threading
+    import time
+
+    with KafkadProcess(tansu.bootstrap, request_timeout_ms=3000, drain_timeout_s=5,
+                       extra={"kafka": {"metadata_max_age_ms": 200, "allow_auto_create_topics": False}}) as d:
+        d.start()
+        c = client_shim.DaemonClient(d.endpoint)
+        p = client_shim.SimpleProducer(c, async_send=True, random_start=False, batch_send_every_n=1)
+        link = c._link
+        sent: list[tuple[bytes, list[int] | None]] = []     # (value, the shim's list when it was sent)
+        stop = threading.Event()
+
+        def run():
+            i = 0
+            while not stop.is_set():
+                value = b"m%d" % i
+                parts = link.partition_cache.get(topic)
+                p.send_messages(topic, value)
+                sent.append((value, parts))
+                i += 1
+                time.sleep(0.005)
+
+        t = threading.Thread(target=run)
+        t.start()
+        try:
+            deadline = time.monotonic() + 20
+            while len(sent) < 20:
+                assert time.monotonic() < deadline and t.is_alive(), "the producer does not run"
+                time.sleep(0.01)
+            tansu.delete_topic(topic)
+            tansu.create_topic(topic, partitions=5)
+            while link.partition_cache.get(topic) != [0, 1, 2, 3, 4]:
+                assert time.monotonic() < deadline and t.is_alive(), (
+                    f"the shim still has {link.partition_cache.get(topic)}")
+                time.sleep(0.01)
+            grown = len(sent)
+            while len(sent) < grown + 30:
+                assert time.monotonic() < deadline and t.is_alive(), "the producer stopped"
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            t.join(10)
+        p.stop(timeout=20)
+        ipc = d.stats()["ipc"]
+    assert link.stats["partition_changes"] >= 1 and ipc["partition_changes_sent"] >= 1, (link.stats, ipc)
+    after = [v for v, parts in sent if parts == [0, 1, 2, 3, 4]]
+    assert len(after) >= 30
+    got = read_until_seen(tansu.bootstrap, topic, after, partitions=5)
+    where = {v: part for part, recs in got.items() for _, v, _ in recs}
+    assert set(after) <= set(where), sorted(set(after) - set(where))
+    # one partition per call, in turn over all five
+    assert {where[v] for v in after} == {0, 1, 2, 3, 4}

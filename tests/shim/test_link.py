@@ -419,6 +419,84 @@ def test_partition_lists_are_cached_and_refreshed_on_unknown_partition(server):
     assert c.partitions_for("t") == [0, 1, 2, 3, 4]        # asked again
 
 
+def _wait_for(predicate, what, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_partition_changes_from_the_daemon_reach_round_robin_and_keyed_producers(server):
+    from client_shim.partitioner import murmur2
+
+    c = client(server)
+    simple = client_shim.SimpleProducer(c, random_start=False)
+    keyed = client_shim.KeyedProducer(c)
+    for i in range(3):
+        simple.send_messages("t", b"s%d" % i)
+    keys = [b"k%d" % i for i in range(20)]
+    for k in keys:
+        keyed.send_messages("t", k, b"v")
+    link = c._link
+    server.producer.partitions = [0, 1, 2, 3, 4]
+    server.call(server.server.on_partitions_changed, [("t", 0, [0, 1, 2, 3, 4])])
+    _wait_for(lambda: link.partition_cache.get("t") == [0, 1, 2, 3, 4], "the new partition list")
+    assert link.stats["partition_changes"] == 1
+    before = len(server.producer.submissions)
+    for i in range(5):
+        simple.send_messages("t", b"n%d" % i)
+    for k in keys:
+        keyed.send_messages("t", k, b"v")
+    subs = server.producer.submissions[before:]
+    assert sorted(s.partition for s in subs[:5]) == [0, 1, 2, 3, 4]
+    assert [s.partition for s in subs[5:]] == [(murmur2(k) & 0x7FFFFFFF) % 5 for k in keys]
+    assert {s.partition for s in subs[5:]} & {3, 4}     # the new partitions are used
+    server.call(server.server.on_partitions_changed, [("t", 3, [])])          # the topic is gone
+    _wait_for(lambda: "t" not in link.partition_cache, "the list to be dropped")
+    assert c.partitions_for("t") == [0, 1, 2, 3, 4]     # asked again at the next use
+
+
+def test_a_reconnected_shim_refreshes_its_partition_lists_and_is_told_of_changes():
+    """A restarted daemon knows no peer: the shim asks again for every cached topic on
+    connect, which refreshes the list and makes the new daemon tell it of changes."""
+    first = ServerThread().start()
+    endpoint = first.endpoint
+    c = client_shim.DaemonClient(endpoint)
+    p = client_shim.SimpleProducer(c, random_start=False)
+    p.send_messages("t", b"x")
+    link = c._link
+    assert link.partition_cache["t"] == [0, 1, 2]
+    first.stop()
+    with ServerThread(endpoint=endpoint, producer=FakeProducer(partitions=(0, 1, 2, 3))) as second:
+        _wait_for(lambda: link.partition_cache.get("t") == [0, 1, 2, 3], "the refreshed list")
+        assert second.call(second.server.stats)["watched_topics"] == 1
+        second.call(second.server.on_partitions_changed, [("t", 0, [0, 1, 2, 3, 4, 5])])
+        _wait_for(lambda: link.partition_cache.get("t") == [0, 1, 2, 3, 4, 5], "the changed list")
+        p.stop(timeout=5)
+
+
+def test_frames_of_an_unknown_kind_are_ignored_and_logged_once(caplog):
+    endpoint = short_tmp_endpoint()
+    daemon = _ScriptedDaemon(endpoint)
+    try:
+        c = client_shim.DaemonClient(endpoint, timeout=5)
+        result = []
+        t = threading.Thread(target=lambda: result.append(c.partitions_for("t")))
+        with caplog.at_level(logging.WARNING, logger="client_shim"):
+            t.start()
+            from client_shim import schema
+
+            peer, req = daemon.recv(schema.METADATA)
+            for _ in range(3):
+                daemon.send(peer, [127, "from a newer daemon"])
+            daemon.send(peer, [schema.PARTITIONS, req[1], 0, [0, 1]])
+            t.join(5)
+        assert result == [[0, 1]]
+        assert caplog.text.count("unknown kind 127") == 1
+    finally:
+        daemon.close()
+
+
 def test_one_producer_shared_by_threads(server):
     p = client_shim.Producer(client(server), async_send=True)
 

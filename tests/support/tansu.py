@@ -66,6 +66,12 @@ class Tansu:
             check=True, capture_output=True, timeout=30,
         )
 
+    def delete_topic(self, name: str) -> None:
+        subprocess.run(
+            [tansu_binary(), "topic", "delete", "--broker", f"tcp://{self.bootstrap}", name],
+            check=True, capture_output=True, timeout=30,
+        )
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
