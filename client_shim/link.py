@@ -868,8 +868,12 @@ class _Link:
         topic = self._refreshes.pop(msg[1], None)
         if topic is None:
             self._h_reply(msg)
-        else:                       # the answer to a refresh sent on reconnect
-            self._set_partitions(topic, msg[2], msg[3])
+        elif msg[2] == 0 and msg[3]:
+            # The answer to a refresh sent on reconnect. An error keeps the list held:
+            # a daemon that restarted while the brokers are down answers one after its
+            # metadata timeout, and dropping the list would make the next send wait
+            # for the brokers instead of queueing.
+            self._set_partitions(topic, 0, msg[3])
 
     def _refresh_partitions(self) -> None:
         """After a (re)connect: ask again for every cached topic.

@@ -475,6 +475,29 @@ def test_a_reconnected_shim_refreshes_its_partition_lists_and_is_told_of_changes
         p.stop(timeout=5)
 
 
+def test_a_refresh_the_daemon_cannot_answer_keeps_the_cached_list():
+    """A daemon restarted while the brokers are down answers the reconnect refresh with
+    no partitions: the shim keeps its list, so sends still queue instead of waiting."""
+
+    class _NoMetadata(FakeProducer):
+        async def fetch_partitions(self, topic, timeout):
+            return 7, []
+
+    first = ServerThread().start()
+    endpoint = first.endpoint
+    c = client_shim.DaemonClient(endpoint)
+    p = client_shim.SimpleProducer(c, async_send=True, random_start=False)
+    p.send_messages("t", b"x")
+    link = c._link
+    first.stop()
+    with ServerThread(endpoint=endpoint, producer=_NoMetadata(partitions=())) as second:
+        _wait_for(lambda: link.stats["connects"] >= 2 and not link._refreshes, "the refresh's answer")
+        assert link.partition_cache["t"] == [0, 1, 2]
+        p.send_messages("t", b"y")                  # no METADATA round trip needed
+        second.producer.wait_messages(1)
+        p.stop(timeout=5)
+
+
 def test_frames_of_an_unknown_kind_are_ignored_and_logged_once(caplog):
     endpoint = short_tmp_endpoint()
     daemon = _ScriptedDaemon(endpoint)
