@@ -946,6 +946,8 @@ class _Link:
         _, rid, code, text = msg[:4]
         sid = msg[4] if len(msg) > 4 else None
         name = schema.ERROR_NAMES.get(code, str(code))
+        if rid is not None and self._refreshes.pop(rid, None) is not None:
+            return          # a reconnect refresh the daemon could not take: the cached list stays
         req = self.requests.get(rid) if rid is not None else None
         s = self.sessions.get(sid) if sid is not None else (req.session if req else None)
         if code == schema.E_UNKNOWN_SESSION and s is not None and not s.closed:
