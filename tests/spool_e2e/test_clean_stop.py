@@ -26,7 +26,9 @@ def _kill_workers(ws) -> None:
 
 @pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
 def test_sigterm_with_a_backlog_being_delivered_sends_nothing_twice(proxied, ptopic, kafkad_factory, spool):
-    workers, count = 3, 1200
+    # Each worker sends for about 2.7 s (4000 at 1500/s): long enough that a
+    # loaded machine still has a stream going when the link is slowed below.
+    workers, count = 3, 4000
     d = kafkad_factory(proxied.bootstrap, request_timeout_ms=5000, drain_timeout_s=30, spool=spool)
     d.start()
     ws = [start_worker(d.endpoint, ptopic, w, count, rate=1500, size=200, stop_timeout=60)
