@@ -299,6 +299,52 @@ class _Session:
                 e for s, e in self.pending.items() if from_seq is None or s >= from_seq)
 
 
+def _groups_frame(session_id: bytes, unsent: collections.deque) -> tuple[bytes, int]:
+    """A SEND_GROUPS frame of the oldest unsent entries (up to about TARGET_FRAME_BYTES), and
+    how many entries it holds.
+
+    The entries become columns per (topic, partition), in seq order: the firsts,
+    the values one after the other, the counts only when an entry holds more than
+    one message, the keys only when one is set. The group's timestamp is its first
+    entry's (the daemon stamps a merged submission with one time either way).
+    """
+    groups: dict = {}
+    size = taken = 0
+    target = schema.TARGET_FRAME_BYTES
+    while unsent and size < target:
+        first, topic, partition, ts, keys, values = unsent.popleft()
+        taken += 1
+        n = len(values)
+        g = groups.get((topic, partition))
+        if g is None:
+            g = groups[(topic, partition)] = [topic, partition, ts, [first], None if n == 1 else [n],
+                                              None if keys is None else list(keys), list(values)]
+            size += 32 + len(topic)
+        else:
+            g[3].append(first)
+            if n == 1 and g[4] is None:
+                g[6].append(values[0])
+            else:
+                if g[4] is None:
+                    g[4] = [1] * (len(g[3]) - 1)
+                g[4].append(n)
+                g[6].extend(values)
+            if keys is not None:
+                if g[5] is None:
+                    g[5] = [None] * (len(g[6]) - n)
+                g[5].extend(keys)
+            elif g[5] is not None:
+                g[5].extend([None] * n)
+        if n == 1:
+            v = values[0]
+            size += 16 if v is None else 16 + len(v)
+        else:
+            size += 16 + 6 * n + sum(len(v) for v in values if v is not None)
+        if keys is not None:
+            size += sum(len(k) for k in keys if k is not None)
+    return schema.encode([schema.SEND_GROUPS, session_id, list(groups.values())]), taken
+
+
 class _DirectSocket:
     """One thread's own DEALER socket for its sync sends; closed when the thread is gone."""
 
@@ -713,7 +759,15 @@ class _Link:
             if not s.registered or s.paused:
                 continue
             unsent = s.unsent
+            groups = "send_groups" in self.features
             while unsent and len(self._outbox) < _OUTBOX_FRAMES:
+                if groups:
+                    frame, n = _groups_frame(s.session_id, unsent)
+                    self._queue(frame)
+                    self.stats["entries_sent"] += n
+                    if s.flushing:
+                        s.flush_due = True
+                    continue
                 batch = []
                 size = 0
                 while unsent and size < schema.TARGET_FRAME_BYTES:
