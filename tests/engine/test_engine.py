@@ -98,6 +98,23 @@ def test_hold_cuts_a_submission_to_release_exactly_batch_n():
     assert [(o.delivered, o.base_offset) for o in outs] == [(3, 1), (1, 4)]
 
 
+def test_hold_releases_every_whole_group_in_one_piece():
+    """Eleven held messages with batch_n=3: nine go now as one piece of the big
+    submission (cut once, not three times), two stay held."""
+    h = Harness(cluster("t"), linger_ms=0)
+    connect(h)
+    h.submit("t", 0, [b"a", b"b"], settings=ASYNC, token="two")
+    assert h.engine.held == 2
+    h.submit("t", 0, [b"m%d" % i for i in range(9)], settings=ASYNC, token="nine")
+    assert h.engine.held == 2
+    h.run(until=h.now + 1.0)
+    assert h.values("t", 0)[1:] == [b"a", b"b"] + [b"m%d" % i for i in range(7)]
+    h.run(until=h.now + 5.0)
+    outs = h.by_token()
+    assert [o.delivered for o in outs["two"]] == [2]
+    assert [o.delivered for o in outs["nine"]] == [7, 2]     # one cut where the last whole group ends
+
+
 def test_linger_delays_released_async_records_not_sync_ones():
     h = Harness(cluster("t"), linger_ms=50)
     connect(h)
