@@ -168,7 +168,7 @@ class _Session:
 
     def send_async(self, topic: str, partition: int, keys: list | None, values: list) -> None:
         n = len(values)
-        entry = [0, topic, partition, int(time.time() * 1000), keys, values]
+        ts = int(time.time() * 1000)
         with self.lock:
             # Checked under the lock that stop() takes to collect what is left: an entry
             # is either in that collection (delivered or reported by stop()) or refused
@@ -181,13 +181,11 @@ class _Session:
                     raise self._stopped_error(n, topic, partition)
             seq = self.next_seq
             self.next_seq = seq + n
-            entry[0] = seq
-            self.pending[seq] = entry
+            self.pending[seq] = entry = [seq, topic, partition, ts, keys, values]
             self.unsent.append(entry)
             self.unacked += n
-        link = self.link
-        if link.sleeping:
-            link.wake()
+        if self.link.sleeping:
+            self.link.wake()
 
     def _stopped_error(self, n: int, topic: str, partition: int) -> IllegalStateError:
         return IllegalStateError(f"{self.label} is stopped: {n} message(s) to {topic}[{partition}] "
@@ -1080,13 +1078,27 @@ _links: dict[str, _Link] = {}
 _left_behind: list = []        # the parent's objects, never used nor closed in a child
 _stoppers: "weakref.WeakSet" = weakref.WeakSet()
 _hooks_installed = False
+# This process's pid, kept by the fork hook once it is installed (None before):
+# os.getpid() is a system call, and the producer checks the pid on every send.
+_pid: int | None = None
 
 
 def _after_fork_in_child() -> None:
-    global _registry_lock
+    global _registry_lock, _pid
+    _pid = os.getpid()
     _left_behind.append(list(_links.values()))
     _links.clear()
     _registry_lock = threading.Lock()
+
+
+def current_pid() -> int:
+    """os.getpid(), without the system call once the fork hook is installed (any link made).
+
+    The hook runs in the child of os.fork() and of multiprocessing's fork, which
+    is every fork after which Python code runs.
+    """
+    pid = _pid
+    return pid if pid is not None else os.getpid()
 
 
 def _at_exit() -> None:
@@ -1112,9 +1124,10 @@ def _at_exit() -> None:
 
 
 def _install_hooks() -> None:
-    global _hooks_installed
+    global _hooks_installed, _pid
     if not _hooks_installed:
         _hooks_installed = True
+        _pid = os.getpid()
         os.register_at_fork(after_in_child=_after_fork_in_child)
         atexit.register(_at_exit)
 

@@ -219,7 +219,7 @@ class Producer:
 
     def _get_session(self):
         """This process's session (made at the first send, and again in a forked child)."""
-        pid = os.getpid()               # the pid check: never use a parent's session in a child
+        pid = _linkmod.current_pid()    # the pid check: never use a parent's session in a child
         session = self._session
         if session is not None and self._session_pid == pid and not self.stopped:
             return session
