@@ -131,6 +131,28 @@ def test_linger_delays_released_async_records_not_sync_ones():
     assert len(h.produce_requests()) == 2 and h.now == start
 
 
+def test_default_linger_is_5_ms_and_a_sync_record_never_waits_for_it():
+    """The default linger (5 ms, librdkafka's and Kafka 4.0's) holds released async
+    records; a sync record goes at once, also into a batch already lingering."""
+    h = Harness(cluster("t"))
+    assert h.kafka.linger_ms == 5.0
+    connect(h)
+    h.submit("t", 0, [b"a", b"b", b"c"], settings=ASYNC)
+    h.run(until=h.now + 0.0049)
+    assert not h.produce_requests()
+    start = h.now
+    h.submit("t", 0, [b"sync"])                       # same lane: joins the lingering batch
+    h.run(until=start)
+    (req,) = h.produce_requests()
+    assert h.now == start
+    assert [r.value for _, _, b in batches_in(req) for r in b.records] == [b"a", b"b", b"c", b"sync"]
+    h.submit("t", 1, [b"d", b"e", b"f"], settings=ASYNC)
+    h.run(until=h.now + 0.0049)
+    assert len(h.produce_requests()) == 1
+    h.run(until=h.now + 0.0002)
+    assert len(h.produce_requests()) == 2
+
+
 def test_sessions_with_other_batch_settings_get_their_own_batches():
     h = Harness(cluster("t"))
     connect(h)
