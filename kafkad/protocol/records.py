@@ -140,6 +140,8 @@ def _check_inputs(keys: Sequence, values: Sequence, timestamps_ms: Sequence,
     if n > _INT32_MAX:
         raise ValueError(f"values: {n} records do not fit in one batch")
     for what, seq in (("keys", keys), ("values", values)):
+        if type(seq) is list and seq.count(None) == n:
+            continue    # all None (keyless records): a C-level identity scan
         # One pass collecting the types is much cheaper than isinstance per item;
         # the slow scan only runs to name the offending index.
         if not set(map(type, seq)) <= _BLOB_TYPES:
