@@ -10,7 +10,9 @@ Versioning: `SCHEMA_VERSION` travels in HELLO and REGISTER. A daemon answers
 a version it does not speak with ERROR(BAD_VERSION). Within one version a
 sender may append fields at the end of a frame and a receiver ignores fields
 beyond those it knows (`decode` allows it); anything else (removing,
-reordering, changing a field's meaning or type) needs a new version.
+reordering, changing a field's meaning or type) needs a new version. A new
+shim -> daemon kind within a version is sent only to a daemon that lists its
+feature name in REGISTERED (FLUSH: "flush", SEND_GROUPS: "send_groups").
 
 The module is pure (stdlib + msgpack): the daemon imports it, the shim owns
 it, and it never imports either side.
@@ -208,7 +210,7 @@ def _entries(v, name):
             raise SchemaError(E_MALFORMED, "first_seq, partition and timestamp_ms must be ints")
         if not (0 <= first <= MAX_SEQ and 0 <= partition <= MAX_PARTITION and -1 <= ts < 2**63):
             raise SchemaError(E_MALFORMED, f"first_seq, partition or timestamp_ms out of range in entry {first}")
-        if topic not in good_topics:
+        if type(topic) is not str or topic not in good_topics:   # (a list or map is unhashable)
             _topic(topic, "topic")
             good_topics.add(topic)
         if type(values) is not list:
@@ -250,7 +252,7 @@ def _groups(v, name):
             raise SchemaError(E_MALFORMED, "partition and timestamp_ms must be ints")
         if not (0 <= partition <= MAX_PARTITION and -1 <= ts < 2**63):
             raise SchemaError(E_MALFORMED, "partition or timestamp_ms out of range")
-        if topic not in good_topics:
+        if type(topic) is not str or topic not in good_topics:   # (a list or map is unhashable)
             _topic(topic, "topic")
             good_topics.add(topic)
         if type(values) is not list or type(firsts) is not list:

@@ -75,6 +75,8 @@ BAD_GROUPS = [
     ([], schema.E_MALFORMED),
     (["t", 0, TS, [0], None, None], schema.E_MALFORMED),                    # six fields
     ([group([0], topic="bad topic!")], schema.E_INVALID),
+    ([group([0], topic=["t"])], schema.E_INVALID),                         # unhashable: no TypeError
+    ([group([0], topic={"t": 1})], schema.E_INVALID),
     ([group([0], partition=-1)], schema.E_MALFORMED),
     ([group([0], partition=2**31)], schema.E_MALFORMED),
     ([group([0], ts=-2)], schema.E_MALFORMED),
@@ -111,6 +113,21 @@ def test_hostile_groups_are_refused_with_the_right_code(groups, code):
     with pytest.raises(schema.SchemaError) as err:
         decode(groups)
     assert err.value.code == code
+
+
+@pytest.mark.parametrize("kind", [schema.SEND, schema.SEND_GROUPS])
+def test_an_unhashable_topic_is_a_bad_frame_not_a_crash_of_the_reader(server, peer, kind):
+    """A list as topic once raised TypeError out of the checks (a set lookup), past
+    the reader's handling: now an ERROR reply, and the reader goes on."""
+    peer.register()
+    if kind == schema.SEND:
+        peer.send([schema.SEND, peer.sid, [[0, ["t"], 0, TS, None, [b"v"]]]])
+    else:
+        send_groups(peer, [group([0], topic=["t"])])
+    reply = peer.recv()
+    assert reply[0] == schema.ERROR and reply[2] == schema.E_INVALID
+    send_groups(peer, [group([0])])
+    assert peer.recv()[:3] == [schema.ACK, peer.sid, [0]]
 
 
 def test_a_hostile_group_frame_gets_an_error_reply_and_a_counter(server, peer):
