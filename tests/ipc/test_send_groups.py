@@ -347,3 +347,69 @@ def test_shim_packing_cuts_frames_near_the_target_size():
 def test_groups_frame_is_plain_msgpack_with_the_new_kind():
     frame, _ = _groups_frame(SID, collections.deque([[0, "t", 0, TS, None, [b"a"]]]))
     assert msgpack.unpackb(frame) == [schema.SEND_GROUPS, SID, [["t", 0, TS, [0], None, None, [b"a"]]]]
+
+
+# --- the direct path's test agrees with the SEND rules ---------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def group_frames(draw):
+    """Entries numbered from 0 (sometimes with a hole, an overlap or a shuffle), spread
+    over partitions, packed as groups (sometimes two groups for one partition)."""
+    n = draw(st.integers(1, 12))
+    counts = draw(st.lists(st.integers(1, 3), min_size=n, max_size=n))
+    if draw(st.booleans()):
+        counts = [1] * n
+    firsts, seq = [], 0
+    for c in counts:
+        firsts.append(seq)
+        seq += c
+    if n > 1 and draw(st.integers(0, 3)) == 0:
+        i = draw(st.integers(1, n - 1))
+        firsts[i] += draw(st.sampled_from([-1, 1]))          # an overlap or a hole
+    parts = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+    split = draw(st.integers(0, 4)) == 0                      # one partition in two groups
+    groups: dict = {}
+    for k, (f, c, p) in enumerate(zip(firsts, counts, parts)):
+        key = (p, k % 2 if split else 0)
+        g = groups.setdefault(key, ["t", p, TS, [], [], None, []])
+        if g[3] and f <= g[3][-1]:
+            return None                                      # not increasing: the schema refuses it
+        g[3].append(f)
+        g[4].append(c)
+        g[6].extend(b"%d.%d" % (f, j) for j in range(c))
+    out = []
+    for g in groups.values():
+        if all(c == 1 for c in g[4]):
+            g[4] = None
+        out.append(g)
+    start = draw(st.sampled_from([0, 0, 0, 1]))
+    return out, start
+
+
+@settings(max_examples=300, deadline=None)
+@given(group_frames())
+def test_the_direct_path_is_taken_exactly_when_the_send_rules_take_everything(case):
+    if case is None:
+        return
+    groups, start = case
+    schema.decode_request(schema.encode([schema.SEND_GROUPS, SID, groups]), 1 << 20)   # well formed
+    entries = _entries_of_groups(groups)
+    expected = start
+    chain = True
+    for e in entries:                       # the SEND rules: every entry must follow on
+        if e[0] != expected:
+            chain = False
+            break
+        expected = e[0] + len(e[5])
+    one_group_per_partition = len({(g[0], g[1]) for g in groups}) == len(groups)
+    end = _chain_end(groups, start)
+    if chain and one_group_per_partition:
+        assert end == expected
+    else:
+        assert end is None
+    # Unpacking keeps every message, in seq order within each partition.
+    assert sorted(v for e in entries for v in e[5]) == sorted(v for g in groups for v in g[6])
