@@ -219,7 +219,7 @@ class Producer:
 
     def _get_session(self):
         """This process's session (made at the first send, and again in a forked child)."""
-        pid = os.getpid()               # the pid check: never use a parent's session in a child
+        pid = _linkmod.current_pid()    # the pid check: never use a parent's session in a child
         session = self._session
         if session is not None and self._session_pid == pid and not self.stopped:
             return session
@@ -356,7 +356,11 @@ class SimpleProducer(Producer):
         topic = _check_topic(topic)
         values = _check_payloads(msg, None)
         session = self._get_session()
-        return self._send_messages(session, topic, self._next_partition(session, topic), values)
+        partition = self._next_partition(session, topic)
+        if self.async_send:             # _send_messages without a key, one call less per send
+            session.send_async(topic, partition, None, values)
+            return []
+        return self._send_messages(session, topic, partition, values)
 
 
 class KeyedProducer(Producer):

@@ -10,7 +10,9 @@ Versioning: `SCHEMA_VERSION` travels in HELLO and REGISTER. A daemon answers
 a version it does not speak with ERROR(BAD_VERSION). Within one version a
 sender may append fields at the end of a frame and a receiver ignores fields
 beyond those it knows (`decode` allows it); anything else (removing,
-reordering, changing a field's meaning or type) needs a new version.
+reordering, changing a field's meaning or type) needs a new version. A new
+shim -> daemon kind within a version is sent only to a daemon that lists its
+feature name in REGISTERED (FLUSH: "flush", SEND_GROUPS: "send_groups").
 
 The module is pure (stdlib + msgpack): the daemon imports it, the shim owns
 it, and it never imports either side.
@@ -34,6 +36,8 @@ METADATA = 5      # [METADATA, req_id, topic]
 UNREGISTER = 6    # [UNREGISTER, req_id, session_id]
 STATS = 7         # [STATS, req_id]
 FLUSH = 8         # [FLUSH, session_id]  (no reply; only to a daemon announcing "flush")
+SEND_GROUPS = 9   # [SEND_GROUPS, session_id, groups]; group = [topic, partition, ts_ms, firsts, counts|None, keys|None, values]
+                  # (async, like SEND; only to a daemon announcing "send_groups")
 
 # --- kinds: daemon -> shim -------------------------------------------------
 HELLO_OK = 64     # [HELLO_OK, req_id, version, instance_id, limits]
@@ -210,7 +214,7 @@ def _entries(v, name):
             raise SchemaError(E_MALFORMED, "first_seq, partition and timestamp_ms must be ints")
         if not (0 <= first <= MAX_SEQ and 0 <= partition <= MAX_PARTITION and -1 <= ts < 2**63):
             raise SchemaError(E_MALFORMED, f"first_seq, partition or timestamp_ms out of range in entry {first}")
-        if topic not in good_topics:
+        if type(topic) is not str or topic not in good_topics:   # (a list or map is unhashable)
             _topic(topic, "topic")
             good_topics.add(topic)
         if type(values) is not list:
@@ -229,6 +233,63 @@ def _entries(v, name):
             _blobs(keys, "keys")
             if len(keys) != len(values):
                 raise SchemaError(E_MALFORMED, "keys and values must have the same length")
+    return v
+
+
+_BLOB_TYPES = frozenset((bytes, type(None)))
+_INT_TYPES = frozenset((int,))
+_GROUP_SHAPE = "[topic, partition, timestamp_ms, firsts, counts|nil, keys|nil, values]"
+
+
+def _groups(v, name):
+    # SEND_GROUPS: the entries of a frame by (topic, partition), as columns. The
+    # daemon's hot path: per-item checks are C-level passes over whole columns
+    # (set(map(type, ...)), min, max, sum), never a Python loop per message.
+    if type(v) is not list or not v:
+        raise SchemaError(E_MALFORMED, f"{name} must be a non-empty list")
+    good_topics: set = set()
+    for g in v:
+        if type(g) is not list or len(g) < 7:
+            raise SchemaError(E_MALFORMED, f"{name} items must be {_GROUP_SHAPE}")
+        topic, partition, ts, firsts, counts, keys, values = g if len(g) == 7 else g[:7]
+        if type(partition) is not int or type(ts) is not int:
+            raise SchemaError(E_MALFORMED, "partition and timestamp_ms must be ints")
+        if not (0 <= partition <= MAX_PARTITION and -1 <= ts < 2**63):
+            raise SchemaError(E_MALFORMED, "partition or timestamp_ms out of range")
+        if type(topic) is not str or topic not in good_topics:   # (a list or map is unhashable)
+            _topic(topic, "topic")
+            good_topics.add(topic)
+        if type(values) is not list or type(firsts) is not list:
+            raise SchemaError(E_MALFORMED, "firsts and values must be lists")
+        n = len(values)
+        if not n or not firsts:
+            raise SchemaError(E_INVALID, "a group must hold at least one message")
+        if not set(map(type, values)) <= _BLOB_TYPES:
+            raise SchemaError(E_MALFORMED, "values items must be bytes or nil")
+        if keys is not None:
+            if type(keys) is not list or len(keys) != n:
+                raise SchemaError(E_MALFORMED, "keys must be nil or a list as long as values")
+            if not set(map(type, keys)) <= _BLOB_TYPES:
+                raise SchemaError(E_MALFORMED, "keys items must be bytes or nil")
+        if set(map(type, firsts)) != _INT_TYPES:
+            raise SchemaError(E_MALFORMED, "firsts must be ints")
+        if counts is None:
+            last = 1               # one message per entry
+            if len(firsts) != n:
+                raise SchemaError(E_MALFORMED, "without counts, firsts and values must have the same length")
+        else:
+            if type(counts) is not list or len(counts) != len(firsts):
+                raise SchemaError(E_MALFORMED, "counts must be nil or a list as long as firsts")
+            if set(map(type, counts)) != _INT_TYPES or min(counts) < 1:
+                raise SchemaError(E_MALFORMED, "counts must be ints >= 1")
+            if sum(counts) != n:
+                raise SchemaError(E_MALFORMED, "counts must add up to the number of values")
+            last = counts[-1]
+        # Strictly increasing (so firsts[0] and firsts[-1] bound them), within range.
+        if firsts[0] < 0 or firsts[-1] + last - 1 > MAX_SEQ:
+            raise SchemaError(E_MALFORMED, "firsts out of range")
+        if len(firsts) > 1 and (sorted(firsts) != firsts or len(set(firsts)) != len(firsts)):
+            raise SchemaError(E_MALFORMED, "firsts must be strictly increasing")
     return v
 
 
@@ -252,6 +313,7 @@ FIELDS = {
     UNREGISTER: (("req_id", _req), ("session_id", _session_id)),
     STATS: (("req_id", _req),),
     FLUSH: (("session_id", _session_id),),
+    SEND_GROUPS: (("session_id", _session_id), ("groups", _groups)),
 }
 
 

@@ -56,8 +56,9 @@ class KafkaConfig:
     reconnect_backoff_ms: int = 50
     reconnect_backoff_max_ms: int = 1_000
     # How long released records may wait for companions before a request goes
-    # out. Sync sends ignore it.
-    linger_ms: float = 2.0
+    # out. Sync sends ignore it. 5 ms: librdkafka's default, and the Java
+    # producer's since Kafka 4.0 (KIP-1030); kafkad.toml.example has the figures.
+    linger_ms: float = 5.0
     batch_max_bytes: int = 1_048_576     # one RecordBatch, before compression
     request_max_bytes: int = 1_048_576   # one Produce request
     # How long records for a topic the cluster says does not exist wait (for

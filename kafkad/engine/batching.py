@@ -97,20 +97,20 @@ class SessionHold:
             self.count = 0
             return out
         out: list[Chunk] = []
-        n = self.batch_n
-        while self.count >= n:
-            need = n
-            while need:
-                head = self.chunks[0]
-                if head.count <= need:
-                    self.chunks.popleft()
-                    out.append(head)
-                    need -= head.count
-                    self.count -= head.count
-                else:
-                    out.append(head.split(need, sizer(head, need)))
-                    self.count -= need
-                    need = 0
+        # Every whole group of batch_n goes now, in one piece: a chunk is cut at most
+        # once, where the last whole group ends (cutting at every group boundary gave
+        # the same records in more, smaller chunks).
+        need = self.count - self.count % self.batch_n
+        self.count -= need
+        while need:
+            head = self.chunks[0]
+            if head.count <= need:
+                self.chunks.popleft()
+                out.append(head)
+                need -= head.count
+            else:
+                out.append(head.split(need, sizer(head, need)))
+                need = 0
         return out
 
 

@@ -1514,6 +1514,8 @@ _BYTES_OR_NONE = frozenset({bytes, type(None)})
 
 def _check_bytes(what: str, items: list) -> None:
     """TypeError naming the first entry that is neither bytes nor None."""
+    if type(items) is list and items.count(None) == len(items):
+        return          # no keys at all (the common case): a C-level identity scan
     if _BYTES_OR_NONE.issuperset(map(type, items)):   # C speed for the common case
         return
     for i, x in enumerate(items):

@@ -36,7 +36,9 @@ import dataclasses
 import errno as _errno
 import grp
 import hashlib
+import itertools
 import logging
+import operator
 import os
 import stat
 import time
@@ -86,7 +88,7 @@ _DISCONNECT_LOG_EVERY_S = 60.0    # at most one log line per this many seconds a
 FLUSH = schema.FLUSH
 # Announced in every REGISTERED (a sixth, appended field): what this daemon
 # understands beyond schema version 1's base kinds.
-FEATURES = ["flush"]
+FEATURES = ["flush", "send_groups"]
 
 
 _MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: a SEND entry larger than the whole spool
@@ -112,6 +114,67 @@ def _spool_entry_cap(spool) -> int:
     `max_bytes`, so one never exceeds what the spool can hold (a single SEND entry up
     to `max_bytes` still makes an entry of its own)."""
     return max(1, min(_SPOOL_ENTRY_MAX, spool.cfg.max_bytes // 4))
+
+
+def _chain_end(groups: list, start: int) -> int | None:
+    """Where the entries of a SEND_GROUPS frame end, if they continue a session's
+    sequence from `start` without a hole or an overlap, one group per (topic,
+    partition); else None. The schema checked each group's firsts (ints,
+    strictly increasing) and counts (adding up to its values)."""
+    if len({(g[0], g[1]) for g in groups}) != len(groups):
+        return None
+    total = entries = 0
+    all_ones = True
+    for g in groups:
+        total += len(g[6])
+        entries += len(g[3])
+        if g[4] is not None:
+            all_ones = False
+    end = start + total
+    if all_ones:
+        # One message per entry: the firsts must be exactly start .. end-1. Each
+        # group's are increasing, so its ends bound it; then `total` distinct
+        # firsts within those bounds cover the range.
+        if min(g[3][0] for g in groups) != start or max(g[3][-1] for g in groups) != end - 1:
+            return None
+        if len(groups) > 1:
+            seen: set = set()
+            for g in groups:
+                seen.update(g[3])
+            if len(seen) != total:
+                return None
+        return end
+    size: dict[int, int] = {}
+    for g in groups:
+        size.update(zip(g[3], g[4] if g[4] is not None else itertools.repeat(1)))
+    if len(size) != entries:
+        return None
+    seq = start
+    for _ in range(entries):
+        n = size.get(seq)
+        if n is None:
+            return None
+        seq += n
+    return seq if seq == end else None
+
+
+def _entries_of_groups(groups: list) -> list[list]:
+    """A SEND_GROUPS frame's groups as SEND entries, in seq order."""
+    entries: list[list] = []
+    for topic, partition, ts, firsts, counts, keys, values in (g[:7] for g in groups):
+        if counts is None:
+            if keys is None:
+                entries.extend([f, topic, partition, ts, None, [v]] for f, v in zip(firsts, values))
+            else:
+                entries.extend([f, topic, partition, ts, [k], [v]] for f, k, v in zip(firsts, keys, values))
+            continue
+        i = 0
+        for f, c in zip(firsts, counts):
+            entries.append([f, topic, partition, ts, keys[i:i + c] if keys is not None else None,
+                            values[i:i + c]])
+            i += c
+    entries.sort(key=operator.itemgetter(0))
+    return entries
 
 
 class EndpointInUse(Exception):
@@ -161,7 +224,8 @@ def _settings_from_map(m: dict) -> SessionSettings:
 class _AsyncToken:
     """One Submission made of one or more SEND entries of a session (same topic and partition).
 
-    `firsts`/`counts` describe the entries in submission order; outcomes
+    `firsts`/`counts` describe the entries in submission order (`counts` None:
+    one message each, only without a spool); outcomes
     arrive as runs over the submission and are mapped back onto them
     (`runs`: entry position -> failed [index, count, error] runs, only when
     something failed). With a spool, `spool_ids` gives each entry's spool id
@@ -441,7 +505,9 @@ class IpcServer:
             tokens = list({id(sub.token): sub.token for sub in subs}.values())
             # Outcomes cover a token's messages in order, so what is left of it is
             # every entry from entry_index on (the first possibly in part).
-            left = [(t.firsts[i], t.counts[i]) for t in tokens for i in range(t.entry_index, len(t.firsts))]
+            # (`counts` None: a SEND_GROUPS token, one message per entry.)
+            left = [(t.firsts[i], 1 if t.counts is None else t.counts[i])
+                    for t in tokens for i in range(t.entry_index, len(t.firsts))]
             n = sum(len(sub) for sub in subs)
             if not left:        # cannot happen (an undelivered part is unfinished); fail, never lose
                 rest.extend(subs)
@@ -552,6 +618,8 @@ class IpcServer:
             "handed_back_messages": self._c["handed_back"],
             "partition_changes_sent": self._c["partition_changes_sent"],
             "watched_topics": len(self._watchers),
+            "send_groups_frames": self._c["send_groups_frames"],
+            "send_groups_direct": self._c["send_groups_direct"],
             "peers_accepted": self._c["peers_accepted"],
             "peers_disconnected": self._c["peers_disconnected"],
             **({"spool_deferred_messages": sum(len(sub) for sub in self._deferred),
@@ -804,6 +872,37 @@ class IpcServer:
             self._send(peer, schema.encode([schema.REJECTED, sid, entries[0][0], schema.E_STOPPING,
                                             "kafkad is stopping"]), s)
             return
+        self._take_entries(s, peer, sid, entries)
+
+    def _on_send_groups(self, peer, sid, groups) -> None:
+        """SEND_GROUPS: the entries of a frame as columns per (topic, partition).
+
+        The common frame (a shim sending on without a refusal) holds entries that
+        continue the session's sequence without a hole: each group becomes one
+        Submission as it came, with no Python work per message. Anything else
+        (a replay with duplicates, a gap, a spool) is unpacked into SEND entries
+        in seq order and takes the same path as a SEND, so the rules are one set.
+        """
+        self._c["send_groups_frames"] += 1
+        s = self._session_for(peer, sid, None)
+        if s is None:
+            return
+        if self._stopping:
+            self._rejected["stopping"] += 1
+            self._send(peer, schema.encode([schema.REJECTED, sid, min(g[3][0] for g in groups),
+                                            schema.E_STOPPING, "kafkad is stopping"]), s)
+            return
+        if self.spool is None and not s.taken_above:
+            expected = _chain_end(groups, s.next_seq)
+            if expected is not None:
+                self._c["send_groups_direct"] += 1
+                acks: list[int] = []
+                failed: list[list] = []
+                self._submit_groups(s, peer, sid, [g[:7] for g in groups], expected, (), acks, failed)
+                return
+        self._take_entries(s, peer, sid, _entries_of_groups(groups))
+
+    def _take_entries(self, s: _Session, peer, sid, entries) -> None:
         if self.spool is not None:
             if self._held:
                 self._hold(peer, sid, entries)      # keep the order behind what waits already
@@ -835,33 +934,49 @@ class IpcServer:
                 break
             expected = first + n
             groups.setdefault((entry[1], entry[2]), []).append(entry)
+        # As columns per (topic, partition): [topic, partition, ts, firsts, counts, keys, values].
+        cols = []
+        for (topic, partition), group in groups.items():
+            if len(group) == 1:
+                e = group[0]
+                cols.append((topic, partition, e[3], [e[0]], [len(e[5])], e[4], e[5]))
+                continue
+            values = [v for e in group for v in e[5]]
+            keys = None if all(e[4] is None for e in group) else \
+                [k for e in group for k in (e[4] if e[4] is not None else [None] * len(e[5]))]
+            cols.append((topic, partition, group[0][3], [e[0] for e in group], [len(e[5]) for e in group],
+                         keys, values))
+        self._submit_groups(s, peer, sid, cols, expected, chain_dups, acks, failed)
+
+    def _submit_groups(self, s: _Session, peer, sid, cols: list, expected: int, chain_dups,
+                       acks: list, failed: list) -> None:
+        """Submit the entries taken from one frame, one Submission per (topic, partition).
+
+        `cols`: (topic, partition, ts, firsts, counts | None, keys | None, values)
+        per (topic, partition), every entry in it following on from `next_seq`
+        up to `expected` (with the `chain_dups` taken before); counts None means
+        one message per entry.
+        """
         # 2. One Submission per (topic, partition): the engine's cost is per submission.
         refused_from = None
-        taken: list[tuple[int, int]] = []
-        for (topic, partition), group in groups.items():
-            n = sum(len(e[5]) for e in group)
+        taken: list[tuple[list, list | None]] = []     # (firsts, counts) of each group taken
+        for topic, partition, ts, firsts, counts, keys, values in cols:
+            n = len(values)
             known = self.producer.partitions_for(topic)
             if known and partition not in known:
-                for e in group:
-                    runs = [[0, len(e[5]), 3]]
-                    self._log_failure(s, topic, partition, e[5], 3)
-                    self._remember_failed(s, e[0], runs)
-                    failed.append([e[0], runs])
-                    taken.append((e[0], len(e[5])))
+                i = 0
+                for first, count in zip(firsts, counts if counts is not None else itertools.repeat(1)):
+                    runs = [[0, count, 3]]
+                    self._log_failure(s, topic, partition, values[i:i + count], 3)
+                    self._remember_failed(s, first, runs)
+                    failed.append([first, runs])
+                    i += count
+                taken.append((firsts, counts))
                 continue
             if s.inflight_msgs + n > self.cfg.max_inflight_per_session:
                 code, why = schema.E_QUEUE_FULL, (f"this session has {s.inflight_msgs} messages in flight "
                                                   "([ipc] max_inflight_per_session)")
             else:
-                if len(group) == 1:
-                    keys, values, ts = group[0][4], group[0][5], group[0][3]
-                else:
-                    values = [v for e in group for v in e[5]]
-                    keys = None if all(e[4] is None for e in group) else \
-                        [k for e in group for k in (e[4] if e[4] is not None else [None] * len(e[5]))]
-                    ts = group[0][3]
-                firsts = [e[0] for e in group]
-                counts = [len(e[5]) for e in group]
                 token = _AsyncToken(s, firsts, counts, values)
                 sub = Submission(sid, s.settings, topic, partition, keys if keys is not None else [None] * n,
                                  values, ts, token)
@@ -870,21 +985,19 @@ class IpcServer:
                 except QueueFull as exc:
                     code, why = schema.E_QUEUE_FULL, str(exc)
                 else:
-                    inflight = s.inflight
-                    for first in firsts:
-                        inflight[first] = token
-                    taken.extend(zip(firsts, counts))
+                    s.inflight.update(zip(firsts, itertools.repeat(token)))
+                    taken.append((firsts, counts))
                     s.inflight_msgs += n
                     s.sent += n
                     self._c["messages_in"] += n
                     continue
             self._rejected["queue_full"] += 1
-            low = group[0][0]
+            low = firsts[0]
             refused_from = low if refused_from is None else min(refused_from, low)
             refusal = why
         # 3. Advance next_seq over what was taken.
         if refused_from is None:
-            if groups:
+            if cols:
                 # Everything from next_seq up to `expected` is taken now.
                 above = s.taken_above
                 for first in chain_dups:
@@ -894,8 +1007,9 @@ class IpcServer:
                 while above and s.next_seq in above:
                     s.next_seq += above.pop(s.next_seq)
         else:
-            for first, count in taken:
-                self._taken(s, first, count)
+            for firsts, counts in taken:
+                for first, count in zip(firsts, counts if counts is not None else itertools.repeat(1)):
+                    self._taken(s, first, count)
         if refused_from is not None:
             s.gap_reported = True
             self._send(peer, schema.encode([schema.REJECTED, sid, refused_from, schema.E_QUEUE_FULL, refusal]), s)
@@ -1460,6 +1574,7 @@ class IpcServer:
         schema.UNREGISTER: _on_unregister,
         schema.STATS: _on_stats,
         FLUSH: _on_flush,
+        schema.SEND_GROUPS: _on_send_groups,
     }
 
     # --- outcomes --------------------------------------------------------------------
@@ -1523,6 +1638,32 @@ class IpcServer:
                 token.runs = {}
         token.done += count
         firsts, counts, runs = token.firsts, token.counts, token.runs
+        if counts is None:
+            # One message per entry (a SEND_GROUPS group taken whole; never spooled):
+            # the run finishes exactly `count` entries.
+            i = token.entry_index
+            token.entry_index = i + count
+            seqs = firsts[i:i + count]
+            pop = s.inflight.pop
+            for first in seqs:
+                pop(first, None)
+            s.inflight_msgs -= count
+            if o.failed:
+                s.failed += count
+                error = o.error
+                failed_of = failed.setdefault(s, [])
+                for first in seqs:
+                    entry_runs = [[0, 1, error]]
+                    self._remember_failed(s, first, entry_runs)
+                    failed_of.append([first, entry_runs])
+            else:
+                s.delivered += count
+                done_acks = acks.get(s)
+                if done_acks is None:
+                    acks[s] = seqs
+                else:
+                    done_acks += seqs
+            return
         done_acks = None
         while count and token.entry_index < len(firsts):
             i = token.entry_index

@@ -140,9 +140,11 @@ def _check_inputs(keys: Sequence, values: Sequence, timestamps_ms: Sequence,
     if n > _INT32_MAX:
         raise ValueError(f"values: {n} records do not fit in one batch")
     for what, seq in (("keys", keys), ("values", values)):
+        if type(seq) is list and seq.count(None) == n:
+            continue    # all None (keyless records): a C-level identity scan
         # One pass collecting the types is much cheaper than isinstance per item;
         # the slow scan only runs to name the offending index.
-        if not {type(item) for item in seq} <= _BLOB_TYPES:
+        if not set(map(type, seq)) <= _BLOB_TYPES:
             for i, item in enumerate(seq):
                 if item is not None and not isinstance(item, (bytes, bytearray)):
                     raise TypeError(
@@ -159,6 +161,8 @@ def encode_records(keys: Sequence[bytes | None], values: Sequence[bytes | None],
     concatenation per record), its length computed from the parts' lengths;
     one join builds the section.
     """
+    if headers is None and (type(keys) is list and keys.count(None) == len(keys)):
+        return _encode_values_only(values, timestamps_ms, base_timestamp)
     out: list[bytes] = []
     extend = out.extend
     zz, table = _ZZ, _TABLE
@@ -182,6 +186,40 @@ def encode_records(keys: Sequence[bytes | None], values: Sequence[bytes | None],
             tail = _encode_headers(headers[i], i)
         size = 1 + len(tsd) + len(od) + len(kh) + kl + len(vh) + vl + len(tail)
         extend((zz[size] if size < table else _zz(size), zero, tsd, od, kh, k, vh, v, tail))
+    return b"".join(out)
+
+
+# _OD_NULL_KEY[i]: the offset delta i followed by a null key, the middle of a keyless record.
+_OD_NULL_KEY: tuple[bytes, ...] = tuple(_ZZ[i] + _NULL for i in range(4096))
+
+
+def _encode_values_only(values: Sequence[bytes | None], timestamps_ms: Sequence[int],
+                        base_timestamp: int) -> bytes:
+    """`encode_records` for the common case: no keys, no headers (same bytes).
+
+    A record is then six parts: its length, attributes and timestamp delta
+    (one string per distinct delta, built once), offset delta and null key
+    (from a table), the value's length, the value, and a zero header count.
+    """
+    out: list[bytes] = []
+    extend = out.extend
+    zz, table, mids, n_mids = _ZZ, _TABLE, _OD_NULL_KEY, len(_OD_NULL_KEY)
+    null, zero = _NULL, _ZERO
+    heads: dict[int, bytes] = {}
+    for i, v, t in zip(count(), values, timestamps_ms):
+        d = t - base_timestamp
+        head = heads.get(d)
+        if head is None:
+            head = heads[d] = zero + (zz[d] if d < table else _zz(d))
+        mid = mids[i] if i < n_mids else _zz(i) + null
+        if v is None:
+            size = len(head) + len(mid) + 2
+            extend((zz[size], head, mid, null, zero))
+            continue
+        vl = len(v)
+        vh = zz[vl] if vl < table else _zz(vl)
+        size = len(head) + len(mid) + len(vh) + vl + 1
+        extend((zz[size] if size < table else _zz(size), head, mid, vh, v, zero))
     return b"".join(out)
 
 

@@ -98,6 +98,23 @@ def test_hold_cuts_a_submission_to_release_exactly_batch_n():
     assert [(o.delivered, o.base_offset) for o in outs] == [(3, 1), (1, 4)]
 
 
+def test_hold_releases_every_whole_group_in_one_piece():
+    """Eleven held messages with batch_n=3: nine go now as one piece of the big
+    submission (cut once, not three times), two stay held."""
+    h = Harness(cluster("t"), linger_ms=0)
+    connect(h)
+    h.submit("t", 0, [b"a", b"b"], settings=ASYNC, token="two")
+    assert h.engine.held == 2
+    h.submit("t", 0, [b"m%d" % i for i in range(9)], settings=ASYNC, token="nine")
+    assert h.engine.held == 2
+    h.run(until=h.now + 1.0)
+    assert h.values("t", 0)[1:] == [b"a", b"b"] + [b"m%d" % i for i in range(7)]
+    h.run(until=h.now + 5.0)
+    outs = h.by_token()
+    assert [o.delivered for o in outs["two"]] == [2]
+    assert [o.delivered for o in outs["nine"]] == [7, 2]     # one cut where the last whole group ends
+
+
 def test_linger_delays_released_async_records_not_sync_ones():
     h = Harness(cluster("t"), linger_ms=50)
     connect(h)
@@ -112,6 +129,28 @@ def test_linger_delays_released_async_records_not_sync_ones():
     h.submit("t", 1, [b"sync"])
     h.run(until=start)
     assert len(h.produce_requests()) == 2 and h.now == start
+
+
+def test_default_linger_is_5_ms_and_a_sync_record_never_waits_for_it():
+    """The default linger (5 ms, librdkafka's and Kafka 4.0's) holds released async
+    records; a sync record goes at once, also into a batch already lingering."""
+    h = Harness(cluster("t"))
+    assert h.kafka.linger_ms == 5.0
+    connect(h)
+    h.submit("t", 0, [b"a", b"b", b"c"], settings=ASYNC)
+    h.run(until=h.now + 0.0049)
+    assert not h.produce_requests()
+    start = h.now
+    h.submit("t", 0, [b"sync"])                       # same lane: joins the lingering batch
+    h.run(until=start)
+    (req,) = h.produce_requests()
+    assert h.now == start
+    assert [r.value for _, _, b in batches_in(req) for r in b.records] == [b"a", b"b", b"c", b"sync"]
+    h.submit("t", 1, [b"d", b"e", b"f"], settings=ASYNC)
+    h.run(until=h.now + 0.0049)
+    assert len(h.produce_requests()) == 1
+    h.run(until=h.now + 0.0002)
+    assert len(h.produce_requests()) == 2
 
 
 def test_sessions_with_other_batch_settings_get_their_own_batches():

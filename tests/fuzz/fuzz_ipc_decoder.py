@@ -27,6 +27,7 @@ MAX_FRAME = 64 * 1024
 SEEDS = [
     schema.encode([schema.REGISTER, schema.SCHEMA_VERSION, 1, b"s" * 16, 0, {"acks": 1}]),
     schema.encode([schema.SEND, b"s" * 16, [[0, "topic", 0, 1, None, [b"v"]]]]),
+    schema.encode([schema.SEND_GROUPS, b"s" * 16, [["topic", 0, 1, [0, 2], [1, 2], None, [b"v"] * 3]]]),
     schema.encode([schema.SEND_SYNC, b"s" * 16, 1, "topic", 0, 1, None, [b"v"]]),
     schema.encode([schema.METADATA, 1, "topic"]),
 ]

@@ -149,7 +149,7 @@ def test_flush_reaches_the_producer_and_registered_announces_it(server, peer):
     from kafkad.ipc.server import FLUSH
 
     reply = peer.register()
-    assert reply[5] == ["flush"]                      # the feature list the shim looks for
+    assert "flush" in reply[5]                          # the feature list the shim looks for
     peer.send([schema.SEND, peer.sid, [entry(0)]])
     assert peer.recv()[:3] == [schema.ACK, peer.sid, [0]]
     peer.send([FLUSH, peer.sid])

@@ -163,3 +163,39 @@ def test_records_section_matches_a_slow_reference():
     values = [b"v" * 127, None, b"", b"w" * 20000]
     ts = [10, 10 + (1 << 20), 10, 11]
     assert encode_records(keys, values, ts, 10) == slow(keys, values, ts, 10)
+
+
+def _slow_records(keys, values, ts, base):
+    from kafkad.protocol.primitives import encode_varint
+
+    out = []
+    for i, (k, v, t) in enumerate(zip(keys, values, ts)):
+        body = b"\x00" + encode_varint(t - base) + encode_varint(i)
+        body += encode_varint(-1) if k is None else encode_varint(len(k)) + k
+        body += encode_varint(-1) if v is None else encode_varint(len(v)) + v
+        body += encode_varint(0)
+        out.append(encode_varint(len(body)) + body)
+    return b"".join(out)
+
+
+@FAST
+@given(st.lists(st.tuples(blobs, st.integers(0, 1 << 45)), min_size=1, max_size=60))
+def test_keyless_records_take_the_short_path_with_the_same_bytes(rows):
+    """No keys, no headers (the daemon's common case) has an encoder of its own."""
+    values = [v for v, _ in rows]
+    ts = [t for _, t in rows]
+    keys = [None] * len(values)
+    assert encode_records(keys, values, ts, min(ts)) == _slow_records(keys, values, ts, min(ts))
+
+
+def test_keyless_records_past_the_offset_table_and_with_large_values():
+    n = 5000                                           # offset deltas beyond the 4096-entry table
+    values = [None if i % 97 == 0 else b"v" * (i % 300) for i in range(n)]
+    values[4500] = b"w" * 40000                        # a length varint beyond the 2**15 table
+    ts = [1_700_000_000_000 + (i // 7) for i in range(n)]
+    ts[4999] += 1 << 20
+    keys = [None] * n
+    base = min(ts)
+    assert encode_records(keys, values, ts, base) == _slow_records(keys, values, ts, base)
+    (batch,) = decode_record_batches(encode_record_batch(keys, values, ts))
+    assert [r.value for r in batch.records] == values and [r.timestamp for r in batch.records] == ts

@@ -204,7 +204,7 @@ def test_cross_field_rules(tmp_path):
         """)
     assert got == [
         "f.toml:2: kafka.sasl.username: is required when security_protocol is 'SASL_SSL'",
-        "f.toml:3: kafka.delivery_timeout_ms: must be >= request_timeout_ms + linger_ms (30000 + 2), not 1000",
+        "f.toml:3: kafka.delivery_timeout_ms: must be >= request_timeout_ms + linger_ms (30000 + 5), not 1000",
         "f.toml:6: kafka.tls.cert_file: is set without key_file (mutual TLS needs both)",
         "f.toml:6: kafka.tls.cert_file: cannot read '/nonexistent/cert.pem': No such file or directory",
         "f.toml:10: kafka.sasl.password_file: give the password one way only: "

@@ -261,7 +261,7 @@ def test_prometheus_server_serves_metrics_only():
 def test_changed_keys():
     import dataclasses
     old = Config()
-    new = dataclasses.replace(old, kafka=dataclasses.replace(old.kafka, linger_ms=5.0),
+    new = dataclasses.replace(old, kafka=dataclasses.replace(old.kafka, linger_ms=7.0),
                               ipc=dataclasses.replace(old.ipc, max_sessions=3))
     assert changed_keys(old, new) == ["kafka.linger_ms", "ipc.max_sessions"]
     assert changed_keys(old, old) == []
