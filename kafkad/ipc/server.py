@@ -523,11 +523,16 @@ class IpcServer:
         n = 0
         if self._held_bytes > _HELD_MAX_BYTES:
             return      # a full spool holds back senders: resumed by _resume_held
+        drained = False
+        # Every frame of this read, then one producer poll in this loop turn
+        # (a sync send goes to the broker without waiting for the next turn).
+        self.producer.hold_polls()
         try:
             while n < _READ_BATCH and self._held_bytes <= _HELD_MAX_BYTES:
                 try:
                     parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
                 except zmq.Again:
+                    drained = True
                     break
                 n += 1
                 self._c["frames_in"] += 1
@@ -539,9 +544,14 @@ class IpcServer:
         except zmq.ZMQError as exc:
             if self._sock is not None:
                 log.error("ipc: reading the socket failed: %s", exc)
+        finally:
+            self.producer.release_polls()
         if self.spool is not None:
             self._schedule_commit()
-        self._check_events(force=n >= _READ_BATCH)
+        if not drained:
+            # A read that ended on EAGAIN left the socket's event state settled
+            # (the FD signals the next input); anything else: look again.
+            self._check_events(force=n >= _READ_BATCH)
 
     def _check_events(self, force: bool = False) -> None:
         """The ZeroMQ FD is edge-triggered: after reads and sends, look for more input."""
