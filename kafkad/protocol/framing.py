@@ -24,6 +24,7 @@ from typing import Any
 
 from . import messages as m
 from .primitives import ProtocolError, decode_uvarint, pack_i32
+from .produce import decode_produce_response
 from .schema import decode_body, encode_body, is_flexible
 
 __all__ = [
@@ -127,6 +128,11 @@ def decode_response(cls: type, version: int, frame: bytes, *,
                             f"(kafkad knows {cls.MIN_VERSION}-{cls.MAX_VERSION})")
     if not isinstance(frame, bytes):
         frame = bytes(frame)
+    if cls is m.ProduceResponse:
+        # the answer to every Produce request: its usual shape has a fast decoder
+        fast = decode_produce_response(version, frame, strict)
+        if fast is not None:
+            return fast
     correlation_id = peek_correlation_id(frame)
     pos = 4
     if _response_header_flexible(cls, version):
