@@ -1,4 +1,4 @@
-"""The fast Produce answer decoder agrees with the schema decoder, and covers the usual answers."""
+"""The Produce fast paths agree with the schema codec, and cover the usual requests and answers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kafkad.protocol import ProduceResponse, ProtocolError, decode_body, decode_response, encode_response
+from kafkad.protocol import (
+    ProduceRequest,
+    ProduceResponse,
+    ProtocolError,
+    decode_body,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
 from kafkad.protocol.framing import _response_header_flexible, _skip_tagged
-from kafkad.protocol.produce import decode_produce_response
+from kafkad.protocol.produce import decode_produce_response, encode_produce_request
 
 from .strategies import FAST, message_strategy
 
@@ -104,3 +113,55 @@ def test_bytes_after_the_body_are_ignored_unless_strict():
     assert decode_produce_response(11, frame, strict=True) is None
     with pytest.raises(ProtocolError):
         decode_response(P, 11, frame, strict=True)
+
+
+REQ_VERSIONS = list(range(ProduceRequest.MIN_VERSION, ProduceRequest.MAX_VERSION + 1))
+
+
+@pytest.mark.parametrize("version", REQ_VERSIONS)
+def test_produce_requests_encode_byte_for_byte_as_the_schema_does(version):
+    @FAST
+    @given(message_strategy(ProduceRequest, version), st.integers(-(1 << 31), (1 << 31) - 1),
+           st.one_of(st.none(), st.text(max_size=10)), st.booleans())
+    def check(msg, cid, client_id, as_lists):
+        if as_lists:   # the engine builds its requests with lists
+            msg = ProduceRequest(transactional_id=msg.transactional_id, acks=msg.acks,
+                                 timeout_ms=msg.timeout_ms,
+                                 topic_data=[ProduceRequest.TopicProduceData(
+                                     name=t.name, partition_data=list(t.partition_data))
+                                     for t in msg.topic_data])
+        fast = encode_produce_request(msg, version, cid, client_id)
+        assert fast is not None
+        parts: list = []
+        ProduceRequest._ENCODERS[version](parts, msg)
+        body = b"".join(parts)
+        assert fast == encode_request(msg, version, cid, client_id)
+        header, got = decode_request(fast[4:])
+        assert (header.api_key, header.api_version, header.correlation_id, header.client_id) == (
+            0, version, cid, client_id)
+        assert fast.endswith(body)
+    check()
+
+
+def test_requests_the_fast_encoder_does_not_expect_get_the_schema_encoders_errors():
+    good = ProduceRequest(acks=1, timeout_ms=5, topic_data=[ProduceRequest.TopicProduceData(
+        name="t", partition_data=[ProduceRequest.PartitionProduceData(index=0, records=b"x")])])
+    assert encode_produce_request(good, 9, 1, "c") is not None
+    bad = [
+        (ProduceRequest(acks=1.0, timeout_ms=5), "acks"),
+        (ProduceRequest(acks=1, timeout_ms=2**31), "timeout_ms"),
+        (ProduceRequest(acks=1, timeout_ms=5, topic_data=[ProduceRequest.TopicProduceData(
+            name=7)]), "name"),
+        (ProduceRequest(acks=1, timeout_ms=5, topic_data=[ProduceRequest.TopicProduceData(
+            name="t", partition_data=[ProduceRequest.PartitionProduceData(index=0, records="x")])]),
+         "records"),
+    ]
+    for msg, field in bad:
+        for version in (3, 9):
+            assert encode_produce_request(msg, version, 1, "c") is None
+            with pytest.raises((TypeError, ValueError), match=field):
+                encode_request(msg, version, 1, "c")
+    with pytest.raises(ValueError, match="correlation_id"):
+        encode_request(good, 9, 2**31, "c")
+    with pytest.raises(TypeError, match="client_id"):
+        encode_request(good, 9, 1, b"c")
