@@ -539,8 +539,13 @@ class IpcServer:
                 if len(parts) != 2:
                     self._bad_frame(parts[0], None, schema.E_MALFORMED,
                                     f"expected one frame per message, got {len(parts) - 1}")
-                    continue
-                self._on_frame(parts[0], parts[1])
+                else:
+                    self._on_frame(parts[0], parts[1])
+                # Asking is cheaper than a recv that raises zmq.Again (a sync
+                # send's read is one frame), and settles the FD's state as well.
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    drained = True
+                    break
         except zmq.ZMQError as exc:
             if self._sock is not None:
                 log.error("ipc: reading the socket failed: %s", exc)
@@ -549,8 +554,9 @@ class IpcServer:
         if self.spool is not None:
             self._schedule_commit()
         if not drained:
-            # A read that ended on EAGAIN left the socket's event state settled
-            # (the FD signals the next input); anything else: look again.
+            # A read that ended on EAGAIN or on ZMQ_EVENTS without POLLIN left the
+            # socket's event state settled (the FD signals the next input);
+            # anything else: look again.
             self._check_events(force=n >= _READ_BATCH)
 
     def _check_events(self, force: bool = False) -> None:
