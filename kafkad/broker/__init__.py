@@ -243,7 +243,10 @@ class BrokerProducer:
             return
         self._poll_wanted = False
         if poll and not self._polling and not self._poll_scheduled:
-            self._poll()
+            try:
+                self._poll()
+            except Exception:  # noqa: BLE001 - as asyncio would log a failed call_soon(_poll)
+                log.exception("the producer poll failed")   # the caller's callback goes on
         else:
             self.wake()
 
