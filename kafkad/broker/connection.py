@@ -9,14 +9,17 @@ answer to the engine. It also runs the SASL exchange when the engine asks for
 it. Everything it learns goes to its owner (`BrokerProducer`) as calls; it
 keeps no producer state of its own.
 
-It is the `asyncio.Protocol` of its transport (TCP, or TLS under asyncio's
-SSL protocol): `data_received` feeds the frame reader and hands whole answers
-to the engine in the same callback, then asks the owner for the poll those
+It is the protocol of its transport (TCP, or TLS under asyncio's SSL
+protocol): `data_received` feeds the frame reader and hands whole answers to
+the engine in the same callback, then asks the owner for the poll those
 answers call for in the same loop turn (`BrokerProducer.hold_polls` /
 `release_polls`). A stream reader task would cost two more loop turns per
 answer (the reader's future, then the task step), a sync send's latency.
 A task per connection still connects, waits for the end of the connection
-and reports it (`_run`).
+and reports it (`_run`). It is a `BufferedProtocol`: the transport reads into
+one buffer the connection keeps (`get_buffer`), and only the bytes read are
+copied out; a plain protocol gets a new 256 KiB `recv` buffer per read, which
+costs more than the rest of reading a small answer.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kafkad.broker")
 
+# Size of a connection's read buffer (what asyncio's transports read at most per call).
+READ_BUFFER_BYTES = 256 * 1024
 # Bytes waiting in a socket's send buffer above which nothing new is handed to it.
 WRITE_BUFFER_LIMIT = 8 * 1024 * 1024
 # Largest answer accepted from a broker (Metadata of a very large cluster fits).
@@ -59,7 +64,7 @@ class _Exchange:
         self.future = future
 
 
-class BrokerConnection(asyncio.Protocol):
+class BrokerConnection(asyncio.BufferedProtocol):
     """The socket to one broker node, driven by its owner's event loop."""
 
     def __init__(self, owner: "BrokerProducer", node: int, host: str, port: int) -> None:
@@ -75,6 +80,7 @@ class BrokerConnection(asyncio.Protocol):
         # answer) or connection_lost; _run waits for it.
         self._end: asyncio.Future = asyncio.get_running_loop().create_future()
         self._blocked = False   # over WRITE_BUFFER_LIMIT: the engine was told not to write
+        self._rbuf: memoryview | None = None   # the read buffer, made at the first read
         self._pending: deque[tuple[int, Any]] = deque()
         # acks=0 Produce requests: a Kafka broker never answers them, some
         # brokers (Tansu) do; such an answer is recognised and dropped.
@@ -220,7 +226,16 @@ class BrokerConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ the protocol
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._rbuf is None:
+            self._rbuf = memoryview(bytearray(READ_BUFFER_BYTES))
+        return self._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._rbuf[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
+        """Bytes from the broker: whole answers go to the engine, then one poll."""
         if self._end.done():
             return          # a bad answer already ended this connection
         try:
