@@ -8,9 +8,15 @@ callbacks; every decision is the engine's (`kafkad.engine.engine.Engine`).
 The loop: every event (a submission, a connection up or down, an answer, a
 timer) changes the engine and asks for one `poll`, scheduled with
 `call_soon` so that a burst of events (many submissions from many workers in
-one loop iteration) is looked at once and shares requests. `poll` returns
-what to do; the driver does it and arms one timer for the engine's next
-deadline. Nothing polls on a fixed interval.
+one loop iteration) is looked at once and shares requests. The two callbacks
+that bring most events, a read of the IPC socket (every frame it drained)
+and a broker connection's `data_received` (every answer in the bytes read),
+bracket their events with `hold_polls()` / `release_polls()` and so get that
+one poll at their end, in the same loop turn: a `call_soon` costs a loop
+turn (an epoll call and the loop's bookkeeping), and a sync send used to
+pay two of them on its way. `poll` returns what to do; the driver does it
+and arms one timer for the engine's next deadline. Nothing polls on a fixed
+interval.
 """
 
 from __future__ import annotations
@@ -68,7 +74,10 @@ class BrokerProducer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ssl_context: ssl.SSLContext | None = None
         self._conns: dict[int, BrokerConnection] = {}
-        self._poll_scheduled = False
+        self._poll_scheduled = False   # a call_soon(_poll) is queued
+        self._held = 0                 # hold_polls() depth
+        self._poll_wanted = False      # wake() while held: poll at release_polls()
+        self._polling = False          # inside _poll (no poll from within a poll)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._topic_waiters: dict[str, list[asyncio.Future]] = {}
@@ -216,8 +225,38 @@ class BrokerProducer:
     def wake(self) -> None:
         """Ask for one engine poll soon (collapses with other requests in this loop turn)."""
         if not self._poll_scheduled and not self._closed and self.loop is not None:
+            if self._held:
+                self._poll_wanted = True
+                return
             self._poll_scheduled = True
             self.loop.call_soon(self._poll)
+
+    def hold_polls(self) -> None:
+        """A burst of events starts (one read of the IPC socket or of a broker).
+
+        Until the matching `release_polls`, `wake` only notes that a poll is
+        wanted. Pairs nest. For I/O callbacks: submissions and answers that
+        arrive together still share one poll, without waiting a loop turn.
+        """
+        self._held += 1
+
+    def release_polls(self, poll: bool = True) -> None:
+        """The burst is over: run the poll it asked for now (`poll=False`: in the next turn).
+
+        From inside a poll (an outcome callback that reads the IPC socket
+        again) the poll is scheduled instead: `Engine.poll` is never re-entered.
+        """
+        self._held -= 1
+        if self._held or not self._poll_wanted:
+            return
+        self._poll_wanted = False
+        if poll and not self._polling and not self._poll_scheduled:
+            try:
+                self._poll()
+            except Exception:  # noqa: BLE001 - as asyncio would log a failed call_soon(_poll)
+                log.exception("the producer poll failed")   # the caller's callback goes on
+        else:
+            self.wake()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -228,6 +267,13 @@ class BrokerProducer:
         self._poll_scheduled = False
         if self._closed:
             return
+        self._polling = True
+        try:
+            self._poll_once()
+        finally:
+            self._polling = False
+
+    def _poll_once(self) -> None:
         loop = self.loop
         now = loop.time()
         try:

@@ -1,4 +1,4 @@
-"""One broker connection: an asyncio stream, its frames and its correlation ids.
+"""One broker connection: an asyncio protocol, its frames and its correlation ids.
 
 A `BrokerConnection` is created when the engine asks for a connection to a
 node and lives until the socket closes or the engine asks to close it. It
@@ -8,6 +8,18 @@ outstanding (Kafka answers in order on a connection) and hands the decoded
 answer to the engine. It also runs the SASL exchange when the engine asks for
 it. Everything it learns goes to its owner (`BrokerProducer`) as calls; it
 keeps no producer state of its own.
+
+It is the protocol of its transport (TCP, or TLS under asyncio's SSL
+protocol): `data_received` feeds the frame reader and hands whole answers to
+the engine in the same callback, then asks the owner for the poll those
+answers call for in the same loop turn (`BrokerProducer.hold_polls` /
+`release_polls`). A stream reader task would cost two more loop turns per
+answer (the reader's future, then the task step), a sync send's latency.
+A task per connection still connects, waits for the end of the connection
+and reports it (`_run`). It is a `BufferedProtocol`: the transport reads into
+one buffer the connection keeps (`get_buffer`), and only the bytes read are
+copied out; a plain protocol gets a new 256 KiB `recv` buffer per read, which
+costs more than the rest of reading a small answer.
 """
 
 from __future__ import annotations
@@ -33,7 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kafkad.broker")
 
-_READ_CHUNK = 256 * 1024
+# Size of a connection's read buffer (what asyncio's transports read at most per call).
+READ_BUFFER_BYTES = 256 * 1024
 # Bytes waiting in a socket's send buffer above which nothing new is handed to it.
 WRITE_BUFFER_LIMIT = 8 * 1024 * 1024
 # Largest answer accepted from a broker (Metadata of a very large cluster fits).
@@ -51,7 +64,7 @@ class _Exchange:
         self.future = future
 
 
-class BrokerConnection:
+class BrokerConnection(asyncio.BufferedProtocol):
     """The socket to one broker node, driven by its owner's event loop."""
 
     def __init__(self, owner: "BrokerProducer", node: int, host: str, port: int) -> None:
@@ -62,7 +75,12 @@ class BrokerConnection:
         self.closed = False
         self._ending = False   # the socket ended; _run is about to report it
         self._answered = False  # a whole answer frame has arrived on this connection
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None
+        # The reason the connection ended, set once by data_received (a bad
+        # answer) or connection_lost; _run waits for it.
+        self._end: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._blocked = False   # over WRITE_BUFFER_LIMIT: the engine was told not to write
+        self._rbuf: memoryview | None = None   # the read buffer, made at the first read
         self._pending: deque[tuple[int, Any]] = deque()
         # acks=0 Produce requests: a Kafka broker never answers them, some
         # brokers (Tansu) do; such an answer is recognised and dropped.
@@ -73,7 +91,6 @@ class BrokerConnection:
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"kafkad-broker-{node}")
         self._auth_task: asyncio.Task | None = None
-        self._drain_task: asyncio.Task | None = None
 
     def __repr__(self) -> str:
         return f"<BrokerConnection node={self.node} {self.host}:{self.port} pending={len(self._pending)}>"
@@ -81,7 +98,7 @@ class BrokerConnection:
     @property
     def is_open(self) -> bool:
         """Connected and not closed: requests can be written now."""
-        return self._writer is not None and not self.closed
+        return self._transport is not None and not self.closed
 
     # ------------------------------------------------------------------ writing
 
@@ -95,33 +112,33 @@ class BrokerConnection:
             self._unanswered.append(corr)
             if len(self._unanswered) > 4096:
                 self._unanswered.popleft()
-        writer = self._writer
-        writer.write(data)
-        if (self._drain_task is None and writer.transport.get_write_buffer_size()
-                > WRITE_BUFFER_LIMIT):
+        transport = self._transport
+        transport.write(data)
+        if not self._blocked and transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            # Past asyncio's high-water mark as well, so resume_writing follows
+            # once the buffer is down to its low-water mark.
+            self._blocked = True
             self.owner.engine.set_writable(self.node, False)
-            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
-    async def _drain(self) -> None:
-        """Wait for the send buffer to empty below asyncio's low-water mark, then resume."""
-        try:
-            await self._writer.drain()
-        except (OSError, ConnectionError):
-            return   # the read loop reports the lost connection
-        finally:
-            self._drain_task = None
-        if not self.closed:
-            self.owner.engine.set_writable(self.node, True)
-            self.owner.wake()
+    def pause_writing(self) -> None:
+        """asyncio's high-water mark (64 KiB) passed: nothing to do below WRITE_BUFFER_LIMIT."""
+
+    def resume_writing(self) -> None:
+        """The send buffer is down to asyncio's low-water mark: let the engine write again."""
+        if self._blocked:
+            self._blocked = False
+            if not self.closed:
+                self.owner.engine.set_writable(self.node, True)
+                self.owner.wake()
 
     async def exchange(self, msg, version: int):
         """Send `msg` outside the engine and await its answer (used by SASL)."""
-        if self.closed or self._writer is None:
+        if self.closed or self._transport is None:
             raise ConnectionError(f"connection to broker {self.node} is closed")
         corr = self._next_corr()
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((corr, _Exchange(RESPONSE_FOR[type(msg)], version, fut)))
-        self._writer.write(encode_request(msg, version, corr, self._client_id))
+        self._transport.write(encode_request(msg, version, corr, self._client_id))
         return await asyncio.wait_for(fut, self.owner.kafka.request_timeout_ms / 1000.0)
 
     def _next_corr(self) -> int:
@@ -164,10 +181,9 @@ class BrokerConnection:
         try:
             ctx = owner.ssl_context
             timeout = owner.kafka.connect_timeout_ms / 1000.0
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, ssl=ctx,
-                                        server_hostname=self.host if ctx else None,
-                                        limit=_READ_CHUNK),
+            transport, _ = await asyncio.wait_for(
+                owner.loop.create_connection(lambda: self, self.host, self.port, ssl=ctx,
+                                             server_hostname=self.host if ctx else None),
                 timeout)
         except asyncio.CancelledError:
             raise
@@ -177,21 +193,14 @@ class BrokerConnection:
                                  owner.connect_error_code(exc))
             return
         if self.closed:
-            writer.close()
+            transport.close()
             return
-        self._writer = writer
+        self._transport = transport
         owner.conn_event(self, "connected", "")
         try:
-            await self._read_loop(reader)
-            reason = "closed by the broker"
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure ends this connection
-            reason = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, (OSError, ProtocolError, ssl.SSLError)):
-                log.exception("broker %s: unexpected error on the connection", self.node)
+            reason = await self._end
         finally:
-            writer.close()
+            transport.close()
         self._ending = True
         self._fail_exchanges(reason)
         auth = self._auth_task
@@ -215,28 +224,68 @@ class BrokerConnection:
             self.closed = True
             owner.conn_event(self, "disconnected", reason, error)
 
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        owner = self.owner
-        while True:
-            data = await reader.read(_READ_CHUNK)
-            if not data:
-                return
+    # ------------------------------------------------------------------ the protocol
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._rbuf is None:
+            self._rbuf = memoryview(bytearray(READ_BUFFER_BYTES))
+        return self._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._rbuf[:nbytes]))
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the broker: whole answers go to the engine, then one poll."""
+        if self._end.done():
+            return          # a bad answer already ended this connection
+        try:
             frames = self._frames.feed(data)
-            if frames and not self.closed:
-                self._answered = True
-                self._dispatch(frames, owner.loop.time())
-                owner.wake()
-            # This frame waits in read() next, maybe for good: keep nothing of this read.
-            data = frames = None
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        if not frames or self.closed:
+            return
+        self._answered = True
+        owner = self.owner
+        # The answers, then the poll they call for, in this loop turn. Not after
+        # a failure: _run must report the lost connection before the next poll
+        # writes anything, so that poll runs in a later turn, as it used to.
+        owner.hold_polls()
+        ok = False
+        try:
+            self._dispatch(frames, owner.loop.time())
+            owner.wake()
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - every failure ends this connection
+            self._fail(exc)
+        finally:
+            owner.release_polls(poll=ok)
+
+    def _fail(self, exc: Exception) -> None:
+        if not isinstance(exc, (OSError, ProtocolError, ssl.SSLError)):
+            log.error("broker %s: unexpected error on the connection", self.node, exc_info=exc)
+        self._ended(f"{type(exc).__name__}: {exc}")
+        if self._transport is not None:
+            self._transport.close()
+
+    def eof_received(self) -> None:
+        return None         # the transport closes; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended("closed by the broker" if exc is None else f"{type(exc).__name__}: {exc}")
+
+    def _ended(self, reason: str) -> None:
+        if not self._end.done():
+            self._end.set_result(reason)
 
     def _dispatch(self, frames: list[bytes], now: float) -> None:
         """Hand each answer to its request's owner, checking the correlation ids' order.
 
-        A method of its own so that nothing of the answered requests survives
-        in the read loop's frame while it waits for the next bytes: a local
-        still naming the last Produce request would keep its records (batches,
-        submissions, payloads and the encoded batch) alive until the
-        connection's next answer, which on an idle connection is never.
+        Runs in `data_received`: nothing of the answered requests survives
+        the callback (a local still naming the last Produce request would
+        keep its records, batches, submissions, payloads and the encoded
+        batch, alive until the connection's next answer, which on an idle
+        connection is never).
         """
         engine = self.owner.engine
         pending = self._pending
@@ -268,9 +317,9 @@ class BrokerConnection:
         """Close at the engine's request (the engine already settled what was in flight)."""
         self.closed = True
         self._fail_exchanges("closed")
-        if self._writer is not None:
-            self._writer.close()
-        for task in (self._task, self._auth_task, self._drain_task):
+        if self._transport is not None:
+            self._transport.close()
+        for task in (self._task, self._auth_task):
             if task is not None and not task.done():
                 task.cancel()
 

@@ -648,25 +648,41 @@ class IpcServer:
         n = 0
         if self._held_bytes > _HELD_MAX_BYTES:
             return      # a full spool holds back senders: resumed by _resume_held
+        drained = False
+        # Every frame of this read, then one producer poll in this loop turn
+        # (a sync send goes to the broker without waiting for the next turn).
+        self.producer.hold_polls()
         try:
             while n < _READ_BATCH and self._held_bytes <= _HELD_MAX_BYTES:
                 try:
                     parts = sock.recv_multipart(zmq.NOBLOCK, copy=True)
                 except zmq.Again:
+                    drained = True
                     break
                 n += 1
                 self._c["frames_in"] += 1
                 if len(parts) != 2:
                     self._bad_frame(parts[0], None, schema.E_MALFORMED,
                                     f"expected one frame per message, got {len(parts) - 1}")
-                    continue
-                self._on_frame(parts[0], parts[1])
+                else:
+                    self._on_frame(parts[0], parts[1])
+                # Asking is cheaper than a recv that raises zmq.Again (a sync
+                # send's read is one frame), and settles the FD's state as well.
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    drained = True
+                    break
         except zmq.ZMQError as exc:
             if self._sock is not None:
                 log.error("ipc: reading the socket failed: %s", exc)
+        finally:
+            self.producer.release_polls()
         if self.spool is not None:
             self._schedule_commit()
-        self._check_events(force=n >= _READ_BATCH)
+        if not drained:
+            # A read that ended on EAGAIN or on ZMQ_EVENTS without POLLIN left the
+            # socket's event state settled (the FD signals the next input);
+            # anything else: look again.
+            self._check_events(force=n >= _READ_BATCH)
 
     def _check_events(self, force: bool = False) -> None:
         """The ZeroMQ FD is edge-triggered: after reads and sends, look for more input."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import messages as m
 from .primitives import ProtocolError, decode_uvarint, pack_i32
+from .produce import decode_produce_response, encode_produce_request
 from .schema import decode_body, encode_body, is_flexible
 
 __all__ = [
@@ -60,6 +61,11 @@ def _response_header_flexible(cls: type, version: int) -> bool:
 def encode_request(msg: Any, version: int, correlation_id: int, client_id: str | None) -> bytes:
     """The whole request frame (size prefix included) for `msg` at `version`."""
     cls = type(msg)
+    if cls is m.ProduceRequest:
+        # the request of every send: a fast encoder, the schema one for anything unusual
+        fast = encode_produce_request(msg, version, correlation_id, client_id)
+        if fast is not None:
+            return fast
     if getattr(cls, "KIND", None) != "request":
         raise TypeError(f"msg: expected a kafkad.protocol request message, got {cls.__name__}")
     if not isinstance(correlation_id, int) or not -(1 << 31) <= correlation_id < (1 << 31):
@@ -127,6 +133,11 @@ def decode_response(cls: type, version: int, frame: bytes, *,
                             f"(kafkad knows {cls.MIN_VERSION}-{cls.MAX_VERSION})")
     if not isinstance(frame, bytes):
         frame = bytes(frame)
+    if cls is m.ProduceResponse:
+        # the answer to every Produce request: its usual shape has a fast decoder
+        fast = decode_produce_response(version, frame, strict)
+        if fast is not None:
+            return fast
     correlation_id = peek_correlation_id(frame)
     pos = 4
     if _response_header_flexible(cls, version):

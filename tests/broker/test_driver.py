@@ -88,3 +88,58 @@ def test_a_tls_broker_closing_before_its_first_answer_is_named_and_reported(pki,
     assert [(o.error, o.failed) for o in run.by_token()["refused"]] == [(58, 2)]
     assert accepted >= 2
     assert "closed the connection before answering; it may require a client certificate" in caplog.text
+
+
+def test_events_of_one_io_callback_share_one_poll_in_the_same_loop_turn():
+    """hold_polls/release_polls: wakes in between poll once, at release, without a loop turn."""
+    from kafkad.broker import BrokerProducer
+    from kafkad.config import QueueConfig
+
+    async def main():
+        producer = BrokerProducer(kafka_config("127.0.0.1:9"), QueueConfig(), on_outcomes=list)
+        producer.loop = asyncio.get_running_loop()   # start() would connect; not needed here
+        polls = []
+        producer._poll_once = lambda: polls.append(producer._polling)
+        # Outside a burst: one call_soon'd poll, in the next turn.
+        producer.wake()
+        producer.wake()
+        assert polls == []
+        await asyncio.sleep(0)
+        assert polls == [True]
+        # A burst: wakes only note; the poll runs at the outer release, at once.
+        producer.hold_polls()
+        producer.hold_polls()
+        producer.wake()
+        producer.release_polls()
+        assert polls == [True]
+        producer.wake()
+        producer.release_polls()
+        assert polls == [True, True]
+        await asyncio.sleep(0)
+        assert polls == [True, True]      # nothing left scheduled
+        # A burst without a wake: no poll.
+        producer.hold_polls()
+        producer.release_polls()
+        # poll=False (a connection that just failed): the poll waits for the next turn.
+        producer.hold_polls()
+        producer.wake()
+        producer.release_polls(poll=False)
+        assert polls == [True, True]
+        await asyncio.sleep(0)
+        assert polls == [True, True, True]
+        # From inside a poll (an outcome callback reading the IPC socket): never re-entered.
+        def reentrant():
+            polls.append(producer._polling)
+            if len(polls) == 4:
+                producer.hold_polls()
+                producer.wake()
+                producer.release_polls()
+                assert len(polls) == 4
+        producer._poll_once = reentrant
+        producer.wake()
+        await asyncio.sleep(0)
+        assert polls == [True, True, True, True]
+        await asyncio.sleep(0)
+        assert polls == [True, True, True, True, True]
+
+    asyncio.run(main())

@@ -1,7 +1,7 @@
 """A test double for the BrokerProducer seam, and a thread that hosts an IpcServer.
 
 `FakeProducer` implements what IpcServer uses (`submit`, `partitions_for`,
-`fetch_partitions`, `flush_session`) and delivers each submission on the loop, with offsets
+`fetch_partitions`, `flush_session`, `hold_polls`/`release_polls`) and delivers each submission on the loop, with offsets
 counted per partition, unless told to hold, fail or refuse. It is a double
 for the seam (DESIGN.md), for unit tests of the link; the end-to-end tests
 use the real daemon.
@@ -48,6 +48,12 @@ class FakeProducer:
 
     def flush_session(self, session_id):
         self.flushed.append(session_id)
+
+    def hold_polls(self):
+        pass
+
+    def release_polls(self, poll=True):
+        pass
 
     def submit(self, sub):
         if self.refuse:
