@@ -769,13 +769,18 @@ class IpcServer:
 
     def _flush_backlogs(self) -> None:
         self._backlog_scheduled = False
-        for s in self._sessions.values():
+        for s in list(self._sessions.values()):
             if s.backlog:
                 frames, s.backlog = s.backlog, []
                 for i, frame in enumerate(frames):
-                    if not self._send(s.peer, frame):
-                        s.backlog = frames[i + 1:] + s.backlog if s.backlog else frames[i:]
+                    # On a full pipe _send puts frame i back in s.backlog (empty since the
+                    # swap) and schedules another try; for a peer that is gone it keeps
+                    # nothing. Either way frames[i:] is what still waits, in order.
+                    if not self._send(s.peer, frame, s):
+                        s.backlog = frames[i:]
                         break
+                else:
+                    self._forget_if_done(s)
         self._flush_peer_backlogs()
         self._check_events()
 
@@ -1550,11 +1555,16 @@ class IpcServer:
         left = 0
         if s is not None:
             left = s.inflight_msgs
-            if s.inflight:
-                s.unregistered = True   # forgotten once its last outcome arrives
-            else:
-                del self._sessions[sid]
+            s.unregistered = True
+            # Forgotten now, or once its last outcome arrives and every ACK/FAILED
+            # frame for it has left (a frame waiting for a full pipe needs its session).
+            self._forget_if_done(s)
         self._send(peer, schema.encode([schema.UNREGISTERED, req_id, left]))
+
+    def _forget_if_done(self, s: _Session) -> None:
+        """Drop an unregistered session once nothing is in flight and nothing waits to be sent."""
+        if s.unregistered and not s.inflight and not s.backlog and self._sessions.get(s.sid) is s:
+            del self._sessions[s.sid]
 
     def _on_flush(self, peer, sid) -> None:
         """The session's producer is stopping: what it has waiting for batching goes out now.
@@ -1623,8 +1633,7 @@ class IpcServer:
         for s, entries in failed.items():
             self._send(s.peer, schema.encode([schema.FAILED, s.sid, entries]), s)
         for s in list(acks) + list(failed):
-            if s.unregistered and not s.inflight and self._sessions.get(s.sid) is s:
-                del self._sessions[s.sid]
+            self._forget_if_done(s)
         if self.spool is not None and not self._closed:
             self._after_release()
         self._check_events()

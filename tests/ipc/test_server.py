@@ -645,6 +645,36 @@ def test_a_session_with_answers_not_yet_taken_is_not_evicted():
             c.close()
 
 
+def test_an_unregistered_session_is_kept_until_its_last_ack_has_left():
+    """A producer that unregistered with a message in flight still gets its ACK when
+    that ACK first meets a full pipe: the session (which holds the waiting frame) is
+    forgotten only once the frame has left."""
+    with ServerThread() as st:
+        a = Peer(st.endpoint)
+        try:
+            a.register()
+            st.producer.hold = True
+            a.send([schema.SEND, a.sid, [entry(0)]])
+            st.producer.wait_messages(1)
+            a.send([schema.UNREGISTER, 7, a.sid])
+            assert a.recv() == [schema.UNREGISTERED, 7, 1]
+            wrapper = _pipe_full_for(st, lambda f: f[0] == schema.ACK)
+            st.call(st.producer.release)
+            deadline = time.monotonic() + 5
+            while wrapper.refused == 0:
+                assert time.monotonic() < deadline, "the ACK never met the full pipe"
+                time.sleep(0.005)
+            assert st.call(lambda: a.sid in st.server._sessions)
+            st.call(wrapper.open)
+            assert a.recv() == [schema.ACK, a.sid, [0]]
+            while st.call(lambda: a.sid in st.server._sessions):
+                assert time.monotonic() < deadline + 5, "the session was never forgotten"
+                time.sleep(0.005)
+            assert a.quiet()        # the ACK came once
+        finally:
+            a.close()
+
+
 def test_a_sync_result_that_meets_a_full_pipe_is_sent_later():
     """A sync RESULT goes to a thread's own socket, which has no session backlog:
     on a full pipe it waits for that peer instead of being dropped (the caller would
