@@ -11,7 +11,7 @@ then runs the sections in order:
 
 `external` runs the component benchmarks owned by other parts of the project
 (`python -m tests.bench.bench_protocol`, `bench_engine`, `bench_shim`,
-`bench_spool`) as subprocesses with a timeout and keeps their output. They
+`bench_spool`, `bench_sync_floor`) as subprocesses with a timeout and keeps their output. They
 get the run's settings in the environment: KAFKAD_BENCH_QUICK (1 or 0),
 KAFKAD_BENCH_BOOTSTRAP (the local Tansu) and KAFKAD_BENCH_OUT (the report
 folder, for files they want kept with the report).
@@ -39,7 +39,7 @@ from .common import (CONFLUENT, CONTENDERS, KAFKA_PYTHON, KAFKAD, REPO_ROOT, Ben
                      importable, machine_info, make_workdir, new_topic_name, remove_workdir, rss_kib)
 
 SECTIONS = ("footprint", "caller_cost", "latency", "throughput", "batching", "profile", "external")
-EXTERNAL = ("bench_protocol", "bench_engine", "bench_shim", "bench_spool")
+EXTERNAL = ("bench_protocol", "bench_engine", "bench_shim", "bench_spool", "bench_sync_floor")
 _MODULES = {KAFKAD: "client_shim", CONFLUENT: "confluent_kafka", KAFKA_PYTHON: "kafka"}
 
 
