@@ -146,7 +146,7 @@ class BrokerProducer:
         known = self.engine.partitions_for(topic)
         if known is not None:
             return 0, list(known)
-        self.engine.want_topic(topic)
+        self.engine.want_topic(topic, self.loop.time())
         fut = self.loop.create_future()
         self._topic_waiters.setdefault(topic, []).append(fut)
         self.wake()
@@ -276,6 +276,8 @@ class BrokerProducer:
     def _poll_once(self) -> None:
         loop = self.loop
         now = loop.time()
+        for topic in self._topic_waiters:
+            self.engine.touch_topic(topic, now)   # still asked about: not idle
         try:
             act = self.engine.poll(now)
         except Exception:  # noqa: BLE001 - a bug must not stop delivery for good
