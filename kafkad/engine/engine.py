@@ -100,12 +100,12 @@ _new_outcome = tuple.__new__
 # A broker that keeps failing is summarized this often (seconds), never logged per retry.
 _FAILURE_SUMMARY_INTERVAL = 300.0
 _LOG_VALUE_CHARS = 100
+_LOG_MESSAGES_MAX = 20
 # Idle topics (metadata_max_idle_ms) are looked for at most this often (seconds).
 _FORGET_INTERVAL_MAX = 5.0
 # Forgotten lanes remembered per producer-id group for their sequence numbers;
 # past this many, any new lane of the group bumps its epoch.
 _FORGOTTEN_LANES_MAX = 10_000
-_LOG_MESSAGES_MAX = 20
 
 
 class Engine:
@@ -289,8 +289,6 @@ class Engine:
         self._linger_s = kafka.linger_ms / 1000.0
         self._idle_s = kafka.metadata_max_idle_ms / 1000.0
         self._forget_every = min(_FORGET_INTERVAL_MAX, self._idle_s)
-        if getattr(self, "_topic_used", None):
-            self._forget_at = 0.0   # a reload applies at the next poll
         self._dirty_all = True
 
     def _chunk_prefix_bytes(self, chunk: Chunk, k: int) -> int:
@@ -722,6 +720,10 @@ class Engine:
         self._meta_needed = not self._wanted <= self._meta_asked
         before = {t.name: self.metadata.partitions(t.name) for t in msg.topics if t.name is not None}
         self.metadata.update(msg, now)
+        # topics named by a request sent before they were forgotten stay forgotten
+        stray = before.keys() - self._topic_used.keys()
+        for name in stray:
+            self.metadata.topics.pop(name, None)
         self._note_partition_changes(before)
         for node, (host, port) in self.metadata.brokers.items():
             conn = self.conns.get(node)
@@ -731,6 +733,8 @@ class Engine:
                 conn.host, conn.port = host, port
         for t in msg.topics:
             name = t.name
+            if name in stray:
+                continue
             if t.error_code == 0:
                 self._topic_wait.pop(name, None)
                 parts = self.metadata.partitions(name) or []
@@ -1579,6 +1583,8 @@ class Engine:
         self.kafka = replace(kafka, **keep)
         self.queue = queue
         self._apply_config()
+        if self._topic_used:
+            self._forget_at = 0.0   # a new metadata_max_idle_ms applies at the next poll
         return need
 
     def stats(self) -> dict:

@@ -248,3 +248,25 @@ def test_a_topic_someone_waits_for_is_kept_while_touched():
     assert "nope" in h.engine._wanted
     h.run(until=h.now + 3 * IDLE)
     assert "nope" not in h.engine._wanted and not known(h, "nope")
+
+
+def test_an_answer_to_a_request_sent_before_the_topic_was_forgotten_keeps_it_forgotten():
+    h = make("a", "gone", metadata_max_age_ms=IDLE_MS // 2, unknown_topic_wait_ms=60_000)
+    h.cluster.topics.pop("gone")   # the cluster does not have it
+    h.submit("a", 0, [b"x"])
+    h.engine.want_topic("gone", h.now)
+    h.run(until=h.now + 0.2)
+    assert h.values("a", 0) == [b"x"] and "a" in h.engine.metadata.topics
+    # the next refresh (still naming both) is not answered before they are forgotten
+    h.hold_answers = set(h.cluster.brokers)
+    h.run(until=h.now + 3 * IDLE)
+    assert not known(h, "a") and not known(h, "gone")
+    held = [r for r in h.unanswered if type(r.msg).__name__ == "MetadataRequest"
+            and {t.name for t in r.msg.topics} == {"a", "gone"}]
+    assert held
+    h.hold_answers = set()
+    for req in held:
+        h.engine.response(req, h.cluster.answer(req), h.now)
+    h.run(until=h.now + 0.1)
+    assert not known(h, "a") and not known(h, "gone")
+    assert "gone" not in h.engine._topic_wait and not h.engine._meta_needed
