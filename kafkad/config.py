@@ -50,6 +50,10 @@ class KafkaConfig:
     # RequestTimedOutError (the per-record upper bound on retries).
     delivery_timeout_ms: int = 120_000
     metadata_max_age_ms: int = 300_000
+    # A topic with no submission for this long and no records left in the
+    # daemon is forgotten (metadata, lanes, per-topic counters): the Java
+    # producer's metadata.max.idle.ms (KIP-526).
+    metadata_max_idle_ms: int = 300_000
     allow_auto_create_topics: bool = True
     max_in_flight_per_connection: int = 5
     retry_backoff_max_ms: int = 1_000

@@ -520,6 +520,7 @@ _FIELD_RULES: dict[str, Rule] = {
     "kafka.connect_timeout_ms": _between(1, INT32_MAX),
     "kafka.delivery_timeout_ms": _between(1, INT32_MAX),
     "kafka.metadata_max_age_ms": _between(1, INT32_MAX),
+    "kafka.metadata_max_idle_ms": _between(100, INT32_MAX),
     "kafka.max_in_flight_per_connection": _between(1, 100),
     "kafka.retry_backoff_max_ms": _between(0, INT32_MAX),
     "kafka.reconnect_backoff_ms": _between(0, INT32_MAX),

@@ -180,7 +180,8 @@ class Daemon:
         if cfg.spool.enabled:
             self._spool = await self._open_spool()
         self._producer = BrokerProducer(cfg.kafka, cfg.queue, on_outcomes=self._route_outcomes,
-                                        on_partitions_changed=self._route_partition_changes)
+                                        on_partitions_changed=self._route_partition_changes,
+                                        on_topics_forgotten=self._route_topics_forgotten)
         self.stats = StatsCollector(self._producer.stats, state=lambda: self._state.value,
                                     spool_stats=self._spool_stats if self._spool is not None else None)
         self._ipc = IpcServer(cfg.ipc, self._producer, stats_provider=self.stats.snapshot, spool=self._spool,
@@ -260,6 +261,10 @@ class Daemon:
     def _route_partition_changes(self, changes: list[tuple[str, int, list[int]]]) -> None:
         if self._ipc is not None:
             self._ipc.on_partitions_changed(changes)
+
+    def _route_topics_forgotten(self, topics: list[str]) -> None:
+        if self._ipc is not None:
+            self._ipc.forget_topics(topics)
 
     async def _close_components(self) -> None:
         """Close whatever was started, last started first; errors are logged, not raised."""

@@ -271,6 +271,8 @@ _HELP = {
                     "Messages not delivered at stop, handed back to their shims to replay to the next daemon."),
     "retried": ("counter", "messages_retried_total", "Message sends retried."),
     "requests": ("counter", "produce_requests_total", "Produce requests sent to brokers."),
+    "topics_forgotten": ("counter", "topics_forgotten_total",
+                         "Topics forgotten after [kafka] metadata_max_idle_ms without a send."),
     "queued_messages": ("gauge", "queued_messages", "Messages accepted and waiting to be sent."),
     "queued_bytes": ("gauge", "queued_bytes", "Bytes of keys and values waiting to be sent."),
     "in_flight": ("gauge", "in_flight_messages", "Messages in requests awaiting a broker's answer."),

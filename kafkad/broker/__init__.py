@@ -63,6 +63,7 @@ class BrokerProducer:
     def __init__(self, kafka: KafkaConfig, queue: QueueConfig, *,
                  on_outcomes: Callable[[list[Outcome]], None],
                  on_partitions_changed: Callable[[list[tuple[str, int, list[int]]]], None] | None = None,
+                 on_topics_forgotten: Callable[[list[str]], None] | None = None,
                  ) -> None:
         if not callable(on_outcomes):
             raise TypeError("on_outcomes: expected a callable taking a list of Outcome")
@@ -71,6 +72,8 @@ class BrokerProducer:
         self._on_outcomes = on_outcomes
         # (topic, error, partition ids) of known topics whose layout changed (Actions.partition_changes)
         self._on_partitions_changed = on_partitions_changed
+        # topics the engine forgot after metadata_max_idle_ms unused (Actions.forgotten_topics)
+        self._on_topics_forgotten = on_topics_forgotten
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ssl_context: ssl.SSLContext | None = None
         self._conns: dict[int, BrokerConnection] = {}
@@ -146,7 +149,7 @@ class BrokerProducer:
         known = self.engine.partitions_for(topic)
         if known is not None:
             return 0, list(known)
-        self.engine.want_topic(topic)
+        self.engine.want_topic(topic, self.loop.time())
         fut = self.loop.create_future()
         self._topic_waiters.setdefault(topic, []).append(fut)
         self.wake()
@@ -276,6 +279,8 @@ class BrokerProducer:
     def _poll_once(self) -> None:
         loop = self.loop
         now = loop.time()
+        for topic in self._topic_waiters:
+            self.engine.touch_topic(topic, now)   # still asked about: not idle
         try:
             act = self.engine.poll(now)
         except Exception:  # noqa: BLE001 - a bug must not stop delivery for good
@@ -314,6 +319,11 @@ class BrokerProducer:
                 log.exception("on_outcomes callback failed for %d outcomes", len(act.outcomes))
         if act.partition_changes:
             self._report_partition_changes(act.partition_changes)
+        if act.forgotten_topics and self._on_topics_forgotten is not None:
+            try:
+                self._on_topics_forgotten(act.forgotten_topics)
+            except Exception:  # noqa: BLE001 - the engine must keep running
+                log.exception("on_topics_forgotten callback failed")
         deadline = act.deadline
         if deadline is not None:
             deadline = max(deadline, now + _MIN_TIMER_S)

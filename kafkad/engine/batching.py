@@ -240,7 +240,7 @@ class Group:
     """Lanes sharing batch settings; with acks != 0 and idempotence, one producer id."""
 
     __slots__ = ("key", "acks", "timeout_ms", "codec", "level", "state", "producer_id",
-                 "epoch", "inflight", "retry_at", "lanes", "fresh_id")
+                 "epoch", "inflight", "retry_at", "lanes", "fresh_id", "forgotten", "forgot_many")
 
     def __init__(self, key: tuple, idempotent: bool) -> None:
         self.key = key
@@ -252,6 +252,11 @@ class Group:
         self.retry_at = 0.0
         self.lanes: list[Lane] = []
         self.fresh_id = False      # the next InitProducerId must ask for a new id, not a bump
+        # (topic, partition) of lanes forgotten (metadata_max_idle_ms) with sequence
+        # numbers in use under the current producer id and epoch; past a bound,
+        # `forgot_many` stands for all of them. Both cleared by a new id or epoch.
+        self.forgotten: set[tuple[str, int]] = set()
+        self.forgot_many = False
 
     def __repr__(self) -> str:
         return (f"<Group acks={self.acks} timeout={self.timeout_ms} codec={self.codec} "

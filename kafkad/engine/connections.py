@@ -26,7 +26,8 @@ _INF = float("inf")
 class Actions:
     """What the driver must do after `Engine.poll`, in this order: close, connect, send."""
 
-    __slots__ = ("closes", "connects", "sends", "authenticate", "outcomes", "partition_changes", "deadline")
+    __slots__ = ("closes", "connects", "sends", "authenticate", "outcomes", "partition_changes",
+                 "forgotten_topics", "deadline")
 
     def __init__(self) -> None:
         self.closes: list[int] = []
@@ -37,6 +38,8 @@ class Actions:
         # (topic, error, partition ids): a known topic's partition list changed
         # (error 0), or the topic is gone for good (error, []); for the IPC side
         self.partition_changes: Sequence[tuple[str, int, list[int]]] = ()   # a list when there are any
+        # topics forgotten after metadata_max_idle_ms unused (the IPC side drops its watchers)
+        self.forgotten_topics: Sequence[str] = ()
         self.deadline: float | None = None
 
     def __repr__(self) -> str:

@@ -101,6 +101,11 @@ _new_outcome = tuple.__new__
 _FAILURE_SUMMARY_INTERVAL = 300.0
 _LOG_VALUE_CHARS = 100
 _LOG_MESSAGES_MAX = 20
+# Idle topics (metadata_max_idle_ms) are looked for at most this often (seconds).
+_FORGET_INTERVAL_MAX = 5.0
+# Forgotten lanes remembered per producer-id group for their sequence numbers;
+# past this many, any new lane of the group bumps its epoch.
+_FORGOTTEN_LANES_MAX = 10_000
 
 
 class Engine:
@@ -170,6 +175,11 @@ class Engine:
         self._latency: dict[int, deque[float]] = {}
         self._topic_stats: dict[str, list[int]] = {}   # topic -> [delivered, bytes, failed]
         self._errors: dict[int, int] = {}
+        # idle topics (metadata_max_idle_ms): topic -> when it was last sent to or asked about
+        self._topic_used: dict[str, float] = {}
+        self._forget_at = _INF       # the next look for idle topics (inf: no topic known)
+        self._forgotten_topics: list[str] = []   # forgotten since the last poll
+        self.topics_forgotten = 0
 
     def __repr__(self) -> str:
         return (f"<Engine conns={len(self.conns)} lanes={len(self._active)}/{len(self.lanes)} "
@@ -220,6 +230,7 @@ class Engine:
             self._fail_chunk(chunk, MESSAGE_TOO_LARGE, "a record is larger than the batch cap")
             return
         topic = sub.topic
+        self._topic_used[topic] = now
         info = self.metadata.topics.get(topic)
         if info is not None and not info.error and not 0 <= sub.partition < len(info.partitions):
             # Kafka numbers a topic's partitions 0..n-1
@@ -229,6 +240,8 @@ class Engine:
         if topic not in self._wanted:
             self._wanted.add(topic)
             self._meta_needed = True
+            if self._forget_at == _INF:
+                self._forget_at = now + self._forget_every
         if chunk.sync:
             self._enqueue(chunk, now)
             return
@@ -274,6 +287,8 @@ class Engine:
                         kafka.request_max_bytes - _REQUEST_OVERHEAD - _PARTITION_OVERHEAD - 255)
         self._delivery_s = kafka.delivery_timeout_ms / 1000.0
         self._linger_s = kafka.linger_ms / 1000.0
+        self._idle_s = kafka.metadata_max_idle_ms / 1000.0
+        self._forget_every = min(_FORGET_INTERVAL_MAX, self._idle_s)
         self._dirty_all = True
 
     def _chunk_prefix_bytes(self, chunk: Chunk, k: int) -> int:
@@ -299,6 +314,8 @@ class Engine:
                 group = self.groups[gkey] = Group(gkey, self.kafka.idempotence and s.acks != 0)
             lane = self.lanes[key] = Lane(key, chunk.sub.topic, chunk.sub.partition, group)
             group.lanes.append(lane)
+            if group.forgot_many or group.forgotten:
+                self._lane_back(group, lane)
         cap = self._cap
         batch = lane.open_batch(now, BATCH_OVERHEAD)
         while batch.nbytes + chunk.nbytes > cap:
@@ -336,8 +353,9 @@ class Engine:
     def partitions_for(self, topic: str) -> list[int] | None:
         return self.metadata.partitions(topic)
 
-    def want_topic(self, topic: str) -> None:
+    def want_topic(self, topic: str, now: float) -> None:
         """Ask for `topic`'s metadata at the next chance (for fetch_partitions)."""
+        self.touch_topic(topic, now)
         self._wanted.add(topic)
         self._meta_needed = True
         self._meta_next = 0.0
@@ -345,6 +363,87 @@ class Engine:
         if info is not None and info.error:
             del self.metadata.topics[topic]
             self._topic_wait.pop(topic, None)
+
+    def touch_topic(self, topic: str, now: float) -> None:
+        """`topic` is in use at `now` (someone waits for its metadata): not idle."""
+        self._topic_used[topic] = now
+        if self._forget_at == _INF:
+            self._forget_at = now + self._forget_every
+
+    def _forget_idle_topics(self, now: float) -> None:
+        """Forget topics unused for metadata_max_idle_ms that have no records left (KIP-526).
+
+        Runs from `poll` at most every `_forget_every` seconds: one pass over
+        the topics, and over lanes and holds only when some topic is idle.
+        A forgotten topic leaves `_wanted` (Metadata requests stop naming
+        it), the metadata cache, its empty lanes and its per-topic counters
+        (the totals stay); a later submission starts it over.
+        """
+        used = self._topic_used
+        idle_s = self._idle_s
+        cutoff = now - idle_s
+        stale = {t for t, at in used.items() if at <= cutoff}
+        if stale:
+            # batches queued, retrying or on the wire all stay in their lane's list
+            live = {lane.topic for lane in self._active if lane.batches}
+            for hold in self.holds.values():
+                live.update(c.sub.topic for c in hold.chunks)
+            stale -= live
+        if stale:
+            self._forget(stale, now)
+        nxt = min((at for at in used.values()), default=_INF)
+        self._forget_at = _INF if nxt == _INF else max(nxt + idle_s, now + self._forget_every)
+
+    def _forget(self, topics: set[str], now: float) -> None:
+        gone: set[Lane] = set()
+        groups: set[Group] = set()
+        for key, lane in list(self.lanes.items()):
+            if lane.topic not in topics:
+                continue
+            del self.lanes[key]
+            self._active.pop(lane, None)
+            gone.add(lane)
+            group = lane.group
+            groups.add(group)
+            if group.idempotent and group.producer_id >= 0 and lane.next_seq:
+                # The broker keeps this partition's last sequence under the current
+                # producer id and epoch: a new lane starting at 0 would be refused.
+                if len(group.forgotten) >= _FORGOTTEN_LANES_MAX:
+                    group.forgotten.clear()
+                    group.forgot_many = True
+                if not group.forgot_many:
+                    group.forgotten.add((lane.topic, lane.partition))
+        for group in groups:
+            group.lanes = [lane for lane in group.lanes if lane not in gone]
+        if gone:
+            for conn in self.conns.values():
+                if conn.blocked:
+                    conn.blocked -= gone
+        for t in topics:
+            del self._topic_used[t]
+            self._wanted.discard(t)
+            self.metadata.topics.pop(t, None)
+            self._topic_wait.pop(t, None)
+            self._topic_stats.pop(t, None)
+        self.topics_forgotten += len(topics)
+        self._forgotten_topics.extend(sorted(topics))
+        log.info("forgot %d topic(s) unused for %d ms: %s", len(topics),
+                 self.kafka.metadata_max_idle_ms, _names(topics))
+
+    def _lane_back(self, group: Group, lane: Lane) -> None:
+        """A new lane in a group that forgot lanes: bump the epoch if it was one of them.
+
+        The broker still holds the forgotten lane's last sequence number under
+        this producer id and epoch; a new epoch starts every lane at 0 (the
+        same bump as after a lost sequence, without an error first).
+        """
+        if not (group.forgot_many or (lane.topic, lane.partition) in group.forgotten):
+            return
+        if group.state is PidState.READY:
+            log.info("topic %r partition %d comes back after it was forgotten: new epoch for "
+                     "producer id %d", lane.topic, lane.partition, group.producer_id)
+            self._move(group, PidState.BUMP_PENDING)
+        # any other state ends with a new producer id or epoch before the next send
 
     def topic_result(self, topic: str, now: float) -> tuple[int, list[int]] | None:
         """(0, partitions) or (error, []) once the answer is final; None while waiting."""
@@ -621,6 +720,10 @@ class Engine:
         self._meta_needed = not self._wanted <= self._meta_asked
         before = {t.name: self.metadata.partitions(t.name) for t in msg.topics if t.name is not None}
         self.metadata.update(msg, now)
+        # topics named by a request sent before they were forgotten stay forgotten
+        stray = before.keys() - self._topic_used.keys()
+        for name in stray:
+            self.metadata.topics.pop(name, None)
         self._note_partition_changes(before)
         for node, (host, port) in self.metadata.brokers.items():
             conn = self.conns.get(node)
@@ -630,6 +733,8 @@ class Engine:
                 conn.host, conn.port = host, port
         for t in msg.topics:
             name = t.name
+            if name in stray:
+                continue
             if t.error_code == 0:
                 self._topic_wait.pop(name, None)
                 parts = self.metadata.partitions(name) or []
@@ -670,6 +775,8 @@ class Engine:
             group.producer_id = msg.producer_id
             group.epoch = msg.producer_epoch
             group.fresh_id = False
+            group.forgotten.clear()   # every lane starts at 0 under the new id or epoch
+            group.forgot_many = False
             self._move(group, PidState.READY)
             for lane in group.lanes:
                 lane.resequence()
@@ -978,8 +1085,10 @@ class Engine:
                     due = min(due, hold.due)
             self._hold_due = due
         deadline = min(deadline, self._hold_due)
-        # 3. metadata
-        deadline = min(deadline, self._poll_metadata(now, act))
+        # 3. idle topics, then metadata
+        if now >= self._forget_at:
+            self._forget_idle_topics(now)
+        deadline = min(deadline, self._forget_at, self._poll_metadata(now, act))
         # 4. producer ids
         for group in self.groups.values():
             deadline = min(deadline, self._poll_group(group, now, act))
@@ -993,6 +1102,8 @@ class Engine:
         if self._partition_changes:
             act.partition_changes = [(t, err, parts) for t, (err, parts) in self._partition_changes.items()]
             self._partition_changes = {}
+        if self._forgotten_topics:
+            act.forgotten_topics, self._forgotten_topics = self._forgotten_topics, []
         self._handout(act)
         for conn in self.conns.values():
             if conn.state is ConnState.DOWN and conn.node in self._want_connect:
@@ -1472,6 +1583,8 @@ class Engine:
         self.kafka = replace(kafka, **keep)
         self.queue = queue
         self._apply_config()
+        if self._topic_used:
+            self._forget_at = 0.0   # a new metadata_max_idle_ms applies at the next poll
         return need
 
     def stats(self) -> dict:
@@ -1500,6 +1613,7 @@ class Engine:
             "dropped": self.dropped,
             "handed_back": self.handed_back,
             "requests": self.requests,
+            "topics_forgotten": self.topics_forgotten,
             "errors": {_err_name(k): v for k, v in self._errors.items()},
             "brokers": brokers,
             "topics": {t: {"delivered": v[0], "delivered_bytes": v[1], "failed": v[2]}
@@ -1510,6 +1624,12 @@ class Engine:
 
 
 _BYTES_OR_NONE = frozenset({bytes, type(None)})
+
+
+def _names(topics, most: int = 10) -> str:
+    names = sorted(topics)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(map(repr, names[:most])) + more
 
 
 def _check_bytes(what: str, items: list) -> None:

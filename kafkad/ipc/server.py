@@ -1550,6 +1550,15 @@ class IpcServer:
                 del self._watchers[topic]
         self._check_events()
 
+    def forget_topics(self, topics: list[str]) -> None:
+        """The producer forgot these idle topics (metadata_max_idle_ms): drop their watchers.
+
+        Their partition lists are no longer refreshed, so no PARTITIONS_CHANGED
+        could come for them; a peer that asks again is watched again.
+        """
+        for topic in topics:
+            self._watchers.pop(topic, None)
+
     def _on_unregister(self, peer, req_id, sid) -> None:
         s = self._sessions.get(sid)
         left = 0

@@ -261,12 +261,12 @@ def test_stale_metadata_does_not_move_a_leader_back():
     h = Harness(c)
     connect(h)
     c.move_leader("t", 0, 2)
-    h.engine.want_topic("t")
+    h.engine.want_topic("t", h.now)
     h.run()
     assert h.engine.metadata.leader("t", 0) == 2
     c.leaders[("t", 0)] = 1          # an answer from a broker that missed the move:
     c.leader_epochs[("t", 0)] = 0    # older leader epoch
-    h.engine.want_topic("t")
+    h.engine.want_topic("t", h.now)
     h.run()
     assert h.engine.metadata.leader("t", 0) == 2
 
@@ -1195,7 +1195,7 @@ def test_a_topic_wanted_while_a_metadata_request_is_out_is_asked_for_next():
 
     def answer(req):
         if type(req.msg).__name__ == "MetadataRequest" and not h.engine.metadata.topics:
-            h.engine.want_topic("nope")   # arrives while the first one is out
+            h.engine.want_topic("nope", h.now)   # arrives while the first one is out
         return plain(req)
 
     c.answer = answer

@@ -142,6 +142,8 @@ def test_sasl_over_tls_with_readable_files(tmp_path):
     ("[kafka]\nidempotence = 1\n", "f.toml:2: kafka.idempotence: must be a boolean (true or false), not an integer"),
     ("[kafka]\nrequest_timeout_ms = -1\n",
      "f.toml:2: kafka.request_timeout_ms: must be between 1 and 2147483647, not -1"),
+    ("[kafka]\nmetadata_max_idle_ms = 50\n",
+     "f.toml:2: kafka.metadata_max_idle_ms: must be between 100 and 2147483647, not 50"),
     ("[shutdown]\ndrain_timeout_s = -0.5\n",
      "f.toml:2: shutdown.drain_timeout_s: must be between 0 and 86400, not -0.5"),
     ("[kafka]\nbootstrap_servers = \"b:9092\"\n",

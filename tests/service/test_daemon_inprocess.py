@@ -101,6 +101,25 @@ def test_a_section_the_producer_cannot_reload_covers_its_keys(config, log_stream
     assert line.endswith(f"reloaded path={path} changed=1 applied=- needs_restart=kafka.tls.check_hostname")
 
 
+def test_a_reload_applies_metadata_max_idle_ms_at_once(config, log_stream, tmp_path):
+    path = tmp_path / "k.toml"
+    path.write_text(f'[kafka]\nbootstrap_servers = ["{config.kafka.bootstrap_servers[0]}"]\n'
+                    f'metadata_max_idle_ms = 1000\n[ipc]\nendpoint = "{config.ipc.endpoint}"\n'
+                    "[shutdown]\ndrain_timeout_s = 1.0\n")
+    seen = []
+
+    def ready(d: Daemon) -> None:
+        d.request(signal.SIGHUP)
+        asyncio.get_running_loop().call_later(
+            0.2, lambda: (seen.append(d._producer.engine.kafka.metadata_max_idle_ms),
+                          d.request(signal.SIGTERM)))
+
+    assert asyncio.run(Daemon(config, str(path), notifier=_notifier([]), on_ready=ready).run()) == 0
+    line = next(x for x in log_stream.getvalue().splitlines() if ": reloaded " in x)
+    assert line.endswith(f"reloaded path={path} changed=1 applied=kafka.metadata_max_idle_ms needs_restart=-")
+    assert seen == [1000]
+
+
 def test_collector_is_tuned_once_started(config, log_stream):
     before = gc.get_threshold()
     seen = []
