@@ -218,7 +218,11 @@ class Engine:
         nbytes = payload + n * _RECORD_OVERHEAD
         q = self.queue
         live = self.queued + self.in_flight
-        if live + n > q.max_messages or self.queued_bytes + nbytes > q.max_bytes:
+        # An empty queue takes any one submission, over the caps or not: the IPC
+        # side merges a frame's calls into one submission per partition, and a
+        # merge larger than the caps would otherwise be refused forever (the shim
+        # replays the same frame). The overshoot is one submission, at most a frame.
+        if live and (live + n > q.max_messages or self.queued_bytes + nbytes > q.max_bytes):
             raise QueueFull(f"queue full: {live} messages ({self.queued_bytes} bytes) queued; "
                             f"caps are {q.max_messages} messages and {q.max_bytes} bytes")
         self.accepted += n

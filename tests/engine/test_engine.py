@@ -223,6 +223,21 @@ def test_queue_caps_refuse_whole_submissions_and_take_nothing():
     assert h.engine.delivered == 9
 
 
+def test_an_empty_queue_takes_one_submission_larger_than_the_caps():
+    """A merged submission over the caps would be refused forever (its frame is replayed
+    as it was): an empty queue takes it, and nothing more until there is room again."""
+    h = Harness(cluster("t"), queue=QueueConfig(max_messages=5, max_bytes=10_000))
+    h.submit("t", 0, [b"a"] * 8, token="big")
+    with pytest.raises(QueueFull):
+        h.submit("t", 0, [b"b"])
+    h.run()
+    assert [(o.error, o.delivered) for o in h.by_token()["big"]] == [(0, 8)]
+    h.submit("t", 1, [b"z" * 20_000], token="large")     # over max_bytes, into an empty queue
+    h.run()
+    assert h.by_token()["large"][0].error == 0
+    assert h.engine.delivered == 9
+
+
 # ---------------------------------------------------------------- retries and ordering
 
 
@@ -746,8 +761,9 @@ def test_reload_applies_live_settings_and_names_the_rest():
     assert need == ["kafka.bootstrap_servers", "kafka.idempotence"]
     assert h.engine.kafka.linger_ms == 25.0
     assert h.engine.kafka.bootstrap_servers == h.kafka.bootstrap_servers
+    h.submit("t", 0, [b"a"])
     with pytest.raises(QueueFull):
-        h.submit("t", 0, [b"a"] * 4)
+        h.submit("t", 0, [b"a"] * 3)
 
 
 def test_record_size_bound_is_linear_as_the_engine_assumes():
