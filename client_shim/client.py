@@ -69,8 +69,8 @@ class DaemonClient:
             cache.pop(topic, None)
             err = for_code(error or 5)
             raise err(f"no partitions known for topic {topic!r}")
-        cache[topic] = parts
-        return parts
+        link.cache_partitions(topic, parts)
+        return cache.get(topic) or parts     # the list object producers will see
 
     # --- the legacy KafkaClient surface producers' callers sometimes touch ----
 

@@ -81,6 +81,11 @@ _LINGER_MS = 3
 _OUTBOX_FRAMES = 64
 _REPLAY_BACKOFF_MIN_S = 0.01
 _REPLAY_BACKOFF_MAX_S = 1.0
+# Topics whose partition lists one process keeps. Past it the longest-cached
+# list is dropped (asked of the daemon again when next used), so a worker that
+# writes to ever new topics keeps bounded memory and asks a bounded number of
+# refreshes on every reconnect (the daemon remembers 4096 topics' askers).
+MAX_CACHED_TOPICS = 4096
 _MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: how an entry the daemon can never take fails
 
 
@@ -387,6 +392,7 @@ class _Link:
         # topic -> sorted partition ids, as the daemon last said (METADATA, PARTITIONS_CHANGED).
         # Replaced, never changed in place: a producer sees a new list object when it changed.
         self.partition_cache: dict[str, list[int]] = {}
+        self._cache_lock = threading.Lock()      # cache_partitions runs in callers and the I/O thread
         self._refreshes: dict[int, str] = {}     # req_id -> topic of a METADATA sent on reconnect
         self._unknown_kinds: set = set()
         self.stats = collections.Counter()
@@ -928,9 +934,23 @@ class _Link:
         if error or not parts:
             self.partition_cache.pop(topic, None)      # asked again at the next send
             return
-        parts = sorted(parts)
-        if self.partition_cache.get(topic) != parts:
-            self.partition_cache[topic] = parts
+        self.cache_partitions(topic, sorted(parts))
+
+    def cache_partitions(self, topic: str, parts: list[int]) -> None:
+        """Keep `parts` (sorted ids) as `topic`'s list, unless it is the one already held.
+
+        A new list object only when the list changed: SimpleProducer restarts its
+        cycle when it sees another object. At most MAX_CACHED_TOPICS are kept;
+        the longest-cached goes first.
+        """
+        cache = self.partition_cache
+        if cache.get(topic) == parts:
+            return
+        with self._cache_lock:
+            cache.pop(topic, None)          # re-inserted last: the newest
+            cache[topic] = parts
+            while len(cache) > MAX_CACHED_TOPICS:
+                cache.pop(next(iter(cache)), None)
 
     def _h_partitions_changed(self, msg) -> None:
         _, topic, error, parts = msg[:4]

@@ -349,7 +349,10 @@ class SimpleProducer(Producer):
                 if known is None or known[0] is not parts:
                     start = random.randrange(len(parts)) if self.random_start else 0
                     known = (parts, itertools.cycle(parts[start:] + parts[:start]))
+                    self._cycles.pop(topic, None)
                     self._cycles[topic] = known
+                    while len(self._cycles) > _linkmod.MAX_CACHED_TOPICS:   # as bounded as the cache
+                        self._cycles.pop(next(iter(self._cycles)), None)
         return next(known[1])      # atomic under the GIL: threads share the cycle safely
 
     def send_messages(self, topic, *msg):

@@ -456,6 +456,27 @@ def test_partition_changes_from_the_daemon_reach_round_robin_and_keyed_producers
     assert c.partitions_for("t") == [0, 1, 2, 3, 4]     # asked again at the next use
 
 
+def test_partition_lists_are_kept_for_a_bounded_number_of_topics(server, monkeypatch):
+    """A worker writing to ever new topics keeps at most MAX_CACHED_TOPICS lists (and as
+    many round-robin cycles); the longest-cached goes first and is asked again when used.
+    An unchanged answer keeps the list object, so a producer's cycle goes on."""
+    from client_shim import link as link_mod
+
+    monkeypatch.setattr(link_mod, "MAX_CACHED_TOPICS", 3)
+    c = client(server)
+    p = client_shim.SimpleProducer(c, random_start=False)
+    for t in ("a", "b", "c", "d"):
+        p.send_messages(t, b"x")
+    link = c._link
+    assert list(link.partition_cache) == ["b", "c", "d"]
+    assert list(p._cycles) == ["b", "c", "d"]
+    held = link.partition_cache["d"]
+    assert c.partitions_for("d", refresh=True) is held        # same ids: same object
+    p.send_messages("a", b"y")                                 # asked again, cached anew
+    assert list(link.partition_cache) == ["c", "d", "a"]
+    assert [s.topic for s in server.producer.submissions] == ["a", "b", "c", "d", "a"]
+
+
 def test_a_reconnected_shim_refreshes_its_partition_lists_and_is_told_of_changes():
     """A restarted daemon knows no peer: the shim asks again for every cached topic on
     connect, which refreshes the list and makes the new daemon tell it of changes."""
