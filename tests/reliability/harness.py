@@ -83,6 +83,14 @@ def start_worker(endpoint: str, topic: str, worker: int, count: int, **opts) -> 
     return Worker(worker, proc, err)
 
 
+def kill_workers(workers) -> None:
+    """SIGKILL the workers still running and reap them (a test's `finally`)."""
+    for w in workers:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait(5)
+
+
 def audit_topic(bootstrap: str, topic: str, expected: dict[int, range | list[int]],
                 timeout: float = 60.0, reader: str = "kafka-python") -> AuditReport:
     """Read `topic` back from the broker and audit it against `expected` ({worker: seqs}).

@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.harness import audit_topic, report, start_worker, wait_until
+from tests.reliability.harness import audit_topic, kill_workers, report, start_worker, wait_until
 from tests.support.audit import check_accounting
 
 pytestmark = pytest.mark.broker
 
-
-def _kill_workers(ws) -> None:
-    for w in ws:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait(5)
 
 
 def _accepted(d) -> int:
@@ -43,7 +37,7 @@ def test_sigterm_with_a_backlog_drains_everything(proxied, ptopic, kafkad_factor
         rc = d.term(60)
         results = [w.wait(60) for w in ws]
     finally:
-        _kill_workers(ws)
+        kill_workers(ws)
     rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)})
     report("sigterm-backlog", rep, None, backlog_at_sigterm=backlog, exit_code=rc)
     assert rc == 0
@@ -79,7 +73,7 @@ def test_sigterm_with_the_broker_down_hands_the_backlog_back(proxied, ptopic, ka
         d.restart()
         results = [w.wait(60) for w in ws]
     finally:
-        _kill_workers(ws)
+        kill_workers(ws)
     rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)}, timeout=20)
     backlog = before["queued_messages"] + before["in_flight"]
     drained = [line for line in logs.splitlines() if ": drained " in line]
@@ -117,7 +111,7 @@ def _kill9_under_load(proxied, ptopic, kafkad_factory, *, kills, count, rate, na
             d.restart()
         results = [w.wait(120) for w in ws]
     finally:
-        _kill_workers(ws)
+        kill_workers(ws)
     rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)})
     report(name, rep, d, kills=kills, spool=spool)
     assert [r["failed"] for r in results] == [0] * workers, results
@@ -165,7 +159,7 @@ def test_sigterm_restart_cycles_under_load(proxied, ptopic, kafkad_factory):
             d.restart()
         results = [w.wait(120) for w in ws]
     finally:
-        _kill_workers(ws)
+        kill_workers(ws)
     rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)})
     report("sigterm-restart-cycles", rep, d, stops=len(codes))
     assert codes == [0, 0]
@@ -192,7 +186,7 @@ def test_sighup_during_load(proxied, ptopic, kafkad_factory):
             d.wait_notification("READY=1", 10, since=since)
         results = [w.wait(120) for w in ws]
     finally:
-        _kill_workers(ws)
+        kill_workers(ws)
     stats = d.stats()
     rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)})
     report("sighup-during-load", rep, d, reloads=reloads)

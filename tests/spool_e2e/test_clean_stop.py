@@ -12,16 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.harness import audit_topic, report, start_worker, wait_until
+from tests.reliability.harness import audit_topic, kill_workers, report, start_worker, wait_until
 
 pytestmark = pytest.mark.broker
 
-
-def _kill_workers(ws) -> None:
-    for w in ws:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait(5)
 
 
 @pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
@@ -44,7 +38,7 @@ def test_sigterm_with_a_backlog_being_delivered_sends_nothing_twice(proxied, pto
         d.restart()
         results = [w.wait(90) for w in ws]
     finally:
-        _kill_workers(ws)
+        kill_workers(ws)
     rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)})
     report(f"clean-stop-{'spool' if spool else 'memory'}", rep, d, taken_before_stop=taken)
     assert [r["failed"] for r in results] == [0] * workers, results

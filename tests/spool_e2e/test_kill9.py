@@ -12,18 +12,12 @@ import random
 
 import pytest
 
-from tests.reliability.harness import audit_topic, report, start_worker, wait_until
+from tests.reliability.harness import audit_topic, kill_workers, report, start_worker, wait_until
 
 pytestmark = pytest.mark.broker
 
 WORKERS = 3
 
-
-def _kill_workers(ws) -> None:
-    for w in ws:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait(5)
 
 
 def kill9_loop(proxied, ptopic, kafkad_factory, *, kills: int, count: int, rate: int, fsync: str,
@@ -49,7 +43,7 @@ def kill9_loop(proxied, ptopic, kafkad_factory, *, kills: int, count: int, rate:
         final = d.stats()
         replayed += final["ipc"]["spool_replayed_messages"]
     finally:
-        _kill_workers(ws)
+        kill_workers(ws)
     rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(WORKERS)})
     report(f"spool-kill9-{fsync}", rep, d, kills=kills, replayed_entries=replayed)
     logs = d.logs()

@@ -19,16 +19,10 @@ import sys
 
 import pytest
 
-from tests.reliability.harness import audit_topic, report, start_worker, wait_until
+from tests.reliability.harness import audit_topic, kill_workers, report, start_worker, wait_until
 
 pytestmark = pytest.mark.broker
 
-
-def _kill_workers(ws) -> None:
-    for w in ws:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait(5)
 
 
 def test_broker_outage_longer_than_the_memory_cap(proxied, ptopic, kafkad_factory):
@@ -61,7 +55,7 @@ def test_broker_outage_longer_than_the_memory_cap(proxied, ptopic, kafkad_factor
         wait_until(lambda: d.stats()["spool"]["entries_pending"] == 0, 90, "the spool to drain")
         final = d.stats()
     finally:
-        _kill_workers(ws)
+        kill_workers(ws)
     rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)})
     report("spool-outage", rep, d, memory_cap=cap, spooled=pending)
     assert [r["failed"] for r in results] == [0] * workers, results
@@ -96,7 +90,7 @@ def test_spool_full(proxied, ptopic, kafkad_factory, when_full):
         results = [w.wait(120) for w in ws]
         wait_until(lambda: d.stats()["spool"]["entries_pending"] == 0, 60, "the spool to drain")
     finally:
-        _kill_workers(ws)
+        kill_workers(ws)
     rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)})
     report(f"spool-full-{when_full}", rep, d)
     assert [r["failed"] for r in results] == [0] * workers, results
