@@ -366,6 +366,23 @@ class _DirectSocket:
         weakref.finalize(self, _close_socket_in, sock, os.getpid())
 
 
+def _dealer(ctx: zmq.Context) -> zmq.Socket:
+    """A DEALER socket to the daemon with the options both of this module's sockets need."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    # Nothing is queued towards a daemon that is not there (the first send fails
+    # until the handshake is done; the caller then takes the other way or waits).
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    # Unbounded receive queue: ACK/FAILED/RESULT frames are small and bounded by
+    # what this process has sent. A bounded queue that is full when the daemon
+    # closes loses answers it already gave, and their entries are then replayed
+    # (duplicates after a clean restart).
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+    return sock
+
+
 def _close_socket_in(sock, pid: int) -> None:
     # After fork() a child drops the parent's other threads (and their sockets):
     # a socket made in the parent is never closed, nor used, in a child.
@@ -519,15 +536,7 @@ class _Link:
         with self.lock:
             if self._stop or self._ctx is None:
                 return None
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            # Unbounded receive queue (as on the I/O thread's socket): replies are
-            # small and bounded by what this process sent, and a full queue drops
-            # them when the daemon closes, losing answers it already gave.
-            sock.setsockopt(zmq.RCVHWM, 0)
-            sock.setsockopt(zmq.RECONNECT_IVL, 50)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+            sock = _dealer(self._ctx)
             # request_direct waits in recv() this long at a time, then checks for
             # a lost connection or a stopping link
             sock.setsockopt(zmq.RCVTIMEO, int(_DIRECT_WAIT_S * 1000))
@@ -569,17 +578,8 @@ class _Link:
     # --- I/O thread --------------------------------------------------------------
 
     def _run(self) -> None:
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock = _dealer(self._ctx)
         sock.setsockopt(zmq.SNDHWM, 10_000)
-        # Unbounded receive queue: ACK/FAILED/RESULT frames are small and bounded
-        # by what this process has sent. A bounded queue that is full when the
-        # daemon closes loses ACKs, and the entries are then replayed (duplicates
-        # after a clean restart).
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.endpoint)
         poller = zmq.Poller()
