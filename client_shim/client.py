@@ -66,7 +66,7 @@ class DaemonClient:
                              self.timeout, result_timeout=self.timeout * 2)
         error, parts = reply[2], sorted(reply[3])
         if error or not parts:
-            cache.pop(topic, None)
+            link.on_unknown_partition(topic)
             err = for_code(error or 5)
             raise err(f"no partitions known for topic {topic!r}")
         link.cache_partitions(topic, parts)
@@ -89,7 +89,8 @@ class DaemonClient:
 
     @property
     def topic_partitions(self) -> dict:
-        return {t: {p: None for p in parts} for t, parts in _partition_cache(self._link).items()}
+        cache = dict(_partition_cache(self._link))      # a copy: the I/O thread may change it
+        return {t: {p: None for p in parts} for t, parts in cache.items()}
 
     def copy(self) -> "DaemonClient":
         return type(self)(endpoint=self.endpoint, timeout=self.timeout)

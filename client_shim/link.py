@@ -928,11 +928,12 @@ class _Link:
 
     def on_unknown_partition(self, topic: str) -> None:
         """A send failed for an unknown topic or partition: drop the cached partition list of `topic`."""
-        self.partition_cache.pop(topic, None)
+        with self._cache_lock:
+            self.partition_cache.pop(topic, None)
 
     def _set_partitions(self, topic: str, error: int, parts) -> None:
         if error or not parts:
-            self.partition_cache.pop(topic, None)      # asked again at the next send
+            self.on_unknown_partition(topic)      # dropped: asked again at the next send
             return
         self.cache_partitions(topic, sorted(parts))
 

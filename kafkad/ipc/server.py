@@ -773,14 +773,17 @@ class IpcServer:
             if s.backlog:
                 frames, s.backlog = s.backlog, []
                 for i, frame in enumerate(frames):
-                    # On a full pipe _send puts frame i back in s.backlog (empty since the
-                    # swap) and schedules another try; for a peer that is gone it keeps
-                    # nothing. Either way frames[i:] is what still waits, in order.
                     if not self._send(s.peer, frame, s):
-                        s.backlog = frames[i:]
+                        if s.backlog:
+                            # A full pipe: _send kept frame i (s.backlog was empty since
+                            # the swap) and scheduled another try; the rest waits behind it.
+                            s.backlog = frames[i:]
+                        else:
+                            # The peer is gone: nobody takes these. A shim that comes back
+                            # replays the entries and is answered again (duplicates dropped).
+                            self._c["peer_gone"] += len(frames) - i - 1
                         break
-                else:
-                    self._forget_if_done(s)
+                self._forget_if_done(s)
         self._flush_peer_backlogs()
         self._check_events()
 
@@ -994,7 +997,9 @@ class IpcServer:
                     i += count
                 taken.append((firsts, counts))
                 continue
-            if s.inflight_msgs + n > self.cfg.max_inflight_per_session:
+            # A session with nothing in flight takes any one group (as the engine's empty
+            # queue does): one over the cap would be refused again at every replay.
+            if s.inflight_msgs and s.inflight_msgs + n > self.cfg.max_inflight_per_session:
                 code, why = schema.E_QUEUE_FULL, (f"this session has {s.inflight_msgs} messages in flight "
                                                   "([ipc] max_inflight_per_session)")
             else:
@@ -1083,7 +1088,7 @@ class IpcServer:
                 expected = first + n
                 continue
             size = _entry_bytes(entry)
-            if n > cap_left:
+            if n > cap_left and (s.inflight_msgs or runs):     # nothing in flight: one entry goes over
                 self._rejected["queue_full"] += 1
                 refused = (first, schema.E_QUEUE_FULL, f"this session has {s.inflight_msgs} messages in "
                            "flight ([ipc] max_inflight_per_session)")

@@ -232,15 +232,23 @@ def test_queue_full_refuses_one_group_and_the_replay_skips_what_was_taken(server
 
 
 def test_the_session_share_counts_group_messages():
+    """The per-session cap counts messages; a session with nothing in flight takes any
+    one group (over the cap, it would be refused again at every replay), then no more."""
     with ServerThread(max_inflight_per_session=3) as st:
         st.producer.hold = True
         p = Peer(st.endpoint)
         try:
             p.register()
-            send_groups(p, [group([0, 1, 2, 3])])
+            send_groups(p, [group([0, 1, 2, 3])])           # 4 > 3, but nothing in flight
+            st.producer.wait_messages(4)
+            send_groups(p, [group([4])])
             kind, _, from_seq, code, _ = p.recv()
-            assert (kind, from_seq, code) == (schema.REJECTED, 0, schema.E_QUEUE_FULL)
-            assert st.producer.submissions == []
+            assert (kind, from_seq, code) == (schema.REJECTED, 4, schema.E_QUEUE_FULL)
+            assert [len(sub) for sub in st.producer.submissions] == [4]
+            st.producer.release()
+            assert all_acked(p, 4) == [0, 1, 2, 3]
+            send_groups(p, [group([4])])                    # room again
+            st.producer.wait_messages(5)
         finally:
             p.close()
 

@@ -675,6 +675,35 @@ def test_an_unregistered_session_is_kept_until_its_last_ack_has_left():
             a.close()
 
 
+def test_answers_waiting_for_a_peer_that_is_gone_are_dropped_and_the_session_forgotten():
+    """A backlog for a peer that went away is never taken: it is dropped (counted as
+    peer_gone) and an unregistered session holding it is forgotten, not kept for good."""
+    with ServerThread() as st:
+        a = Peer(st.endpoint)
+        a.register()
+        st.producer.hold = True
+        a.send([schema.SEND, a.sid, [entry(0)]])
+        st.producer.wait_messages(1)
+        a.send([schema.UNREGISTER, 7, a.sid])
+        assert a.recv() == [schema.UNREGISTERED, 7, 1]
+        wrapper = _pipe_full_for(st, lambda f: f[0] == schema.ACK)
+        st.call(st.producer.release)
+        deadline = time.monotonic() + 5
+        while not st.call(lambda: bool(st.server._sessions[a.sid].backlog)):
+            assert time.monotonic() < deadline, "the ACK never met the full pipe"
+            time.sleep(0.005)
+        a.close()
+        while st.call(st.server.stats)["peers_disconnected"] < 1:
+            assert time.monotonic() < deadline, "the server never saw the peer go"
+            time.sleep(0.01)
+        gone_before = st.call(st.server.stats)["replies_dropped_peer_gone"]
+        st.call(wrapper.open)                   # the retry now meets the departed peer
+        while st.call(lambda: a.sid in st.server._sessions):
+            assert time.monotonic() < deadline + 5, "the session was kept for good"
+            time.sleep(0.01)
+        assert st.call(st.server.stats)["replies_dropped_peer_gone"] > gone_before
+
+
 def test_a_sync_result_that_meets_a_full_pipe_is_sent_later():
     """A sync RESULT goes to a thread's own socket, which has no session backlog:
     on a full pipe it waits for that peer instead of being dropped (the caller would

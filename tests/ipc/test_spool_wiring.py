@@ -363,3 +363,25 @@ def test_held_sends_of_a_session_that_ended_meanwhile_are_answered(spool_server)
         assert len(st.producer.messages()) == 2      # entry 2 was not taken for an ended session
     finally:
         peer.close()
+
+
+def test_with_a_spool_a_session_with_nothing_in_flight_takes_one_entry_over_its_share(tmp_path):
+    """One call larger than [ipc] max_inflight_per_session would be refused at every
+    replay: a session with nothing in flight takes it; the next entry waits for room."""
+    sp = open_spool(tmp_path / "spool")
+    st = ServerThread(spool=sp, max_inflight_per_session=3)
+    st.producer.hold = True
+    st.start()
+    peer = Peer(st.endpoint)
+    try:
+        peer.register()
+        peer.send([schema.SEND, peer.sid, [entry(0, n=4), entry(4)]])
+        replies = [peer.recv(), peer.recv()]
+        kinds = {r[0]: r for r in replies}
+        assert kinds[schema.ACK][2] == [0]                      # the 4-message entry, once durable
+        assert kinds[schema.REJECTED][2:4] == [4, schema.E_QUEUE_FULL]
+        assert [len(sub) for sub in st.producer.submissions] == [4]
+    finally:
+        peer.close()
+        st.stop()
+        sp.close()
