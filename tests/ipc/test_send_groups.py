@@ -22,7 +22,7 @@ from client_shim.link import _groups_frame
 from kafkad.engine.types import Outcome
 from kafkad.ipc.server import _chain_end, _entries_of_groups
 from tests.ipc.fakes import ServerThread
-from tests.ipc.test_server import SETTINGS, Peer, entry
+from tests.ipc.test_server import Peer
 from tests.ipc.test_spool_wiring import acked, open_spool
 
 TS = 1_700_000_000_000
@@ -42,20 +42,6 @@ def send_groups(peer, groups, sid=None):
 def all_acked(peer, n):
     """The seqs acknowledged until `n` of them arrived (other replies fail the test)."""
     return acked(peer, n)
-
-
-@pytest.fixture
-def server():
-    st = ServerThread().start()
-    yield st
-    st.stop()
-
-
-@pytest.fixture
-def peer(server):
-    p = Peer(server.endpoint)
-    yield p
-    p.close()
 
 
 # --- the schema ------------------------------------------------------------------------

@@ -58,20 +58,6 @@ class Peer:
         self.ctx.destroy(0)
 
 
-@pytest.fixture
-def server():
-    st = ServerThread().start()
-    yield st
-    st.stop()
-
-
-@pytest.fixture
-def peer(server):
-    p = Peer(server.endpoint)
-    yield p
-    p.close()
-
-
 def entry(seq, value=b"v", topic="t", partition=0, n=1):
     return [seq, topic, partition, 1_700_000_000_000, None, [value] * n]
 
@@ -645,6 +631,26 @@ def test_a_session_with_answers_not_yet_taken_is_not_evicted():
             c.close()
 
 
+def _unregister_with_an_ack_stuck(st, peer):
+    """`peer` unregisters with one message in flight, whose ACK then meets a full pipe.
+
+    Returns the pipe wrapper (open it to let the ACK through) and a deadline.
+    """
+    peer.register()
+    st.producer.hold = True
+    peer.send([schema.SEND, peer.sid, [entry(0)]])
+    st.producer.wait_messages(1)
+    peer.send([schema.UNREGISTER, 7, peer.sid])
+    assert peer.recv() == [schema.UNREGISTERED, 7, 1]
+    wrapper = _pipe_full_for(st, lambda f: f[0] == schema.ACK)
+    st.call(st.producer.release)
+    deadline = time.monotonic() + 5
+    while not st.call(lambda: bool(st.server._sessions[peer.sid].backlog)):
+        assert time.monotonic() < deadline, "the ACK never met the full pipe"
+        time.sleep(0.005)
+    return wrapper, deadline
+
+
 def test_an_unregistered_session_is_kept_until_its_last_ack_has_left():
     """A producer that unregistered with a message in flight still gets its ACK when
     that ACK first meets a full pipe: the session (which holds the waiting frame) is
@@ -652,18 +658,7 @@ def test_an_unregistered_session_is_kept_until_its_last_ack_has_left():
     with ServerThread() as st:
         a = Peer(st.endpoint)
         try:
-            a.register()
-            st.producer.hold = True
-            a.send([schema.SEND, a.sid, [entry(0)]])
-            st.producer.wait_messages(1)
-            a.send([schema.UNREGISTER, 7, a.sid])
-            assert a.recv() == [schema.UNREGISTERED, 7, 1]
-            wrapper = _pipe_full_for(st, lambda f: f[0] == schema.ACK)
-            st.call(st.producer.release)
-            deadline = time.monotonic() + 5
-            while wrapper.refused == 0:
-                assert time.monotonic() < deadline, "the ACK never met the full pipe"
-                time.sleep(0.005)
+            wrapper, deadline = _unregister_with_an_ack_stuck(st, a)
             assert st.call(lambda: a.sid in st.server._sessions)
             st.call(wrapper.open)
             assert a.recv() == [schema.ACK, a.sid, [0]]
@@ -680,19 +675,10 @@ def test_answers_waiting_for_a_peer_that_is_gone_are_dropped_and_the_session_for
     peer_gone) and an unregistered session holding it is forgotten, not kept for good."""
     with ServerThread() as st:
         a = Peer(st.endpoint)
-        a.register()
-        st.producer.hold = True
-        a.send([schema.SEND, a.sid, [entry(0)]])
-        st.producer.wait_messages(1)
-        a.send([schema.UNREGISTER, 7, a.sid])
-        assert a.recv() == [schema.UNREGISTERED, 7, 1]
-        wrapper = _pipe_full_for(st, lambda f: f[0] == schema.ACK)
-        st.call(st.producer.release)
-        deadline = time.monotonic() + 5
-        while not st.call(lambda: bool(st.server._sessions[a.sid].backlog)):
-            assert time.monotonic() < deadline, "the ACK never met the full pipe"
-            time.sleep(0.005)
-        a.close()
+        try:
+            wrapper, deadline = _unregister_with_an_ack_stuck(st, a)
+        finally:
+            a.close()
         while st.call(st.server.stats)["peers_disconnected"] < 1:
             assert time.monotonic() < deadline, "the server never saw the peer go"
             time.sleep(0.01)
