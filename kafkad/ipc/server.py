@@ -1000,8 +1000,8 @@ class IpcServer:
             # A session with nothing in flight takes any one group (as the engine's empty
             # queue does): one over the cap would be refused again at every replay.
             if s.inflight_msgs and s.inflight_msgs + n > self.cfg.max_inflight_per_session:
-                code, why = schema.E_QUEUE_FULL, (f"this session has {s.inflight_msgs} messages in flight "
-                                                  "([ipc] max_inflight_per_session)")
+                why = (f"this session has {s.inflight_msgs} messages in flight "
+                       "([ipc] max_inflight_per_session)")
             else:
                 token = _AsyncToken(s, firsts, counts, values)
                 sub = Submission(sid, s.settings, topic, partition, keys if keys is not None else [None] * n,
@@ -1009,7 +1009,7 @@ class IpcServer:
                 try:
                     self.producer.submit(sub)
                 except QueueFull as exc:
-                    code, why = schema.E_QUEUE_FULL, str(exc)
+                    why = str(exc)
                 else:
                     s.inflight.update(zip(firsts, itertools.repeat(token)))
                     taken.append((firsts, counts))
