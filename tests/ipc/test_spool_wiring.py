@@ -380,6 +380,9 @@ def test_with_a_spool_a_session_with_nothing_in_flight_takes_one_entry_over_its_
         kinds = {r[0]: r for r in replies}
         assert kinds[schema.ACK][2] == [0]                      # the 4-message entry, once durable
         assert kinds[schema.REJECTED][2:4] == [4, schema.E_QUEUE_FULL]
+        # the entry goes to the producer once durable, which is when its ACK
+        # leaves too: the two race, so wait for it
+        wait_for(lambda: st.producer.submissions, what="the entry to reach the producer")
         assert [len(sub) for sub in st.producer.submissions] == [4]
     finally:
         peer.close()
