@@ -16,7 +16,10 @@ one poll at their end, in the same loop turn: a `call_soon` costs a loop
 turn (an epoll call and the loop's bookkeeping), and a sync send used to
 pay two of them on its way. `poll` returns what to do; the driver does it
 and arms one timer for the engine's next deadline. Nothing polls on a fixed
-interval.
+interval. A sync submission and a connection's answers skip the poll they
+would ask for when the engine says it has nothing to do (the sync fast path:
+`Engine.send_sync`, `take_outcomes`, `needs_poll`): in a settled daemon a
+sync send then costs no poll at all.
 """
 
 from __future__ import annotations
@@ -117,7 +120,17 @@ class BrokerProducer:
             raise RuntimeError("BrokerProducer.submit: await start() first")
         if self._closed:
             raise RuntimeError("BrokerProducer.submit: the producer is closed")
-        self.engine.submit(sub, self.loop.time())
+        now = self.loop.time()
+        engine = self.engine
+        engine.submit(sub, now)
+        if not sub.settings.async_send:
+            # A sync record's request goes out now; when that was all the
+            # submission changed, no poll follows (Engine.needs_poll).
+            sends = engine.send_sync(now)
+            if sends:
+                self._write(sends, now)
+                if not self._needs_poll(now):
+                    return
         self.wake()
 
     def flush_session(self, session_id: bytes) -> None:
@@ -297,13 +310,7 @@ class BrokerProducer:
                 old.close()
             self._conns[node] = BrokerConnection(self, node, host, port)
         conns = self._conns
-        unwritable: set[int] = set()
-        for req in act.sends:
-            conn = conns.get(req.node)
-            if conn is None or not conn.is_open:
-                unwritable.add(req.node)
-            else:
-                conn.send(req)
+        unwritable = self._write(act.sends, now, report=False)
         for node in act.authenticate:
             conn = conns.get(node)
             if conn is None or not conn.is_open:
@@ -313,10 +320,7 @@ class BrokerProducer:
         if unwritable:
             self._report_unwritable(unwritable, now)
         if act.outcomes:
-            try:
-                self._on_outcomes(act.outcomes)
-            except Exception:  # noqa: BLE001 - the engine must keep running
-                log.exception("on_outcomes callback failed for %d outcomes", len(act.outcomes))
+            self._report_outcomes(act.outcomes)
         if act.partition_changes:
             self._report_partition_changes(act.partition_changes)
         if act.forgotten_topics and self._on_topics_forgotten is not None:
@@ -349,6 +353,46 @@ class BrokerProducer:
             for fut in self._idle_waiters:
                 if not fut.done():
                     fut.set_result(None)
+
+    def _write(self, sends: list, now: float, report: bool = True) -> set[int]:
+        """Write the engine's requests; return the nodes with no open connection to write to.
+
+        `report`: treat those connections as lost now (else the caller does).
+        """
+        conns = self._conns
+        unwritable: set[int] = set()
+        for req in sends:
+            conn = conns.get(req.node)
+            if conn is None or not conn.is_open:
+                unwritable.add(req.node)
+            else:
+                conn.send(req)
+        if unwritable and report:
+            self._report_unwritable(unwritable, now)
+        return unwritable
+
+    def _report_outcomes(self, outcomes: list[Outcome]) -> None:
+        try:
+            self._on_outcomes(outcomes)
+        except Exception:  # noqa: BLE001 - the engine must keep running
+            log.exception("on_outcomes callback failed for %d outcomes", len(outcomes))
+
+    def _needs_poll(self, now: float) -> bool:
+        """Whether a poll has work now: the engine's (Engine.needs_poll) or this driver's own."""
+        return bool(self._topic_waiters or self._idle_waiters or self._trim_armed
+                    or self._timer is None or self.engine.needs_poll(now))
+
+    def answers_read(self, now: float) -> None:
+        """A connection handed its answers to the engine: report what they settled.
+
+        Then ask for a poll only if one has work (a clean answer to a sync
+        send in a settled daemon has none): see Engine.needs_poll.
+        """
+        outcomes = self.engine.take_outcomes()
+        if outcomes:
+            self._report_outcomes(outcomes)
+        if self._needs_poll(now):
+            self.wake()
 
     def _report_partition_changes(self, changes: list[tuple[str, int, list[int]]]) -> None:
         for topic, error, parts in changes:

@@ -235,7 +235,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
         self.data_received(bytes(self._rbuf[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
-        """Bytes from the broker: whole answers go to the engine, then one poll."""
+        """Bytes from the broker: whole answers go to the engine, their outcomes out, then a poll."""
         if self._end.done():
             return          # a bad answer already ended this connection
         try:
@@ -247,17 +247,21 @@ class BrokerConnection(asyncio.BufferedProtocol):
             return
         self._answered = True
         owner = self.owner
-        # The answers, then the poll they call for, in this loop turn. Not after
-        # a failure: _run must report the lost connection before the next poll
-        # writes anything, so that poll runs in a later turn, as it used to.
+        # The answers, then the poll they call for (if it has work: see
+        # BrokerProducer.answers_read), in this loop turn. Not after a failure:
+        # _run must report the lost connection before the next poll writes
+        # anything, so that poll runs in a later turn, as it used to.
         owner.hold_polls()
         ok = False
         try:
-            self._dispatch(frames, owner.loop.time())
-            owner.wake()
-            ok = True
-        except Exception as exc:  # noqa: BLE001 - every failure ends this connection
-            self._fail(exc)
+            now = owner.loop.time()
+            try:
+                self._dispatch(frames, now)
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - every failure ends this connection
+                self._fail(exc)
+            if ok:
+                owner.answers_read(now)     # their outcomes, and a poll if one has work
         finally:
             owner.release_polls(poll=ok)
 

@@ -141,6 +141,9 @@ class Engine:
         self._closes: list[int] = []
         self._sends: list[Request] = []
         self._want_connect: set[int] = set()
+        # the sync fast path (send_sync, take_outcomes, needs_poll)
+        self._sync_lanes: list[Lane] = []   # lanes of sync submissions since the last poll
+        self._deadline = _INF               # the deadline the last poll returned (inf: none)
         self._dirty_all = True
         self._last_sweep = -_INF
         self._sweep_interval = sweep_interval
@@ -247,7 +250,7 @@ class Engine:
             if self._forget_at == _INF:
                 self._forget_at = now + self._forget_every
         if chunk.sync:
-            self._enqueue(chunk, now)
+            self._sync_lanes.append(self._enqueue(chunk, now))
             return
         s = sub.settings
         key = (sub.session_id, s)
@@ -307,7 +310,7 @@ class Engine:
             self.held -= c.count
             self._enqueue(c, now)
 
-    def _enqueue(self, chunk: Chunk, now: float) -> None:
+    def _enqueue(self, chunk: Chunk, now: float) -> Lane:
         s = chunk.sub.settings
         gkey = s.batch_key
         key = (chunk.sub.topic, chunk.sub.partition, gkey)
@@ -336,6 +339,7 @@ class Engine:
         lane.queued += chunk.hi - chunk.lo
         lane.dirty = True
         self._active[lane] = None
+        return lane
 
     def _records_fitting(self, chunk: Chunk, room: int) -> int:
         """How many of the chunk's first records fit in `room` bytes (size bound)."""
@@ -617,7 +621,7 @@ class Engine:
         reqs = list(conn.inflight)
         conn.inflight.clear()
         # Requests queued for this connection but not handed out yet are settled
-        # below with the rest; `poll` never hands them out (`_handout`).
+        # below with the rest; they are never handed out (`_take_sends`).
         if conn.state is not ConnState.CONNECTING:
             self._meta_needed = True  # a lost broker often means moved leaders
         self._move(conn, ConnState.BACKOFF)
@@ -1038,12 +1042,78 @@ class Engine:
     def _jitter(self, t: float) -> float:
         return t * (0.8 + 0.4 * self._rng.random())
 
+    # ------------------------------------------------------------------ the sync fast path
+    #
+    # A sync send to a settled daemon needs two things of the engine: its batch
+    # built and handed out, and its outcome once answered. A poll after each
+    # would look at everything else too (connections, timers, metadata,
+    # producer ids, every lane), and on the path of a sync round trip that
+    # costs as much as the sync work itself. A driver may instead call
+    # `send_sync` after a sync submission and `take_outcomes` after answers,
+    # and skip the poll those events ask for while `needs_poll` says no: the
+    # poll would then have nothing to do before the deadline it last returned.
+
+    def send_sync(self, now: float) -> list[Request]:
+        """The requests the sync submissions since the last poll can send now.
+
+        Only those submissions' lanes are looked at, exactly as the poll
+        would look at them; what they cannot send yet waits for the poll.
+        While every lane waits for a look (new metadata, a sweep) or a drain
+        runs, nothing: the poll decides.
+        """
+        lanes, self._sync_lanes = self._sync_lanes, []
+        if not lanes or self._dirty_all or self.draining:
+            return []
+        buckets: dict[tuple, list[list[Batch]]] = {}
+        for lane in lanes:
+            if lane.dirty and lane in self._active:
+                lane.dirty = False
+                lane.wake_at = self._visit_lane(lane, now, buckets)
+        for (node, acks, timeout_ms), picked in buckets.items():
+            self._build_requests(self.conns[node], acks, timeout_ms, picked, now)
+        return self._take_sends()
+
+    def take_outcomes(self) -> list[Outcome]:
+        """The outcomes settled since the last poll (answers read), now rather than in its Actions."""
+        out, self._outcomes = self._outcomes, []
+        return out
+
+    def needs_poll(self, now: float) -> bool:
+        """Whether `poll(now)` would do anything that its last deadline does not already cover.
+
+        False only when, since the last poll, the engine took sync
+        submissions (sent by `send_sync`) and clean Produce answers (their
+        outcomes taken) and nothing else. What makes the few checks below
+        enough: every state change of a connection or producer id marks every
+        lane for a look (`_move` sets `_dirty_all`), a failed batch marks its
+        lane, and whatever a poll does later than now is in its deadline. So:
+        nothing is due, nothing waits to be handed out, no lane waits for a
+        look or a wake-up before that deadline, and no request on the wire
+        times out before it. tests/engine/test_sync_fast_path.py checks that a
+        poll then does nothing.
+        """
+        due = self._deadline
+        if (now >= due or self._dirty_all or self.draining or self._sync_lanes or self._outcomes
+                or self._sends or self._auth or self._closes or self._want_connect
+                or self._partition_changes or self._forgotten_topics or self._hold_due < due
+                or (self._meta_needed and not self._meta_inflight)):
+            return True
+        for lane in self._active:
+            if lane.dirty or lane.wake_at < due:
+                return True
+        rt = self.kafka.request_timeout_ms / 1000.0
+        for conn in self.conns.values():
+            if conn.inflight and conn.inflight[0].sent_at + rt < due:
+                return True
+        return False
+
     # ------------------------------------------------------------------ poll
 
     def poll(self, now: float) -> Actions:
         """Everything due at `now`: timers, releases, expiry, new requests. See `Actions`."""
         act = Actions()
         deadline = _INF
+        self._sync_lanes.clear()    # looked at below if send_sync did not
         rt = self.kafka.request_timeout_ms / 1000.0
         # 1. request timeouts, reconnect backoffs, bootstrap connections no longer needed
         # Bootstrap connections go once a broker known by node id is ready (its
@@ -1120,6 +1190,7 @@ class Engine:
         for conn in self.conns.values():
             if conn.inflight:
                 deadline = min(deadline, conn.inflight[0].sent_at + rt)
+        self._deadline = deadline
         act.deadline = None if deadline == _INF else deadline
         return act
 
@@ -1128,18 +1199,22 @@ class Engine:
 
         Requests are queued by events between polls (`connected` queues
         ApiVersions) and by `poll` itself; the connection may be lost or
-        closed before they leave. This is the one place they leave the
-        engine, so whatever path closed a connection, nothing is handed out
-        for it: its requests were settled when it was lost, and the driver
-        has no socket for it any more.
+        closed before they leave. `_take_sends` (here and in `send_sync`) is
+        the one place they leave the engine, so whatever path closed a
+        connection, nothing is handed out for it: its requests were settled
+        when it was lost, and the driver has no socket for it any more.
         """
-        conns = self.conns
         if self._sends:
-            sends, self._sends = self._sends, []
-            act.sends = [r for r in sends if conns[r.node].state in _OPEN_STATES]
+            act.sends = self._take_sends()
         if self._auth:
             auth, self._auth = self._auth, []
+            conns = self.conns
             act.authenticate = [n for n in auth if conns[n].state is ConnState.AUTHENTICATING]
+
+    def _take_sends(self) -> list[Request]:
+        sends, self._sends = self._sends, []
+        conns = self.conns
+        return [r for r in sends if conns[r.node].state in _OPEN_STATES]
 
     def _push(self, conn: Conn, req: Request) -> None:
         if req.expects_response:

@@ -46,6 +46,7 @@ class _Owner:
         self.wakes = 0
         self.polls = 0
         self.held = 0
+        self.reports: list[tuple[int, int]] = []   # (answers seen, polls held) at answers_read
 
     def conn_event(self, conn, what, reason, error=0):
         self.events.append((what, reason))
@@ -55,6 +56,10 @@ class _Owner:
 
     def hold_polls(self):
         self.held += 1
+
+    def answers_read(self, now):
+        self.reports.append((len(self.engine.answers), self.held))
+        self.wake()
 
     def release_polls(self, poll=True):
         self.held -= 1
@@ -143,6 +148,9 @@ def test_answers_reach_the_engine_in_data_received_then_one_poll():
         await _until(lambda: len(owner.engine.answers) == 2)
         assert [r for r, _ in owner.engine.answers] == reqs
         assert owner.held == 0 and owner.polls >= 1
+        # what the answers settled is reported once they are all in, inside the
+        # held burst (before its poll)
+        assert owner.reports[-1] == (2, 1)
         conn.close()
         await conn.wait_closed()
         assert owner.events == [("connected", "")]   # closed by us: nothing reported
@@ -177,7 +185,7 @@ def test_the_end_of_the_connection_is_reported_once_and_a_bad_answer_does_not_po
             assert reason == "closed by the broker"
         else:
             assert "correlation id 999999" in reason
-            assert owner.polls == 0 and owner.held == 0
+            assert owner.polls == 0 and owner.held == 0 and owner.reports == []
         assert conn.closed and not conn.is_open
         await conn.wait_closed()
         assert len(owner.events) == 2

@@ -143,3 +143,33 @@ def test_events_of_one_io_callback_share_one_poll_in_the_same_loop_turn():
         assert polls == [True, True, True, True, True]
 
     asyncio.run(main())
+
+
+def test_sync_sends_to_a_settled_producer_go_out_and_come_back_without_a_poll(tansu, topic):
+    """The sync fast path (Engine.send_sync / needs_poll) as the driver uses it, on a real broker."""
+    from kafkad.engine.types import SessionSettings
+
+    polls: list[float] = []
+
+    async def script(producer, run):
+        sync = SessionSettings(async_send=False)
+        submit(producer, run, sub(topic, 0, [b"warm-up"], sync, token="warm-up"))
+        await wait_for(lambda: run.by_token()["warm-up"])
+        await asyncio.sleep(0.05)          # the polls the first send's connections ask for
+        engine_poll = producer.engine.poll
+
+        def poll(now):
+            polls.append(now)
+            return engine_poll(now)
+
+        producer.engine.poll = poll
+        for i in range(20):
+            submit(producer, run, sub(topic, 0, [b"sync-%d" % i], sync, token=i))
+            await wait_for(lambda: run.by_token()[i], step=0.001)
+        producer.engine.poll = engine_poll
+
+    run = asyncio.run(run_producer(kafka_config(tansu.bootstrap), script))
+    assert [(o.token, o.error, o.delivered) for o in run.outcomes[1:]] == [(i, 0, 1) for i in range(20)]
+    offsets = [o.base_offset for o in run.outcomes[1:]]
+    assert offsets == list(range(offsets[0], offsets[0] + 20))
+    assert len(polls) <= 2, polls      # at most a timer's; none asked for by the sends

@@ -1,0 +1,199 @@
+"""The sync fast path: send_sync, take_outcomes and needs_poll instead of a poll per event.
+
+A driver that skips the poll after a sync submission or an answer whenever
+`needs_poll` says no must lose nothing by it. The property checked here, at
+every such point: a poll right then would do nothing at all, and would not
+ask for an earlier wake-up than the deadline the last poll returned (the
+driver's timer). Seeded random runs mix sync and async sends, answers in
+any order, broker errors, lost connections, timeouts and time passing; the
+outcomes must still cover every record once, in order.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+
+from .fakes import FakeCluster, Harness, settings
+from .test_outcome_order import check_order
+
+SYNC = settings(async_send=False)
+INF = float("inf")
+
+
+def _harness(**kafka) -> Harness:
+    c = FakeCluster()
+    c.create("t", 3)
+    h = Harness(c, **kafka)
+    h.submit("t", 0, [b"warm-up"], token="warm-up")
+    h.run()
+    h.sent.clear()
+    h.outcomes.clear()
+    return h
+
+
+def assert_poll_has_nothing_to_do(h: Harness) -> None:
+    """What `needs_poll() == False` promises, checked on a copy of the engine."""
+    act = copy.deepcopy(h.engine).poll(h.now)
+    assert not (act.sends or act.outcomes or act.closes or act.connects or act.authenticate
+                or act.partition_changes or act.forgotten_topics), act
+    new = INF if act.deadline is None else act.deadline
+    old = INF if h.deadline is None else h.deadline
+    assert new >= old, f"the poll wants a wake-up at {new}, before the timer at {old}"
+
+
+class FastDriver:
+    """Plays the network like Harness.step, but the way BrokerProducer drives the fast path."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.poll_wanted = False
+        self.skipped = 0
+
+    def _write(self, sends) -> None:
+        h = self.h
+        for req in sends:
+            h.sent.append(req)
+            if req.expects_response:
+                h.unanswered.append(req)
+            else:
+                h.cluster.answer(req)
+
+    def _after_event(self) -> None:
+        if self.h.engine.needs_poll(self.h.now):
+            self.poll_wanted = True
+        else:
+            self.skipped += 1
+            assert_poll_has_nothing_to_do(self.h)
+
+    def submit(self, partition: int, values, s, token) -> object:
+        h = self.h
+        sub = h.submit("t", partition, values, settings=s, token=token)
+        if s.async_send:
+            self.poll_wanted = True
+            return sub
+        sends = h.engine.send_sync(h.now)
+        if sends:
+            self._write(sends)
+            self._after_event()
+        else:
+            self.poll_wanted = True
+        return sub
+
+    def answer(self, req) -> None:
+        h = self.h
+        h.unanswered.remove(req)
+        h.engine.response(req, h.cluster.answer(req), h.now)
+        h.outcomes += h.engine.take_outcomes()
+        self._after_event()
+
+    def poll_if_due(self) -> None:
+        """The driver's poll: asked for by an event, or its timer (the last deadline) fired."""
+        h = self.h
+        if self.poll_wanted or (h.deadline is not None and h.now >= h.deadline):
+            self.poll_wanted = False
+            act = h.engine.poll(h.now)
+            h.deadline = act.deadline
+            h.outcomes += act.outcomes
+            h.closes += act.closes
+            for node, _host, _port in act.connects:
+                h.engine.connected(node, h.now)
+            self._write(act.sends)
+
+
+def test_a_lone_sync_send_needs_no_poll_before_or_after_its_answer():
+    h = _harness()
+    d = FastDriver(h)
+    requests_before = h.engine.requests
+    for i in range(5):
+        d.submit(0, [b"v%d" % i], SYNC, f"s{i}")
+        assert len(h.unanswered) == 1            # its request left without a poll
+        d.answer(h.unanswered[0])
+        assert [o.token for o in h.outcomes] == [f"s{i}"]
+        assert not d.poll_wanted
+        h.outcomes.clear()
+    assert d.skipped == 10 and h.engine.requests == requests_before + 5
+
+
+@pytest.mark.parametrize("event", ["async", "error", "metadata", "deadline", "drain", "second"])
+def test_what_needs_a_poll_says_so(event):
+    h = _harness(max_in_flight_per_connection=1)
+    d = FastDriver(h)
+    e = h.engine
+    if event == "async":
+        # batch_n=1: released to its lane at once (a held record waits for its own due time)
+        h.submit("t", 0, [b"a"], settings=settings(async_send=True, batch_n=1), token="a")
+    elif event == "error":
+        h.cluster.produce_errors[("t", 0)].append(6)      # NOT_LEADER_OR_FOLLOWER
+        d.submit(0, [b"x"], SYNC, "x")
+        req = h.unanswered[0]
+        h.unanswered.remove(req)
+        e.response(req, h.cluster.answer(req), h.now)
+        h.outcomes += e.take_outcomes()
+    elif event == "metadata":
+        e.want_topic("other", h.now)
+    elif event == "deadline":
+        h.now = h.deadline
+    elif event == "drain":
+        e.start_drain()
+    elif event == "second":
+        # two sync sends to one partition, one request in flight at a time: the
+        # second waits for the first's answer, and only a poll sends it then
+        d.submit(0, [b"1"], SYNC, "1")
+        d.submit(0, [b"2"], SYNC, "2")
+        assert len(h.unanswered) == 1 and d.poll_wanted
+        d.poll_wanted = False
+        req = h.unanswered[0]
+        h.unanswered.remove(req)
+        e.response(req, h.cluster.answer(req), h.now)
+        h.outcomes += e.take_outcomes()
+    assert e.needs_poll(h.now)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
+    rng = random.Random(seed)
+    h = _harness(delivery_timeout_ms=rng.choice([800, 3000]), request_timeout_ms=500,
+                 retry_backoff_max_ms=100, reconnect_backoff_ms=10,
+                 max_in_flight_per_connection=rng.choice([1, 2, 5]),
+                 idempotence=rng.random() < 0.8)
+    c = h.cluster
+    d = FastDriver(h)
+    subs = {}
+    closes_seen = 0
+    for step in range(300):
+        r = rng.random()
+        if r < 0.2:
+            d.poll_if_due()
+        elif r < 0.3:
+            h.now += rng.choice([0.0005, 0.01, 0.2, 0.6])
+            d.poll_if_due()     # the timer
+        elif r < 0.6:
+            tok = f"s{step}"
+            s = SYNC if rng.random() < 0.8 else settings(async_send=True, batch_n=2, batch_t=0.1)
+            subs[tok] = d.submit(rng.randrange(3), [f"{tok}-{i}".encode() for i in range(rng.randint(1, 3))],
+                                 s, tok)
+        elif h.unanswered:
+            req = rng.choice(h.unanswered[:2])    # mostly in order, sometimes not per broker
+            same_conn_first = next(q for q in h.unanswered if q.node == req.node)
+            if rng.random() < 0.05:
+                h.unanswered = [q for q in h.unanswered if q.node != req.node]
+                h.engine.disconnected(req.node, h.now, "reset")
+                d.poll_wanted = True
+            else:
+                if type(same_conn_first.msg).__name__ == "ProduceRequest" and rng.random() < 0.15:
+                    c.produce_errors[("t", rng.randrange(3))].append(rng.choice([6, 19, 10, 45]))
+                d.answer(same_conn_first)
+        for node in h.closes[closes_seen:]:
+            h.unanswered = [q for q in h.unanswered if q.node != node]
+        closes_seen = len(h.closes)
+        h.check_accounting()
+    c.produce_errors.clear()
+    for req in list(h.unanswered):
+        d.answer(req)
+    h.run(until=h.now + 60)      # Harness.step from here: a poll per step, answers at once
+    assert h.engine.idle
+    h.check_accounting()
+    check_order(h, subs)
