@@ -34,7 +34,18 @@ from __future__ import annotations
 import enum
 
 
-class ConnState(enum.Enum):
+class _State(enum.Enum):
+    """Members are singletons compared by identity, so they hash by identity too.
+
+    Enum's own `__hash__` is Python code (it hashes the name); the engine
+    hashes states several times per batch (`advance`, open-state checks), a
+    C-level identity hash saves those calls.
+    """
+
+    __hash__ = object.__hash__
+
+
+class ConnState(_State):
     DOWN = "down"
     CONNECTING = "connecting"
     NEGOTIATING = "negotiating"
@@ -43,7 +54,7 @@ class ConnState(enum.Enum):
     BACKOFF = "backoff"
 
 
-class BatchState(enum.Enum):
+class BatchState(_State):
     OPEN = "open"
     READY = "ready"
     IN_FLIGHT = "in_flight"
@@ -51,7 +62,7 @@ class BatchState(enum.Enum):
     DONE = "done"
 
 
-class PidState(enum.Enum):
+class PidState(_State):
     NONE = "none"
     INITIALIZING = "initializing"
     READY = "ready"
