@@ -44,6 +44,17 @@ _NULL_I32 = b"\xff\xff\xff\xff"
 _Topic = ProduceResponse.TopicProduceResponse
 _Part = ProduceResponse.PartitionProduceResponse
 
+# One-byte unsigned varints (0..127): the compact lengths of nearly every request.
+_UVARINT1 = tuple(bytes((i,)) for i in range(0x80))
+
+
+def _uvarint(n: int) -> bytes:
+    return _UVARINT1[n] if 0 <= n < 0x80 else encode_uvarint(n)
+
+
+# client_id -> its classic string encoding (one daemon has one client_id)
+_client_ids: dict[str, bytes] = {}
+
 
 def decode_produce_response(version: int, frame: bytes, strict: bool = False):
     """(correlation_id, ProduceResponse) for the usual shape of answer, else None.
@@ -162,10 +173,14 @@ def _encode(msg, version: int, correlation_id: int, client_id: str | None):
     if client_id is None:
         cid = _NULL_I16
     else:
-        raw = client_id.encode()
-        if len(raw) > 0x7FFF:
-            return None
-        cid = _I16_LEN.pack(len(raw)) + raw
+        cid = _client_ids.get(client_id)
+        if cid is None:
+            raw = client_id.encode()
+            if len(raw) > 0x7FFF:
+                return None
+            cid = _I16_LEN.pack(len(raw)) + raw
+            if len(_client_ids) < 16:
+                _client_ids[client_id] = cid
     tid = msg.transactional_id
     if flexible:
         add(cid + b"\x00")        # header v2: client_id stays a classic string; no tagged fields
@@ -173,7 +188,7 @@ def _encode(msg, version: int, correlation_id: int, client_id: str | None):
             add(b"\x00")
         else:
             raw = tid.encode()
-            add(encode_uvarint(len(raw) + 1) + raw)
+            add(_uvarint(len(raw) + 1) + raw)
     else:
         add(cid)
         if tid is None:
@@ -187,7 +202,7 @@ def _encode(msg, version: int, correlation_id: int, client_id: str | None):
     topics = msg.topic_data
     if type(topics) not in (list, tuple):
         return None
-    add(encode_uvarint(len(topics) + 1) if flexible else _I32.pack(len(topics)))
+    add(_uvarint(len(topics) + 1) if flexible else _I32.pack(len(topics)))
     PTD, PPD = ProduceRequest.TopicProduceData, ProduceRequest.PartitionProduceData
     for t in topics:
         if type(t) is not PTD:
@@ -197,8 +212,8 @@ def _encode(msg, version: int, correlation_id: int, client_id: str | None):
         if type(parts_) not in (list, tuple):
             return None
         if flexible:
-            add(encode_uvarint(len(raw) + 1) + raw)
-            add(encode_uvarint(len(parts_) + 1))
+            add(_uvarint(len(raw) + 1) + raw)
+            add(_uvarint(len(parts_) + 1))
         else:
             if len(raw) > 0x7FFF:
                 return None
@@ -213,7 +228,7 @@ def _encode(msg, version: int, correlation_id: int, client_id: str | None):
                 add(b"\x00" if flexible else _NULL_I32)
             elif type(records) is bytes:
                 if flexible:
-                    add(encode_uvarint(len(records) + 1))
+                    add(_uvarint(len(records) + 1))
                     add(records)
                     add(b"\x00")  # partition tagged fields
                     continue
