@@ -92,6 +92,8 @@ _REQUEST_OVERHEAD = 128
 _PARTITION_OVERHEAD = 32
 _INF = float("inf")
 # Connection states in which requests may be written (ApiVersions before READY).
+# needs_poll looks at each lane with records; past this many it just says yes
+_NEEDS_POLL_SCAN_MAX = 64
 _OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
 _LATENCY_SAMPLES = 1024
 # Builds an Outcome from a tuple of its fields without the NamedTuple's Python-level
@@ -1098,6 +1100,8 @@ class Engine:
                 or self._partition_changes or self._forgotten_topics or self._hold_due < due
                 or (self._meta_needed and not self._meta_inflight)):
             return True
+        if len(self._active) > _NEEDS_POLL_SCAN_MAX:
+            return True     # a busy producer: its polls are shared by many records anyway
         for lane in self._active:
             if lane.dirty or lane.wake_at < due:
                 return True

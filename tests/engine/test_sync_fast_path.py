@@ -197,3 +197,26 @@ def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
     assert h.engine.idle
     h.check_accounting()
     check_order(h, subs)
+
+
+def test_many_lanes_with_records_always_poll():
+    """needs_poll scans the lanes with records; a busy producer with more than a few just polls."""
+    import kafkad.engine.engine as engine_mod
+
+    n = engine_mod._NEEDS_POLL_SCAN_MAX + 1
+    h = _harness()
+    h.cluster.create("busy", n)
+    for p in range(n):
+        h.cluster.move_leader("busy", p, 2)
+    h.submit("busy", 0, [b"warm-up"])     # connects broker 2
+    h.run()
+    h.hold_answers.add(2)                 # their batches stay on the wire
+    for p in range(n):
+        h.submit("busy", p, [b"x"], settings=settings(async_send=True, batch_n=1))
+    h.run(until=h.now + 0.1)
+    assert len(h.engine._active) == n and h.engine.in_flight == n
+    d = FastDriver(h)
+    h.unanswered.clear()
+    d.submit(0, [b"s"], SYNC, "s")        # broker 1: its answer comes
+    d.answer(h.unanswered[0])
+    assert d.poll_wanted                   # without the cap a poll would have nothing to do
