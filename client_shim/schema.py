@@ -132,8 +132,13 @@ def topic_problem(topic) -> str | None:
     return None
 
 
+_Packer = msgpack.Packer
+
+
 def encode(frame: list) -> bytes:
-    return msgpack.packb(frame, use_bin_type=True)
+    # msgpack.packb(frame, use_bin_type=True) without packb's **kwargs wrapper
+    # (0.3 of its 0.65 us on a sync send's frame); the same Packer, the same bytes.
+    return _Packer(use_bin_type=True).pack(frame)
 
 
 # --- decoding (used by the daemon on untrusted input, and by the shim) -----

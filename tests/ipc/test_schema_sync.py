@@ -92,3 +92,10 @@ def test_the_shortcut_takes_a_well_formed_frame_and_refuses_the_rest():
         assert not schema._sync_fields_ok(frame), (i, bad)
         assert _outcome(schema.encode(frame)) == _general(schema.encode(frame))
         assert _outcome(schema.encode(frame))[0] == "refused"
+
+
+@settings(max_examples=200, deadline=None)
+@given(sync_frames())
+def test_encode_makes_the_bytes_msgpack_packb_makes(frame):
+    msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    assert schema.encode(msg) == msgpack.packb(msg, use_bin_type=True) == frame
