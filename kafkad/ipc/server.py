@@ -83,7 +83,7 @@ _CLOSE_GRACE_S = 0.25
 _DISCONNECT_LOG_EVERY_S = 60.0    # at most one log line per this many seconds about dropped connections
 # The socket calls of every frame take plain ints: pyzmq's enum options and flags
 # cost more in Python than the libzmq call (getsockopt(zmq.EVENTS) & zmq.POLLIN
-# is 2.1 us, with ints 1.4; send_multipart 2.6-4 us, the two sends below about 1).
+# is 2.1 us, with ints 1.4; send_multipart 2.6-4 us, _send's two plain sends about 1).
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
