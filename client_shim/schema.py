@@ -350,7 +350,8 @@ def _sync_fields_ok(msg: list) -> bool:
             return False
     elif not set(map(type, values)) <= _BLOB_TYPES:
         return False
-    return keys is None or (type(keys) is list and set(map(type, keys)) <= _BLOB_TYPES)
+    return keys is None or (type(keys) is list and len(keys) == len(values)
+                            and set(map(type, keys)) <= _BLOB_TYPES)
 
 
 def decode_request(frame: bytes, max_bytes: int) -> tuple[int, list]:
@@ -381,6 +382,8 @@ def decode_request(frame: bytes, max_bytes: int) -> tuple[int, list]:
     fields = msg[1:len(spec) + 1]
     for value, (name, check) in zip(fields, spec):
         check(value, name)
+    if kind == SEND_SYNC and fields[5] is not None and len(fields[5]) != len(fields[6]):
+        raise SchemaError(E_MALFORMED, "keys and values must have the same length")
     return kind, fields
 
 

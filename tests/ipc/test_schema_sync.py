@@ -86,7 +86,8 @@ def test_the_shortcut_takes_a_well_formed_frame_and_refuses_the_rest():
     assert schema._sync_fields_ok(ok)
     assert schema.decode_request(schema.encode(ok + ["a later field"]), LIMIT) == (schema.SEND_SYNC, ok[1:])
     for i, bad in [(1, b"short"), (2, True), (2, -1), (3, ".."), (3, "a/b"), (4, 2**31), (5, 2**63),
-                   (5, -2), (6, [1]), (6, {"k": 1}), (7, []), (7, [b"a", "text"]), (7, None)]:
+                   (5, -2), (6, [1]), (6, {"k": 1}), (6, [b"k"]), (6, [b"k", None, None]), (7, []),
+                   (7, [b"a", "text"]), (7, None)]:
         frame = list(ok)
         frame[i] = bad
         assert not schema._sync_fields_ok(frame), (i, bad)
@@ -99,3 +100,13 @@ def test_the_shortcut_takes_a_well_formed_frame_and_refuses_the_rest():
 def test_encode_makes_the_bytes_msgpack_packb_makes(frame):
     msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     assert schema.encode(msg) == msgpack.packb(msg, use_bin_type=True) == frame
+
+
+def test_sync_keys_must_match_values_in_length():
+    """As in a SEND entry: a keys list is as long as values (a frame the engine would
+    refuse with an internal error otherwise)."""
+    frame = schema.encode([schema.SEND_SYNC, SID, 7, "t", 0, 0, [b"k"], [b"a", b"b"]])
+    assert _outcome(frame) == _general(frame) == (
+        "refused", schema.E_MALFORMED, "keys and values must have the same length")
+    ok = schema.encode([schema.SEND_SYNC, SID, 7, "t", 0, 0, [b"k", None], [b"a", b"b"]])
+    assert _outcome(ok) == _general(ok) == ("ok", (schema.SEND_SYNC, [SID, 7, "t", 0, 0, [b"k", None], [b"a", b"b"]]))

@@ -304,6 +304,7 @@ HOSTILE = [
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", -1, 0, None, [b"v"]]]]), schema.E_MALFORMED),
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, [b"k"], [b"v", b"w"]]]]), schema.E_MALFORMED),
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, None, [b"v"]]]]), schema.E_UNKNOWN_SESSION),
+    (msgpack.packb([schema.SEND_SYNC, b"x" * 16, 1, "t", 0, 0, [b"k"], [b"v", b"w"]]), schema.E_MALFORMED),
     (msgpack.packb([schema.REGISTER, 999, 5, b"x" * 16, 0, SETTINGS]), schema.E_BAD_VERSION),
     (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, dict(SETTINGS, acks=5)]), schema.E_INVALID),
     (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, {"acks": 1}]), schema.E_MALFORMED),
