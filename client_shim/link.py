@@ -87,6 +87,7 @@ _REPLAY_BACKOFF_MAX_S = 1.0
 # refreshes on every reconnect (the daemon remembers 4096 topics' askers).
 MAX_CACHED_TOPICS = 4096
 _MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: how an entry the daemon can never take fails
+_NOBLOCK = int(zmq.NOBLOCK)       # a plain int: pyzmq's enum flags cost Python calls per use
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
@@ -477,19 +478,20 @@ class _Link:
         matter: a sync producer's SEND_SYNC (its session sends nothing else on
         the I/O thread's socket once registered).
         """
-        if not self.connected or not session.registered or self._stop or os.getpid() != self.pid:
+        # current_pid(): the fork hook's pid (get_link installed it), not a system call.
+        if not self.connected or not session.registered or self._stop or current_pid() != self.pid:
             return self.request(frame_fn, session, timeout, result_timeout)
-        d = self._direct_socket()
+        d = getattr(self._direct, "sock", None) or self._direct_socket()
         if d is None:
             return self.request(frame_fn, session, timeout, result_timeout)
         rid = next(self.req_ids)
         frame = frame_fn(rid)
-        disconnects = self.stats["disconnects"]
+        disconnects = self.stats.get("disconnects", 0)     # (a Counter's [] calls __missing__)
         with d.lock:
             if d.sock.closed:
                 return self.request(frame_fn, session, timeout, result_timeout)
             try:
-                d.sock.send(frame, zmq.NOBLOCK)
+                d.sock.send(frame, _NOBLOCK)
             except zmq.Again:           # IMMEDIATE: this thread's socket has not connected yet
                 return self.request(frame_fn, session, timeout, result_timeout)
             deadline = time.monotonic() + result_timeout
@@ -523,7 +525,7 @@ class _Link:
                         self.stats["direct_requests"] += 1
                         return reply
                     break                   # refused, so not taken: the I/O thread's way retries it
-                if self.stats["disconnects"] != disconnects or self._stop:
+                if self.stats.get("disconnects", 0) != disconnects or self._stop:
                     raise KafkadUnavailableError(
                         f"the connection to kafkad at {self.endpoint} was lost before it answered; "
                         "the message may or may not have been delivered")

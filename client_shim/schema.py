@@ -132,8 +132,13 @@ def topic_problem(topic) -> str | None:
     return None
 
 
+_Packer = msgpack.Packer
+
+
 def encode(frame: list) -> bytes:
-    return msgpack.packb(frame, use_bin_type=True)
+    # msgpack.packb(frame, use_bin_type=True) without packb's **kwargs wrapper
+    # (0.3 of its 0.65 us on a sync send's frame); the same Packer, the same bytes.
+    return _Packer(use_bin_type=True).pack(frame)
 
 
 # --- decoding (used by the daemon on untrusted input, and by the shim) -----
@@ -317,6 +322,38 @@ FIELDS = {
 }
 
 
+_topic_match = _TOPIC_RE.match
+
+
+def _sync_fields_ok(msg: list) -> bool:
+    """True if a SEND_SYNC frame's fields pass every check of FIELDS[SEND_SYNC].
+
+    The sync path's shortcut (one call, no per-field calls): it accepts exactly
+    what the general checks accept; on False the general checks run and name
+    the problem. tests/ipc/test_schema_sync.py holds it to that.
+    """
+    sid, req_id, topic, partition, ts, keys, values = msg[1:8]
+    if type(sid) is not bytes or len(sid) != SESSION_ID_LEN:
+        return False
+    if type(req_id) is not int or not 0 <= req_id <= MAX_REQ_ID:
+        return False
+    if type(topic) is not str or topic in (".", "..") or not _topic_match(topic):
+        return False
+    if type(partition) is not int or not 0 <= partition <= MAX_PARTITION:
+        return False
+    if type(ts) is not int or not -1 <= ts <= 2**63 - 1:
+        return False
+    if type(values) is not list or not values:
+        return False
+    if len(values) == 1:
+        if type(values[0]) is not bytes and values[0] is not None:
+            return False
+    elif not set(map(type, values)) <= _BLOB_TYPES:
+        return False
+    return keys is None or (type(keys) is list and len(keys) == len(values)
+                            and set(map(type, keys)) <= _BLOB_TYPES)
+
+
 def decode_request(frame: bytes, max_bytes: int) -> tuple[int, list]:
     """Unpack and check a client frame: (kind, fields). Raises SchemaError.
 
@@ -335,6 +372,8 @@ def decode_request(frame: bytes, max_bytes: int) -> tuple[int, list]:
     kind = msg[0]
     if type(kind) is not int:
         raise SchemaError(E_MALFORMED, "the first element of a frame must be the kind (int)")
+    if kind == SEND_SYNC and len(msg) >= 8 and _sync_fields_ok(msg):
+        return kind, msg[1:8]
     spec = FIELDS.get(kind)
     if spec is None:
         raise SchemaError(E_UNKNOWN_KIND, f"unknown frame kind {kind!r}")
@@ -343,6 +382,8 @@ def decode_request(frame: bytes, max_bytes: int) -> tuple[int, list]:
     fields = msg[1:len(spec) + 1]
     for value, (name, check) in zip(fields, spec):
         check(value, name)
+    if kind == SEND_SYNC and fields[5] is not None and len(fields[5]) != len(fields[6]):
+        raise SchemaError(E_MALFORMED, "keys and values must have the same length")
     return kind, fields
 
 

@@ -304,6 +304,7 @@ HOSTILE = [
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", -1, 0, None, [b"v"]]]]), schema.E_MALFORMED),
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, [b"k"], [b"v", b"w"]]]]), schema.E_MALFORMED),
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, None, [b"v"]]]]), schema.E_UNKNOWN_SESSION),
+    (msgpack.packb([schema.SEND_SYNC, b"x" * 16, 1, "t", 0, 0, [b"k"], [b"v", b"w"]]), schema.E_MALFORMED),
     (msgpack.packb([schema.REGISTER, 999, 5, b"x" * 16, 0, SETTINGS]), schema.E_BAD_VERSION),
     (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, dict(SETTINGS, acks=5)]), schema.E_INVALID),
     (msgpack.packb([schema.REGISTER, 1, 5, b"x" * 16, 0, {"acks": 1}]), schema.E_MALFORMED),
@@ -332,7 +333,14 @@ def test_oversized_frame_and_multipart_are_refused(tmp_path):
             p.send(schema.encode([schema.STATS, 1, b"x" * 2000]))
             assert p.recv()[2] == schema.E_TOO_LARGE
             p.sock.send_multipart([schema.encode([schema.STATS, 2]), b"extra"])
-            assert p.recv()[2] == schema.E_MALFORMED
+            reply = p.recv()
+            assert reply[2] == schema.E_MALFORMED and reply[3] == "expected one frame per message, got 2"
+            # Every part of a message is read: the next message is served on its own.
+            p.sock.send_multipart([schema.encode([schema.STATS, 4]), b"extra", b"more"])
+            p.send([schema.STATS, 5])
+            reply = p.recv()
+            assert reply[2] == schema.E_MALFORMED and reply[3] == "expected one frame per message, got 3"
+            assert p.recv()[:2] == [schema.STATS_REPLY, 5]
             p.send([schema.STATS, 3, "trailing fields are ignored"])
             assert p.recv()[:2] == [schema.STATS_REPLY, 3]
         finally:
@@ -584,15 +592,23 @@ class _PipeFullFor:
 
     def __init__(self, sock, blocked):
         self._sock, self._blocked, self.refused = sock, blocked, 0
+        self._peer = None
 
     def open(self):
         self._blocked = lambda frame: False
 
-    def send_multipart(self, parts, flags=0):
-        if self._blocked(msgpack.unpackb(parts[1], raw=False, strict_map_key=False)):
+    def send(self, data, flags=0):
+        # The server sends (peer, SNDMORE) then (frame): the peer part is held
+        # until the frame shows whether this message meets a "full pipe".
+        if flags & zmq.SNDMORE:
+            self._peer = data
+            return None
+        peer, self._peer = self._peer, None
+        if self._blocked(msgpack.unpackb(data, raw=False, strict_map_key=False)):
             self.refused += 1
             raise zmq.Again()
-        return self._sock.send_multipart(parts, flags)
+        self._sock.send(peer, flags | zmq.SNDMORE)
+        return self._sock.send(data, flags)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)

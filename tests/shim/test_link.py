@@ -926,6 +926,44 @@ def test_sync_sends_are_answered_in_the_calling_thread(server):
     assert values(server).count(b"refused-once") == 1
 
 
+def test_a_direct_sync_send_whose_daemon_goes_away_is_reported_unavailable():
+    """A sync send taken on the calling thread's own socket, then the daemon stops
+    before it answers: the caller learns within a wait step, not at the 300 s backstop."""
+    st = ServerThread().start()
+    try:
+        p = client_shim.SimpleProducer(client(st), random_start=False)
+        outcome, warmed = [], []
+
+        def work():
+            link = p._get_session().link
+            before = link.stats["direct_requests"]
+            for i in range(20):          # until this thread's own socket has connected
+                p.send_messages("t", b"warm-%d" % i)
+            warmed.append(link.stats["direct_requests"] - before)
+            st.producer.hold = True
+            outcome.append(_raised(p.send_messages, "t", b"in-flight"))
+
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        st.producer.wait_messages(21)
+        assert warmed[0] > 0
+        t0 = time.monotonic()
+        st.stop()
+        t.join(10)
+        assert not t.is_alive() and time.monotonic() - t0 < 5
+        assert isinstance(outcome[0], errors.KafkadUnavailableError), outcome
+        assert "was lost before it answered" in str(outcome[0])
+    finally:
+        st.stop()
+
+
+def _raised(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return exc
+
+
 def test_stop_sends_no_flush_to_a_daemon_that_did_not_announce_it(server, monkeypatch):
     """stop() asks for a FLUSH only from a daemon that announced it in REGISTERED:
     this daemon (an older one, without the feature) does not, so stop() sends it nothing unknown."""
