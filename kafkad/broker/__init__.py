@@ -83,6 +83,7 @@ class BrokerProducer:
         self._poll_scheduled = False   # a call_soon(_poll) is queued
         self._held = 0                 # hold_polls() depth
         self._poll_wanted = False      # wake() while held: poll at release_polls()
+        self._sync_waiting = False     # sync submissions while held: sent at release_polls()
         self._polling = False          # inside _poll (no poll from within a poll)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -121,17 +122,27 @@ class BrokerProducer:
         if self._closed:
             raise RuntimeError("BrokerProducer.submit: the producer is closed")
         now = self.loop.time()
-        engine = self.engine
-        engine.submit(sub, now)
-        if not sub.settings.async_send:
-            # A sync record's request goes out now; when that was all the
-            # submission changed, no poll follows (Engine.needs_poll).
-            sends = engine.send_sync(now)
-            if sends:
-                self._write(sends, now)
-                if not self._needs_poll(now):
-                    return
-        self.wake()
+        self.engine.submit(sub, now)
+        if sub.settings.async_send:
+            self.wake()
+        elif self._held:
+            # in a burst (one read of the IPC socket): its sync records share
+            # requests, sent at release_polls
+            self._sync_waiting = True
+        else:
+            self._send_sync(now)
+
+    def _send_sync(self, now: float) -> None:
+        """Write the sync submissions' requests now; poll only if that leaves work (Engine.needs_poll)."""
+        try:
+            sends = self.engine.send_sync(now)
+        except Exception:  # noqa: BLE001 - as a failed poll: logged, and the poll tries again
+            log.exception("the producer engine failed in send_sync()")
+            sends = []
+        if sends:
+            self._write(sends, now)
+        if not sends or self._needs_poll(now):
+            self.wake()
 
     def flush_session(self, session_id: bytes) -> None:
         """Send what session `session_id` holds for batching now (its producer is stopping).
@@ -259,9 +270,16 @@ class BrokerProducer:
     def release_polls(self, poll: bool = True) -> None:
         """The burst is over: run the poll it asked for now (`poll=False`: in the next turn).
 
-        From inside a poll (an outcome callback that reads the IPC socket
+        The burst's sync submissions go first, in shared requests, and the
+        poll runs only if that leaves it work (`_send_sync`). From inside a poll (an outcome callback that reads the IPC socket
         again) the poll is scheduled instead: `Engine.poll` is never re-entered.
         """
+        if self._sync_waiting and self._held == 1:
+            self._sync_waiting = False
+            if poll:
+                self._send_sync(self.loop.time())   # still held: its wake() only notes
+            else:
+                self.wake()     # the poll (next turn) sends them, after the failure is known
         self._held -= 1
         if self._held or not self._poll_wanted:
             return

@@ -173,3 +173,26 @@ def test_sync_sends_to_a_settled_producer_go_out_and_come_back_without_a_poll(ta
     offsets = [o.base_offset for o in run.outcomes[1:]]
     assert offsets == list(range(offsets[0], offsets[0] + 20))
     assert len(polls) <= 2, polls      # at most a timer's; none asked for by the sends
+
+
+def test_the_sync_sends_of_one_burst_share_a_request(tansu, topic):
+    """Several workers' sync frames read in one go go out together, at the burst's end."""
+    from kafkad.engine.types import SessionSettings
+
+    async def script(producer, run):
+        sync = SessionSettings(async_send=False)
+        submit(producer, run, sub(topic, 0, [b"warm-up"], sync, token="warm-up"))
+        await wait_for(lambda: run.by_token()["warm-up"])
+        await asyncio.sleep(0.05)
+        requests = producer.engine.requests
+        producer.hold_polls()
+        for i, partition in enumerate((0, 0, 1, 0)):
+            submit(producer, run, sub(topic, partition, [b"burst-%d" % i], sync, session=b"w%d" % i,
+                                      token=i))
+        assert producer.engine.requests == requests       # nothing built before the burst ends
+        producer.release_polls()
+        assert producer.engine.requests == requests + 1   # one Produce request for all four
+        await wait_for(lambda: all(run.by_token()[i] for i in range(4)))
+
+    run = asyncio.run(run_producer(kafka_config(tansu.bootstrap), script))
+    assert sorted((o.token, o.error, o.delivered) for o in run.outcomes[1:]) == [(i, 0, 1) for i in range(4)]
