@@ -313,7 +313,9 @@ def _capacity(res: dict) -> list[str]:
 
     lines += [f"100-byte messages, {p['duration']:g} s per trial, medians of the trials. CPU per "
               "thread from /proc/<pid>/task/<tid>/schedstat between the common start and the last "
-              "acknowledgement; \"waiting\" is the time a thread was runnable but had no core.", ""]
+              "acknowledgement; \"waiting\" is the time a thread was runnable but had no core; "
+              "\"by others\" is /proc/stat's busy time not spent by the threads measured (the "
+              "runner, the kernel, other users of a shared machine).", ""]
     rows = []
     for c in (c for c in cfgs if c["part"] == "a" and c.get("median")):
         u, w = c["cores_used"], c["runqueue_wait"]
@@ -322,26 +324,27 @@ def _capacity(res: dict) -> list[str]:
         rows.append([senders, _num(c["median"]) + _spread(c.get("rates"), c["median"]),
                      pct(u.get("daemon main thread")), pct(w.get("daemon main thread")),
                      _num(c["us_per_msg"].get("daemon main thread"), "{:.2f}"),
-                     pct(u.get("Tansu")), _num(c["machine_busy_cores"], "{:.2f}")])
+                     pct(u.get("Tansu")), _num(c["machine_busy_cores"], "{:.2f}"),
+                     _num(c["rest_cores"], "{:.2f}")])
     if rows:
         lines += ["**The daemon's capacity.** Feeders write `SEND_GROUPS` frames of "
                   f"{p['feed_entries']:,} one-message entries on a bare DEALER (at most "
                   f"{p['feed_window']:,} unacknowledged each), costing the daemon exactly its real "
                   "work and the cores almost nothing; the shim at 10 messages per call for comparison.", ""]
         lines += _table(["Senders", "msg/s acknowledged", "Daemon main thread busy", "... waiting",
-                         "Daemon main us/msg", "Tansu busy", "Machine busy (cores)"], rows, "lrrrrrr")
+                         "Daemon main us/msg", "Tansu busy", "Machine busy (cores)", "... by others"],
+                        rows, "lrrrrrrr")
     b = [c for c in cfgs if c["part"] == "b" and c.get("median")]
     if b:
         roles = sorted({r for c in b for r in c["us_per_msg"]}, key=_role_key)
         rows = [[r] + [f"{c['us_per_msg'][r]:.2f} ({c['cores_used'][r]:.2f}; {c['runqueue_wait'][r]:.2f})"
                        if r in c["us_per_msg"] else "" for c in b] for r in roles]
         rows.append(["**all measured threads**"] + [f"**{c['us_per_msg_total']:.2f}**" for c in b])
-        rows.append(["rest of the machine (cores)"] + [f"{c['rest_cores']:.2f}" for c in b])
+        rows.append(["cores busy with other work"] + [f"{c['rest_cores']:.2f}" for c in b])
         rows.append(["msg/s acknowledged"] + [_num(c["median"]) for c in b])
         lines += [f"**CPU per message, end to end** ({p['workers']} workers, 1 message per call, all "
                   f"{sec['cores']} cores): us per acknowledged message (cores busy; cores' worth of "
-                  "threads waiting for a core). \"Rest of the machine\" is /proc/stat's busy time "
-                  "not spent by these threads (the runner, the kernel, other users).", ""]
+                  "threads waiting for a core).", ""]
         lines += _table(["Thread"] + [c["contender"] for c in b], rows, "l" + "r" * len(b))
     rows = []
     for contender in (KAFKAD, CONFLUENT):
@@ -349,12 +352,14 @@ def _capacity(res: dict) -> list[str]:
         full = next((c for c in cfgs if c["part"] == "b" and c["contender"] == contender), None)
         if one and full:
             rows.append([contender, _num(one.get("median")), _num(full.get("median")),
-                         _ratio(full.get("median"), one.get("median"))])
+                         _ratio(full.get("median"), one.get("median")),
+                         f"{one['rest_cores']:.2f} / {full['rest_cores']:.2f}"])
     if rows:
         lines += [f"**Cores.** The same trials with every thread of the workers, the daemon and "
                   f"Tansu pinned to core {sec['one_core']}, against all {sec['cores']} cores "
                   "(msg/s acknowledged):", ""]
-        lines += _table(["Client", "1 core", f"{sec['cores']} cores", "Gain"], rows)
+        lines += _table(["Client", "1 core", f"{sec['cores']} cores", "Gain",
+                         "Cores busy with other work (1 / all)"], rows)
     elif sec.get("pinning") != "ok":
         lines += [f"1 core vs all: not measured ({sec.get('pinning')}).", ""]
     return lines + _errors(sec.get("errors", {}), "capacity")
