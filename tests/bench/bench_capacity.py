@@ -129,7 +129,27 @@ def snapshot(procs: dict[int, str]) -> dict:
             if comm is not None and st is not None:
                 threads[(pid, int(tid))] = (role_of(kind, pid, int(tid), comm), st[0], st[1])
         totals[pid] = _proc_ticks(pid)
-    return {"threads": threads, "totals": totals, "machine": _machine_ticks(), "t": time.monotonic()}
+    t = time.monotonic()
+    return {"threads": threads, "totals": totals, "machine": _machine_ticks(), "t": t,
+            "others": _other_processes(set(procs))}
+
+
+def _other_processes(exclude: set[int]) -> dict[int, tuple[str, bool, int]]:
+    """pid -> (name, kernel thread?, utime + stime ticks) of every other process."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in exclude:
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        head, _, tail = raw.rpartition(")")
+        fields = tail.split()
+        kernel = name == "2" or fields[1] == "2"            # kthreadd and its children
+        out[int(name)] = (head.partition("(")[2], kernel, int(fields[11]) + int(fields[12]))
+    return out
 
 
 def _machine_ticks() -> tuple[int, int]:
@@ -163,8 +183,15 @@ def cpu_by_role(before: dict, after: dict, procs: dict[int, str]) -> dict:
             role = f"{kind} threads that ended"
             cpu[role] = cpu.get(role, 0.0) + ended
     busy = (after["machine"][0] - before["machine"][0]) / _CLK_TCK
+    others: dict[str, float] = {}
+    for pid, (name, kernel, ticks) in after["others"].items():
+        was = before["others"].get(pid)
+        used = (ticks - (was[2] if was else 0)) / _CLK_TCK
+        if used > 0:
+            key = "kernel threads" if kernel else ("runner" if pid == os.getpid() else name)
+            others[key] = others.get(key, 0.0) + used
     return {"cpu_s": cpu, "wait_s": wait, "machine_busy_s": busy,
-            "wall_s": after["t"] - before["t"]}
+            "wall_s": after["t"] - before["t"], "others_s": others}
 
 
 # --------------------------------------------------------------------------
@@ -494,7 +521,7 @@ def run(ctx: BenchContext) -> dict:
         out.append({"name": cfg["name"], "part": cfg["part"], "contender": cfg["contender"],
                     "per_call": cfg["per_call"], "cores": len(cfg["cpus"] or all_cpus),
                     "trials": trials, **summarize(trials)})
-    return {"params": dict(p, feed_entries=FEED_ENTRIES, feed_window=FEED_WINDOW),
+    return {"params": dict(p, feed_entries=FEED_ENTRIES, feed_window=FEED_WINDOW), "quiet_cores": QUIET_CORES,
             "cores": len(all_cpus), "one_core": sorted(one_core) if one_core else None,
             "pinning": pinning, "configs": out, "errors": errors}
 
@@ -548,11 +575,19 @@ def _trial(ctx: BenchContext, driver, cfg: dict, p: dict, tansu: int | None, all
     return rec
 
 
+# A trial during which other processes (another user's tests, say) kept more
+# than this many cores busy is "disturbed"; the quiet ones get medians of their own.
+QUIET_CORES = 0.1
+
+
 def summarize(trials: list[dict]) -> dict:
     """Medians over the trials: rate, CPU us per message and share of a core per role,
-    runqueue wait per role, the machine's busy cores and what no measured thread used."""
+    runqueue wait per role, the machine's busy cores and what no measured thread used;
+    and the rate and the daemon main thread's figures over the quiet trials alone."""
     if not trials:
         return {"median": None}
+    quiet = [t for t in trials
+             if (t["machine_busy_s"] - sum(t["cpu_s"].values())) / t["wall_s"] < QUIET_CORES]
     roles = sorted({r for t in trials for r in t["cpu_s"]})
     us = {r: median([t["cpu_s"].get(r, 0.0) / max(t["acked"], 1) * 1e6 for t in trials]) for r in roles}
     util = {r: median([t["cpu_s"].get(r, 0.0) / t["wall_s"] for t in trials]) for r in roles}
@@ -567,6 +602,14 @@ def summarize(trials: list[dict]) -> dict:
         "us_per_msg_total": median([sum(t["cpu_s"].values()) / max(t["acked"], 1) * 1e6 for t in trials]),
         "machine_busy_cores": median([t["machine_busy_s"] / t["wall_s"] for t in trials]),
         "rest_cores": median([r / t["wall_s"] for r, t in zip(rest, trials)]),
+        "quiet": {
+            "n": len(quiet),
+            "median": median([t["rate"] for t in quiet]),
+            "daemon_main_busy": median([t["cpu_s"].get("daemon main thread", 0.0) / t["wall_s"]
+                                        for t in quiet]),
+            "daemon_main_wait": median([t["wait_s"].get("daemon main thread", 0.0) / t["wall_s"]
+                                        for t in quiet]),
+        },
     }
 
 

@@ -315,25 +315,28 @@ def _capacity(res: dict) -> list[str]:
               "thread from /proc/<pid>/task/<tid>/schedstat between the common start and the last "
               "acknowledgement; \"waiting\" is the time a thread was runnable but had no core; "
               "\"by others\" is /proc/stat's busy time not spent by the threads measured (the "
-              "runner, the kernel, other users of a shared machine).", ""]
+              "runner, the kernel, other users of a shared machine); a trial where that was under "
+              f"{sec.get('quiet_cores', 0.1):g} core is \"quiet\".", ""]
     rows = []
     for c in (c for c in cfgs if c["part"] == "a" and c.get("median")):
-        u, w = c["cores_used"], c["runqueue_wait"]
+        u, w, q = c["cores_used"], c["runqueue_wait"], c.get("quiet", {})
         senders = f"{c['name'][len('feeders x'):]} feeder(s)" if c["name"].startswith("feeders") \
             else f"{p['workers']} shim workers, {c['per_call']}/call"
+        quiet = (f"{_num(q.get('median'))} ({q['n']}; {pct(q.get('daemon_main_busy'))} + "
+                 f"{pct(q.get('daemon_main_wait'))})" if q.get("n") else "none")
         rows.append([senders, _num(c["median"]) + _spread(c.get("rates"), c["median"]),
                      pct(u.get("daemon main thread")), pct(w.get("daemon main thread")),
                      _num(c["us_per_msg"].get("daemon main thread"), "{:.2f}"),
                      pct(u.get("Tansu")), _num(c["machine_busy_cores"], "{:.2f}"),
-                     _num(c["rest_cores"], "{:.2f}")])
+                     _num(c["rest_cores"], "{:.2f}"), quiet])
     if rows:
         lines += ["**The daemon's capacity.** Feeders write `SEND_GROUPS` frames of "
                   f"{p['feed_entries']:,} one-message entries on a bare DEALER (at most "
                   f"{p['feed_window']:,} unacknowledged each), costing the daemon exactly its real "
                   "work and the cores almost nothing; the shim at 10 messages per call for comparison.", ""]
         lines += _table(["Senders", "msg/s acknowledged", "Daemon main thread busy", "... waiting",
-                         "Daemon main us/msg", "Tansu busy", "Machine busy (cores)", "... by others"],
-                        rows, "lrrrrrrr")
+                         "Daemon main us/msg", "Tansu busy", "Machine busy (cores)", "... by others",
+                         "Quiet trials: msg/s (n; main busy + waiting)"], rows, "lrrrrrrrr")
     b = [c for c in cfgs if c["part"] == "b" and c.get("median")]
     if b:
         roles = sorted({r for c in b for r in c["us_per_msg"]}, key=_role_key)
@@ -351,15 +354,18 @@ def _capacity(res: dict) -> list[str]:
         one = next((c for c in cfgs if c["part"] == "c" and c["contender"] == contender), None)
         full = next((c for c in cfgs if c["part"] == "b" and c["contender"] == contender), None)
         if one and full:
+            q1, qa = one.get("quiet", {}), full.get("quiet", {})
             rows.append([contender, _num(one.get("median")), _num(full.get("median")),
                          _ratio(full.get("median"), one.get("median")),
-                         f"{one['rest_cores']:.2f} / {full['rest_cores']:.2f}"])
+                         f"{one['rest_cores']:.2f} / {full['rest_cores']:.2f}",
+                         f"{_num(q1.get('median'))} / {_num(qa.get('median'))}: "
+                         f"{_ratio(qa.get('median'), q1.get('median'))} ({q1.get('n', 0)} / {qa.get('n', 0)})"])
     if rows:
         lines += [f"**Cores.** The same trials with every thread of the workers, the daemon and "
                   f"Tansu pinned to core {sec['one_core']}, against all {sec['cores']} cores "
                   "(msg/s acknowledged):", ""]
         lines += _table(["Client", "1 core", f"{sec['cores']} cores", "Gain",
-                         "Cores busy with other work (1 / all)"], rows)
+                         "Cores busy with other work (1 / all)", "Quiet trials only (n)"], rows)
     elif sec.get("pinning") != "ok":
         lines += [f"1 core vs all: not measured ({sec.get('pinning')}).", ""]
     return lines + _errors(sec.get("errors", {}), "capacity")
