@@ -20,14 +20,15 @@ a. **The daemon's capacity.** How many messages per second one `kafkad run`
    call (the real API at its cheapest per message).
 b. **CPU per message, end to end.** 4 workers sending 1 message per call as
    fast as they can (the throughput section's job), kafkad and
-   confluent-kafka; utime + stime of every thread of the workers, the daemon
-   and Tansu from `/proc/<pid>/task/<tid>/stat` at the common start and after
+   confluent-kafka; the CPU time of every thread of the workers, the daemon
+   and Tansu from `/proc/<pid>/task/<tid>/schedstat` (nanoseconds; the
+   `stat` file next to it counts 10 ms ticks) at the common start and after
    the last acknowledgement, by role (main thread, the shim's I/O thread,
    ZeroMQ's I/O threads, librdkafka's threads, Tansu), per acknowledged
-   message; plus the whole machine's busy time from `/proc/stat` (the rest is
-   the runner, the kernel's softirq work and anything else running).
-   Runqueue wait per thread (`/proc/<pid>/task/<tid>/schedstat`) tells a
-   thread that waited for a core from one that had nothing to do.
+   message; the same file's runqueue wait tells a thread that waited for a
+   core from one that had nothing to do. Also the whole machine's busy time
+   from `/proc/stat` and every other process's CPU from `/proc/*/stat`, so a
+   trial disturbed by other work (a shared machine) shows as such.
 c. **Cores.** The same 4-worker trials with every thread of the workers, the
    daemon and Tansu pinned to one core (`os.sched_setaffinity` per thread,
    checked after pinning) and on all cores: how throughput grows with cores.
