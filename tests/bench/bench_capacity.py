@@ -12,7 +12,8 @@ a. **The daemon's capacity.** How many messages per second one `kafkad run`
    benchmark `SimpleProducer` sends, then writes `SEND_GROUPS` frames of
    `FEED_ENTRIES` one-message entries (round-robin over the partitions, as a
    `SimpleProducer` sending one message per call produces them) and reads the
-   ACKs, keeping at most `FEED_WINDOW` messages unacknowledged. A frame is
+   ACKs, keeping at most `FEED_WINDOW` messages unacknowledged (and, with 10
+   messages per call, a tenth as many entries of 10 each). A frame is
    built from a ready list of values and a range of sequence numbers, about
    0.1 us per message, so the feeders leave the cores to the daemon and the
    broker; the frames are the ones the shim sends, so the daemon does exactly
@@ -43,8 +44,9 @@ import time
 from .common import (CONFLUENT, KAFKAD, BenchContext, ContenderError, KafkadClient, WorkerPool,
                      create_topic, delete_topic, fixed_payload, median, new_topic_name)
 
-# Feeder settings: entries (one message each) per SEND_GROUPS frame, and the
-# messages one feeder keeps unacknowledged (under the daemon's default
+# Feeder settings: messages per SEND_GROUPS frame (1,000 one-message entries, or
+# 100 entries of 10 when a call carries 10), and the messages one feeder keeps
+# unacknowledged (under the daemon's default
 # max_inflight_per_session, 200,000, and, for four feeders, [queue] max_messages).
 FEED_ENTRIES = 1000
 FEED_WINDOW = 100_000
@@ -254,17 +256,20 @@ def pin(pids: list[int], cpus: set[int]) -> int:
 
 
 def groups_frame(session_id: bytes, topic: str, partitions: list[int], first: int, count: int,
-                 value: bytes, ts: int) -> bytes:
-    """A SEND_GROUPS frame of `count` one-message entries numbered from `first`, entry i going
-    to partitions[(first + i) % len(partitions)] (the shim's frame for 1-per-call sends)."""
+                 value: bytes, ts: int, per_call: int = 1) -> bytes:
+    """A SEND_GROUPS frame of `count` entries of `per_call` messages numbered from `first`,
+    entry e (the session's e-th) going to partitions[e % len(partitions)]: the shim's frame for
+    `send_messages` calls of `per_call` messages on a SimpleProducer (which turns the
+    partitions round-robin from one call to the next)."""
     from client_shim import schema
 
     p = len(partitions)
     groups = []
     for k in range(min(p, count)):
-        seq0 = first + k
-        firsts = list(range(seq0, first + count, p))
-        groups.append([topic, partitions[seq0 % p], ts, firsts, None, None, [value] * len(firsts)])
+        firsts = list(range(first + k * per_call, first + count * per_call, p * per_call))
+        groups.append([topic, partitions[(first // per_call + k) % p], ts, firsts,
+                       None if per_call == 1 else [per_call] * len(firsts), None,
+                       [value] * (len(firsts) * per_call)])
     return schema.encode([schema.SEND_GROUPS, session_id, groups])
 
 
@@ -297,7 +302,8 @@ def _feeder_main(conn, endpoint: str, topic: str, partitions: list[int], spec: d
         if cmd != "go":
             return
         value = fixed_payload(SIZE)
-        n, window = spec["entries"], spec["window"]
+        per_call, window = spec["per_call"], spec["window"]
+        n = max(1, spec["entries"] // per_call)     # entries per frame; messages per frame alike
         seq = acked = failed = frames = 0
         problems: list[str] = []
 
@@ -305,12 +311,12 @@ def _feeder_main(conn, endpoint: str, topic: str, partitions: list[int], spec: d
             nonlocal acked, failed
             kind = msg[0]
             if kind == schema.ACK:
-                acked += len(msg[2])
+                acked += len(msg[2]) * per_call
             elif kind == schema.FAILED:
                 for _first, runs in msg[2]:
                     bad = sum(r[1] for r in runs)
                     failed += bad
-                    acked += 1 - bad         # one-message entries: 0 or 1 delivered
+                    acked += per_call - bad
             elif len(problems) < 5:
                 problems.append(repr(msg)[:200])
 
@@ -319,13 +325,13 @@ def _feeder_main(conn, endpoint: str, topic: str, partitions: list[int], spec: d
         deadline = start_at + spec["duration"]
         cpu0 = time.process_time()
         while time.monotonic() < deadline and not problems:
-            while seq - acked - failed + n > window:
+            while seq - acked - failed + n * per_call > window:
                 if sock.poll(1000):
                     take(schema.decode_reply(sock.recv()))
                 elif time.monotonic() > deadline + 30:
                     raise RuntimeError(f"no acknowledgement for 30 s ({seq - acked - failed} outstanding)")
-            sock.send(groups_frame(sid, topic, partitions, seq, n, value, int(time.time() * 1000)))
-            seq += n
+            sock.send(groups_frame(sid, topic, partitions, seq, n, value, int(time.time() * 1000), per_call))
+            seq += n * per_call
             frames += 1
             while True:
                 try:
@@ -402,6 +408,7 @@ class _FeederDriver:
         # The daemon learns the topic's metadata before the clock starts.
         partitions = self.ctx.daemon._client().partitions_for(topic, refresh=True)
         spec = {"entries": FEED_ENTRIES, "window": FEED_WINDOW, "duration": job["duration"],
+                "per_call": job["per_call"],
                 "feeders": self.count}
         mp = multiprocessing.get_context("spawn")
         for _ in range(self.count):
@@ -462,6 +469,8 @@ def _configs(ctx: BenchContext, p: dict, one_core: set[int] | None) -> list[dict
     if KAFKAD in ctx.contenders:
         out += [{"name": f"feeders x{n}", "driver": ("feeders", n), "contender": KAFKAD,
                  "per_call": 1, "cpus": None, "part": "a"} for n in p["feeders"]]
+        out.append({"name": "feeders x2, 10/call", "driver": ("feeders", 2), "contender": KAFKAD,
+                    "per_call": 10, "cpus": None, "part": "a"})
         out.append({"name": "kafkad 10/call", "driver": ("pool", KAFKAD), "contender": KAFKAD,
                     "per_call": 10, "cpus": None, "part": "a"})
     for c in (KAFKAD, CONFLUENT):

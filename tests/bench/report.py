@@ -320,8 +320,9 @@ def _capacity(res: dict) -> list[str]:
     rows = []
     for c in (c for c in cfgs if c["part"] == "a" and c.get("median")):
         u, w, q = c["cores_used"], c["runqueue_wait"], c.get("quiet", {})
-        senders = f"{c['name'][len('feeders x'):]} feeder(s)" if c["name"].startswith("feeders") \
-            else f"{p['workers']} shim workers, {c['per_call']}/call"
+        senders = (f"{c['name'][len('feeders x'):].split(',')[0]} feeder(s)"
+                   if c["name"].startswith("feeders") else f"{p['workers']} shim workers")
+        senders += f", {c['per_call']}/call"
         quiet = (f"{_num(q.get('median'))} ({q['n']}; {pct(q.get('daemon_main_busy'))} + "
                  f"{pct(q.get('daemon_main_wait'))})" if q.get("n") else "none")
         rows.append([senders, _num(c["median"]) + _spread(c.get("rates"), c["median"]),
@@ -332,8 +333,9 @@ def _capacity(res: dict) -> list[str]:
     if rows:
         lines += ["**The daemon's capacity.** Feeders write `SEND_GROUPS` frames of "
                   f"{p['feed_entries']:,} one-message entries on a bare DEALER (at most "
-                  f"{p['feed_window']:,} unacknowledged each), costing the daemon exactly its real "
-                  "work and the cores almost nothing; the shim at 10 messages per call for comparison.", ""]
+                  f"{p['feed_window']:,} unacknowledged each; with 10 per call, a tenth as many "
+                  "entries of 10), costing the daemon exactly its real work and the cores almost "
+                  "nothing; the shim at 10 messages per call for comparison.", ""]
         lines += _table(["Senders", "msg/s acknowledged", "Daemon main thread busy", "... waiting",
                          "Daemon main us/msg", "Tansu busy", "Machine busy (cores)", "... by others",
                          "Quiet trials: msg/s (n; main busy + waiting)"], rows, "lrrrrrrrr")

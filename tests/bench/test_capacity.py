@@ -25,6 +25,13 @@ def test_groups_frame_is_a_valid_frame_of_consecutive_round_robin_entries():
     assert seqs == {s: s % 3 for s in range(10, 17)}
 
 
+def test_groups_frame_of_several_messages_per_call_counts_them():
+    frame = groups_frame(os.urandom(schema.SESSION_ID_LEN), "t", [4, 5], 6, 3, b"v", 1, per_call=3)
+    _, (_, groups) = schema.decode_request(frame, 1 << 24)
+    # entries 6-8 to partition 4, 9-11 to 5, 12-14 to 4: three messages each
+    assert [(g[1], g[3], g[4], len(g[6])) for g in groups] == [(4, [6, 12], [3, 3], 6), (5, [9], [3], 3)]
+
+
 def test_roles_come_from_the_thread_names():
     assert role_of("daemon", 5, 5, "python") == "daemon main thread"
     assert role_of("daemon", 5, 6, "ZMQbg/IO/0") == "daemon ZeroMQ I/O"
