@@ -1,4 +1,5 @@
-"""SimpleProducer.send_messages' inline way for async sends keeps the full way's rules.
+"""The async send's short ways (SimpleProducer.send_messages' inline way, the session's
+bare lock) keep the full way's rules.
 
 No daemon: a real session on a link whose I/O thread is never started, so the
 entries the calls leave in the session can be read back.
@@ -12,7 +13,7 @@ import pytest
 
 import client_shim
 from client_shim import link as _linkmod
-from client_shim.errors import IllegalStateError
+from client_shim.errors import AsyncProducerQueueFull, IllegalStateError
 
 NO_DAEMON = "ipc:///nonexistent-kafkad-dir/kafkad.sock"
 
@@ -62,3 +63,17 @@ def test_async_send_refuses_when_stopped_or_closed_and_checks_payloads(producer)
     with pytest.raises(IllegalStateError, match="stopped"):
         producer.send_messages("fast-path", b"later")
     assert [v for _, _, v in _sent(producer)] == [[b"first"]]
+
+
+def test_a_refused_async_send_leaves_the_session_lock_free():
+    link = _linkmod._Link(NO_DAEMON)
+    session = _linkmod._Session(link, {}, maxsize=1, put_timeout=0, log_messages=False, label="test")
+    session.send_async("t", 0, None, [b"a"])
+    with pytest.raises(AsyncProducerQueueFull):
+        session.send_async("t", 0, None, [b"b"])
+    assert not session.lock.locked()
+    session.closed = True
+    with pytest.raises(IllegalStateError):
+        session.send_async("t", 0, None, [b"c"])
+    assert not session.lock.locked()
+    assert [e[5] for e in session.pending.values()] == [[b"a"]]
