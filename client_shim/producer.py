@@ -360,6 +360,19 @@ class SimpleProducer(Producer):
         return next(known[1])      # atomic under the GIL: threads share the cycle safely
 
     def send_messages(self, topic, *msg):
+        # The steady state of an async producer in one call: one bytes payload under
+        # the call limit, a topic already checked, this process's live session and a
+        # partition list unchanged since the cycle was made. The same checks as the
+        # way below, without its five function calls (about 0.3 us of the caller's
+        # CPU per send); anything else takes that way.
+        session = self._session
+        if self.async_send and session is not None and len(msg) == 1 and type(msg[0]) is bytes \
+                and len(msg[0]) < schema.MAX_CALL_BYTES and type(topic) is str and topic in _valid_topics \
+                and self._session_pid == _linkmod._pid and not self.stopped:
+            known = self._cycles.get(topic)
+            if known is not None and known[0] is session.link.partition_cache.get(topic):
+                session.send_async(topic, next(known[1]), None, [msg[0]])
+                return []
         topic = _check_topic(topic)
         values = _check_payloads(msg, None)
         session = self._get_session()

@@ -289,6 +289,90 @@ def _profile(res: dict) -> list[str]:
     return lines + _errors(sec.get("errors", {}), "profile")
 
 
+_ROLE_ORDER = ("worker main threads", "shim I/O thread", "worker ZeroMQ I/O", "librdkafka threads",
+               "worker other threads", "feeders", "daemon main thread", "daemon ZeroMQ I/O",
+               "daemon other threads", "Tansu")
+
+
+def _role_key(role: str) -> tuple:
+    return (_ROLE_ORDER.index(role) if role in _ROLE_ORDER else len(_ROLE_ORDER), role)
+
+
+def _capacity(res: dict) -> list[str]:
+    sec = res["sections"].get("capacity")
+    if not sec:
+        return []
+    lines = ["## Where throughput is bound", ""]
+    if "unavailable" in sec:
+        return lines + [f"Not measured: {sec['unavailable']}", ""]
+    p = sec["params"]
+    cfgs = sec["configs"]
+
+    def pct(v) -> str:
+        return "n/a" if v is None else f"{v * 100:.0f}%"
+
+    lines += [f"100-byte messages, {p['duration']:g} s per trial, medians of the trials. CPU per "
+              "thread from /proc/<pid>/task/<tid>/schedstat between the common start and the last "
+              "acknowledgement; \"waiting\" is the time a thread was runnable but had no core; "
+              "\"by others\" is /proc/stat's busy time not spent by the threads measured (the "
+              "runner, the kernel, other users of a shared machine); a trial where that was under "
+              f"{sec.get('quiet_cores', 0.1):g} core is \"quiet\".", ""]
+    rows = []
+    for c in (c for c in cfgs if c["part"] == "a" and c.get("median")):
+        u, w, q = c["cores_used"], c["runqueue_wait"], c.get("quiet", {})
+        senders = (f"{c['name'][len('feeders x'):].split(',')[0]} feeder(s)"
+                   if c["name"].startswith("feeders") else f"{p['workers']} shim workers")
+        senders += f", {c['per_call']}/call"
+        quiet = (f"{_num(q.get('median'))} ({q['n']}; {pct(q.get('daemon_main_busy'))} + "
+                 f"{pct(q.get('daemon_main_wait'))})" if q.get("n") else "none")
+        rows.append([senders, _num(c["median"]) + _spread(c.get("rates"), c["median"]),
+                     pct(u.get("daemon main thread")), pct(w.get("daemon main thread")),
+                     _num(c["us_per_msg"].get("daemon main thread"), "{:.2f}"),
+                     pct(u.get("Tansu")), _num(c["machine_busy_cores"], "{:.2f}"),
+                     _num(c["rest_cores"], "{:.2f}"), quiet])
+    if rows:
+        lines += ["**The daemon's capacity.** Feeders write `SEND_GROUPS` frames of "
+                  f"{p['feed_entries']:,} one-message entries on a bare DEALER (at most "
+                  f"{p['feed_window']:,} unacknowledged each; with 10 per call, a tenth as many "
+                  "entries of 10), costing the daemon exactly its real work and the cores almost "
+                  "nothing; the shim at 10 messages per call for comparison.", ""]
+        lines += _table(["Senders", "msg/s acknowledged", "Daemon main thread busy", "... waiting",
+                         "Daemon main us/msg", "Tansu busy", "Machine busy (cores)", "... by others",
+                         "Quiet trials: msg/s (n; main busy + waiting)"], rows, "lrrrrrrrr")
+    b = [c for c in cfgs if c["part"] == "b" and c.get("median")]
+    if b:
+        roles = sorted({r for c in b for r in c["us_per_msg"]}, key=_role_key)
+        rows = [[r] + [f"{c['us_per_msg'][r]:.2f} ({c['cores_used'][r]:.2f}; {c['runqueue_wait'][r]:.2f})"
+                       if r in c["us_per_msg"] else "" for c in b] for r in roles]
+        rows.append(["**all measured threads**"] + [f"**{c['us_per_msg_total']:.2f}**" for c in b])
+        rows.append(["cores busy with other work"] + [f"{c['rest_cores']:.2f}" for c in b])
+        rows.append(["msg/s acknowledged"] + [_num(c["median"]) for c in b])
+        lines += [f"**CPU per message, end to end** ({p['workers']} workers, 1 message per call, all "
+                  f"{sec['cores']} cores): us per acknowledged message (cores busy; cores' worth of "
+                  "threads waiting for a core).", ""]
+        lines += _table(["Thread"] + [c["contender"] for c in b], rows, "l" + "r" * len(b))
+    rows = []
+    for contender in (KAFKAD, CONFLUENT):
+        one = next((c for c in cfgs if c["part"] == "c" and c["contender"] == contender), None)
+        full = next((c for c in cfgs if c["part"] == "b" and c["contender"] == contender), None)
+        if one and full:
+            q1, qa = one.get("quiet", {}), full.get("quiet", {})
+            rows.append([contender, _num(one.get("median")), _num(full.get("median")),
+                         _ratio(full.get("median"), one.get("median")),
+                         f"{one['rest_cores']:.2f} / {full['rest_cores']:.2f}",
+                         f"{_num(q1.get('median'))} / {_num(qa.get('median'))}: "
+                         f"{_ratio(qa.get('median'), q1.get('median'))} ({q1.get('n', 0)} / {qa.get('n', 0)})"])
+    if rows:
+        lines += [f"**Cores.** The same trials with every thread of the workers, the daemon and "
+                  f"Tansu pinned to core {sec['one_core']}, against all {sec['cores']} cores "
+                  "(msg/s acknowledged):", ""]
+        lines += _table(["Client", "1 core", f"{sec['cores']} cores", "Gain",
+                         "Cores busy with other work (1 / all)", "Quiet trials only (n)"], rows)
+    elif sec.get("pinning") != "ok":
+        lines += [f"1 core vs all: not measured ({sec.get('pinning')}).", ""]
+    return lines + _errors(sec.get("errors", {}), "capacity")
+
+
 def _external(res: dict) -> list[str]:
     sec = res["sections"].get("external")
     if not sec:
@@ -423,6 +507,7 @@ def render(res: dict, charts: list[str], chart_note: str = "") -> str:
     lines += _footprint(res)
     lines += _batching(res)
     lines += _profile(res)
+    lines += _capacity(res)
     lines += _external(res)
     lines += _problems(res)
     lines += _machine(res)

@@ -7,7 +7,7 @@ kafkad run` on a temp ipc endpoint), checks which contenders can run (a
 missing client or a daemon that does not start is reported, never fatal),
 then runs the sections in order:
 
-    footprint, caller_cost, latency, throughput, batching, profile, external
+    footprint, caller_cost, latency, throughput, batching, profile, capacity, external
 
 `external` runs the component benchmarks owned by other parts of the project
 (`python -m tests.bench.bench_protocol`, `bench_engine`, `bench_shim`,
@@ -38,7 +38,8 @@ from .common import (CONFLUENT, CONTENDERS, KAFKA_PYTHON, KAFKAD, REPO_ROOT, Ben
                      Contest, DaemonUnavailable, KafkadDaemon, Log, create_topic, delete_topic,
                      importable, machine_info, make_workdir, new_topic_name, remove_workdir, rss_kib)
 
-SECTIONS = ("footprint", "caller_cost", "latency", "throughput", "batching", "profile", "external")
+SECTIONS = ("footprint", "caller_cost", "latency", "throughput", "batching", "profile", "capacity",
+            "external")
 EXTERNAL = ("bench_protocol", "bench_engine", "bench_shim", "bench_spool", "bench_sync_floor")
 _MODULES = {KAFKAD: "client_shim", CONFLUENT: "confluent_kafka", KAFKA_PYTHON: "kafka"}
 
@@ -57,6 +58,8 @@ def _section(name: str):
         from .bench_batching import run
     elif name == "profile":
         run = profile_daemon
+    elif name == "capacity":
+        from .bench_capacity import run
     elif name == "external":
         run = run_external
     else:

@@ -1,0 +1,79 @@
+"""The async send's short ways (SimpleProducer.send_messages' inline way, the session's
+bare lock) keep the full way's rules.
+
+No daemon: a real session on a link whose I/O thread is never started, so the
+entries the calls leave in the session can be read back.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import client_shim
+from client_shim import link as _linkmod
+from client_shim.errors import AsyncProducerQueueFull, IllegalStateError
+
+NO_DAEMON = "ipc:///nonexistent-kafkad-dir/kafkad.sock"
+
+
+@pytest.fixture
+def producer():
+    p = client_shim.SimpleProducer(NO_DAEMON, async_send=True, random_start=False)
+    link = _linkmod._Link(NO_DAEMON)          # never started: entries stay in the session
+    link.partition_cache["fast-path"] = [0, 1, 2]
+    session = _linkmod._Session(link, p._settings(), maxsize=0, put_timeout=0, log_messages=False,
+                                label="test")
+    p._session, p._session_pid = session, _linkmod.current_pid()
+    yield p
+    _linkmod.forget_at_exit(p)                # nothing to wait for at exit
+    p._session = None
+
+
+def _sent(p) -> list[tuple]:
+    return [(e[1], e[2], e[5]) for e in p._session.pending.values()]
+
+
+def test_async_sends_round_robin_and_follow_a_changed_partition_list(producer):
+    assert _linkmod.current_pid() == os.getpid()
+    for i in range(4):
+        assert producer.send_messages("fast-path", b"m%d" % i) == []
+    assert _sent(producer) == [("fast-path", p, [b"m%d" % i]) for i, p in enumerate([0, 1, 2, 0])]
+    # The daemon said the topic has 5 partitions now: a new list object in the cache.
+    producer._session.link.partition_cache["fast-path"] = [0, 1, 2, 3, 4]
+    for i in range(5):
+        producer.send_messages("fast-path", b"n%d" % i)
+    assert [p for _, p, _ in _sent(producer)[4:]] == [0, 1, 2, 3, 4]
+    producer.send_messages(b"fast-path", b"as bytes")       # a bytes topic takes the full way
+    assert _sent(producer)[-1] == ("fast-path", 0, [b"as bytes"])
+
+
+def test_async_send_refuses_when_stopped_or_closed_and_checks_payloads(producer):
+    producer.send_messages("fast-path", b"first")
+    with pytest.raises(TypeError, match="bytes"):
+        producer.send_messages("fast-path", "text")
+    with pytest.raises(TypeError, match="at least one"):
+        producer.send_messages("fast-path")
+    producer._session.closed = True              # stop() ran in another thread
+    with pytest.raises(IllegalStateError, match="stopped"):
+        producer.send_messages("fast-path", b"late")
+    producer._session.closed = False
+    producer.stopped, producer._stopped_pid = True, os.getpid()
+    with pytest.raises(IllegalStateError, match="stopped"):
+        producer.send_messages("fast-path", b"later")
+    assert [v for _, _, v in _sent(producer)] == [[b"first"]]
+
+
+def test_a_refused_async_send_leaves_the_session_lock_free():
+    link = _linkmod._Link(NO_DAEMON)
+    session = _linkmod._Session(link, {}, maxsize=1, put_timeout=0, log_messages=False, label="test")
+    session.send_async("t", 0, None, [b"a"])
+    with pytest.raises(AsyncProducerQueueFull):
+        session.send_async("t", 0, None, [b"b"])
+    assert not session.lock.locked()
+    session.closed = True
+    with pytest.raises(IllegalStateError):
+        session.send_async("t", 0, None, [b"c"])
+    assert not session.lock.locked()
+    assert [e[5] for e in session.pending.values()] == [[b"a"]]
