@@ -6,7 +6,9 @@ driver (`kafkad.broker`) calls it with events and the current time (`now`,
 seconds on any monotonic clock) and, after every batch of events, calls
 `poll(now)`, which returns an `Actions`: connections to open or close,
 requests to write (in order, per node), connections that need SASL, outcomes
-to report, and the time by which `poll` must run again.
+to report, and the time by which `poll` must run again. (A sync send may
+skip those polls when `needs_poll` says they have nothing to do: the sync
+fast path, `send_sync` and `take_outcomes`.)
 
 How records move (docs/engine.md has the full rules):
 
@@ -91,9 +93,9 @@ _RECORD_OVERHEAD = record_size_upper_bound(None, None)
 _REQUEST_OVERHEAD = 128
 _PARTITION_OVERHEAD = 32
 _INF = float("inf")
-# Connection states in which requests may be written (ApiVersions before READY).
 # needs_poll looks at each lane with records; past this many it just says yes
 _NEEDS_POLL_SCAN_MAX = 64
+# Connection states in which requests may be written (ApiVersions before READY).
 _OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
 _LATENCY_SAMPLES = 1024
 # Builds an Outcome from a tuple of its fields without the NamedTuple's Python-level
@@ -1090,9 +1092,11 @@ class Engine:
         lane for a look (`_move` sets `_dirty_all`), a failed batch marks its
         lane, and whatever a poll does later than now is in its deadline. So:
         nothing is due, nothing waits to be handed out, no lane waits for a
-        look or a wake-up before that deadline, and no request on the wire
-        times out before it. tests/engine/test_sync_fast_path.py checks that a
-        poll then does nothing.
+        look or a wake-up before that deadline, no producer id is to be asked
+        for (a new group with records, a bump whose last batch came back), and
+        no request on the wire times out before it.
+        tests/engine/test_sync_fast_path.py checks that a poll then does
+        nothing.
         """
         due = self._deadline
         if (now >= due or self._dirty_all or self.draining or self._sync_lanes or self._outcomes
@@ -1109,6 +1113,14 @@ class Engine:
         for conn in self.conns.values():
             if conn.inflight and conn.inflight[0].sent_at + rt < due:
                 return True
+        # what _poll_group acts on: neither is a state change (_dirty_all)
+        for group in self.groups.values():
+            st = group.state
+            if st is PidState.NONE:
+                if any(lane.batches for lane in group.lanes):
+                    return True     # records waiting for their first producer id
+            elif st is PidState.BUMP_PENDING and not group.inflight:
+                return True         # the bump's last batch on the wire came back
         return False
 
     # ------------------------------------------------------------------ poll

@@ -20,6 +20,7 @@ from .fakes import FakeCluster, Harness, settings
 from .test_outcome_order import check_order
 
 SYNC = settings(async_send=False)
+SYNC_ALL = settings(async_send=False, acks=-1)   # another producer-id group
 INF = float("inf")
 
 
@@ -69,18 +70,24 @@ class FastDriver:
             assert_poll_has_nothing_to_do(self.h)
 
     def submit(self, partition: int, values, s, token) -> object:
+        return self.burst([(partition, values, s, token)])[0]
+
+    def burst(self, calls) -> list:
+        """Submissions read in one go: the sync ones' requests are taken once, at the end."""
         h = self.h
-        sub = h.submit("t", partition, values, settings=s, token=token)
-        if s.async_send:
+        subs = [h.submit("t", partition, values, settings=s, token=token)
+                for partition, values, s, token in calls]
+        if any(s.async_send for _, _, s, _ in calls):
             self.poll_wanted = True
-            return sub
+        if all(s.async_send for _, _, s, _ in calls):
+            return subs
         sends = h.engine.send_sync(h.now)
         if sends:
             self._write(sends)
             self._after_event()
         else:
             self.poll_wanted = True
-        return sub
+        return subs
 
     def answer(self, req) -> None:
         h = self.h
@@ -152,6 +159,36 @@ def test_what_needs_a_poll_says_so(event):
     assert e.needs_poll(h.now)
 
 
+def test_a_new_producer_id_group_in_a_burst_needs_a_poll():
+    """A sync send of new settings (another producer id) read with one that goes out at once."""
+    h = _harness()
+    d = FastDriver(h)
+    d.burst([(0, [b"a"], SYNC, "a"), (0, [b"b"], settings(async_send=False, acks=-1), "b")])
+    assert [type(r.msg).__name__ for r in h.unanswered] == ["ProduceRequest"]   # "a" only
+    assert h.engine.needs_poll(h.now)      # "b" waits for InitProducerId: only a poll asks
+    d.poll_wanted = False
+    d.answer(h.unanswered[0])
+    assert h.engine.needs_poll(h.now)
+
+
+def test_the_answer_that_ends_a_bumps_wait_needs_a_poll():
+    """After a lost sequence the bump waits for the group's batches on the wire; the last
+    one's clean answer is what lets it start."""
+    h = _harness()
+    d = FastDriver(h)
+    h.cluster.produce_errors[("t", 0)].append(59)        # UNKNOWN_PRODUCER_ID
+    h.submit("t", 2, [b"warm-up"])                         # connect partition 2's leader
+    h.run()
+    d.burst([(0, [b"a"], SYNC, "a"), (2, [b"b"], SYNC, "b")])
+    assert len(h.unanswered) == 2
+    d.answer(next(r for r in h.unanswered if r.node == h.engine.metadata.leader("t", 0)))
+    assert d.poll_wanted                                   # the bump is pending
+    d.poll_if_due()
+    assert not h.sent[-1:] or type(h.sent[-1].msg).__name__ != "InitProducerIdRequest"
+    d.answer(h.unanswered[0])                              # b's clean answer: nothing in flight
+    assert h.engine.needs_poll(h.now)
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
     rng = random.Random(seed)
@@ -171,10 +208,14 @@ def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
             h.now += rng.choice([0.0005, 0.01, 0.2, 0.6])
             d.poll_if_due()     # the timer
         elif r < 0.6:
-            tok = f"s{step}"
-            s = SYNC if rng.random() < 0.8 else settings(async_send=True, batch_n=2, batch_t=0.1)
-            subs[tok] = d.submit(rng.randrange(3), [f"{tok}-{i}".encode() for i in range(rng.randint(1, 3))],
-                                 s, tok)
+            calls = []
+            for j in range(rng.choice([1, 1, 1, 2, 3])):       # sometimes a burst
+                tok = f"s{step}.{j}"
+                s = rng.choice([SYNC, SYNC, SYNC_ALL, settings(async_send=True, batch_n=2, batch_t=0.1)])
+                calls.append((rng.randrange(3), [f"{tok}-{i}".encode() for i in range(rng.randint(1, 3))],
+                              s, tok))
+            for sub in d.burst(calls):
+                subs[sub.token] = sub
         elif h.unanswered:
             req = rng.choice(h.unanswered[:2])    # mostly in order, sometimes not per broker
             same_conn_first = next(q for q in h.unanswered if q.node == req.node)
@@ -184,7 +225,7 @@ def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
                 d.poll_wanted = True
             else:
                 if type(same_conn_first.msg).__name__ == "ProduceRequest" and rng.random() < 0.15:
-                    c.produce_errors[("t", rng.randrange(3))].append(rng.choice([6, 19, 10, 45]))
+                    c.produce_errors[("t", rng.randrange(3))].append(rng.choice([6, 19, 10, 45, 47, 59]))
                 d.answer(same_conn_first)
         for node in h.closes[closes_seen:]:
             h.unanswered = [q for q in h.unanswered if q.node != node]
@@ -218,5 +259,7 @@ def test_many_lanes_with_records_always_poll():
     d = FastDriver(h)
     h.unanswered.clear()
     d.submit(0, [b"s"], SYNC, "s")        # broker 1: its answer comes
+    assert d.poll_wanted                   # over the cap: the submission's side says yes
+    d.poll_wanted = False
     d.answer(h.unanswered[0])
-    assert d.poll_wanted                   # without the cap a poll would have nothing to do
+    assert d.poll_wanted                   # and the answer's side (no scan: a poll would do nothing)
