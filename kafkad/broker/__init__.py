@@ -133,16 +133,21 @@ class BrokerProducer:
             self._send_sync(now)
 
     def _send_sync(self, now: float) -> None:
-        """Write the sync submissions' requests now; poll only if that leaves work (Engine.needs_poll)."""
+        """Write the sync submissions' requests now; poll only if that leaves work (Engine.needs_poll).
+
+        Never raises: it runs inside I/O callbacks and release_polls, which
+        must always end their burst. A failure is logged and a poll asked
+        for, as when a poll fails.
+        """
         try:
             sends = self.engine.send_sync(now)
+            if sends:
+                self._write(sends, now)
+            if sends and not self._needs_poll(now):
+                return
         except Exception:  # noqa: BLE001 - as a failed poll: logged, and the poll tries again
-            log.exception("the producer engine failed in send_sync()")
-            sends = []
-        if sends:
-            self._write(sends, now)
-        if not sends or self._needs_poll(now):
-            self.wake()
+            log.exception("the producer failed sending sync requests")
+        self.wake()
 
     def flush_session(self, session_id: bytes) -> None:
         """Send what session `session_id` holds for batching now (its producer is stopping).
@@ -277,7 +282,7 @@ class BrokerProducer:
         if self._sync_waiting and self._held == 1:
             self._sync_waiting = False
             if poll:
-                self._send_sync(self.loop.time())   # still held: its wake() only notes
+                self._send_sync(self.loop.time())   # still held: its wake() only notes; never raises
             else:
                 self.wake()     # the poll (next turn) sends them, after the failure is known
         self._held -= 1
@@ -406,11 +411,15 @@ class BrokerProducer:
         Then ask for a poll only if one has work (a clean answer to a sync
         send in a settled daemon has none): see Engine.needs_poll.
         """
-        outcomes = self.engine.take_outcomes()
-        if outcomes:
-            self._report_outcomes(outcomes)
-        if self._needs_poll(now):
-            self.wake()
+        try:
+            outcomes = self.engine.take_outcomes()
+            if outcomes:
+                self._report_outcomes(outcomes)
+            if not self._needs_poll(now):
+                return
+        except Exception:  # noqa: BLE001 - never out of data_received: the poll reports them
+            log.exception("the producer failed reporting answers")
+        self.wake()
 
     def _report_partition_changes(self, changes: list[tuple[str, int, list[int]]]) -> None:
         for topic, error, parts in changes:

@@ -196,3 +196,35 @@ def test_the_sync_sends_of_one_burst_share_a_request(tansu, topic):
 
     run = asyncio.run(run_producer(kafka_config(tansu.bootstrap), script))
     assert sorted((o.token, o.error, o.delivered) for o in run.outcomes[1:]) == [(i, 0, 1) for i in range(4)]
+
+
+def test_a_failure_in_the_sync_fast_path_still_ends_the_burst_and_polls(caplog):
+    """send_sync or answers_read raising (a bug) is logged; the burst ends and a poll follows."""
+    from kafkad.broker import BrokerProducer
+    from kafkad.config import QueueConfig
+    from kafkad.engine.types import SessionSettings
+
+    async def main():
+        producer = BrokerProducer(kafka_config("127.0.0.1:9"), QueueConfig(), on_outcomes=list)
+        producer.loop = asyncio.get_running_loop()   # start() would connect; not needed here
+        polls = []
+        producer._poll_once = lambda: polls.append(producer._held)
+
+        def boom(*args):
+            raise RuntimeError("boom")
+
+        producer.engine.send_sync = boom
+        producer.hold_polls()
+        producer.submit(sub("t", 0, [b"x"], SessionSettings(async_send=False)))
+        producer.release_polls()
+        assert producer._held == 0 and polls == [0]
+        producer.engine.take_outcomes = boom
+        producer.hold_polls()
+        producer.answers_read(producer.loop.time())
+        producer.release_polls()
+        assert producer._held == 0 and polls == [0, 0]
+
+    with caplog.at_level(logging.ERROR, logger="kafkad.broker"):
+        asyncio.run(main())
+    assert "failed sending sync requests" in caplog.text
+    assert "failed reporting answers" in caplog.text
