@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
 
 from .common import (CONFLUENT, KAFKAD, BenchContext, ContenderError, KafkadClient, WorkerPool,
@@ -227,6 +228,17 @@ def tansu_pid(port: int) -> int | None:
         except OSError:
             continue
     return None
+
+
+def unpin(pids: list[int], cpus: set[int]) -> None:
+    """`pin` back to `cpus` as far as it goes, from a cleanup: a failure here is
+    printed, not raised, so that it neither hides the error being cleaned up
+    after nor leaves the other threads pinned."""
+    for pid in pids:
+        try:
+            pin([pid], cpus)
+        except OSError as exc:
+            print(f"capacity: could not restore the affinity of pid {pid}: {exc}", file=sys.stderr)
 
 
 def pin(pids: list[int], cpus: set[int]) -> int:
@@ -502,6 +514,7 @@ def run(ctx: BenchContext) -> dict:
             pin([ctx.daemon.pid], all_cpus)
         except OSError as exc:
             pinning, one_core = f"sched_setaffinity failed: {exc}", None
+            unpin([ctx.daemon.pid], all_cpus)   # the daemon serves the sections after this one
     configs = _configs(ctx, p, one_core)
     drivers: dict = {}
     errors: dict[str, str] = {}
@@ -564,7 +577,7 @@ def _trial(ctx: BenchContext, driver, cfg: dict, p: dict, tansu: int | None, all
         delivered1 = daemon.delivered() if daemon else None
     finally:
         if cfg["cpus"] and procs:
-            pin(list(procs), all_cpus)
+            unpin(list(procs), all_cpus)
         if prepared:
             driver.release()
         delete_topic(ctx.bootstrap, topic)
