@@ -43,7 +43,7 @@ import sys
 import time
 
 from .common import (CONFLUENT, KAFKAD, BenchContext, ContenderError, KafkadClient, WorkerPool,
-                     create_topic, delete_topic, fixed_payload, median, new_topic_name)
+                     create_topic, delete_topic, fixed_payload, median, new_topic_name, tcp_sockets)
 
 # Feeder settings: messages per SEND_GROUPS frame (1,000 one-message entries, or
 # 100 entries of 10 when a call carries 10), and the messages one feeder keeps
@@ -204,17 +204,8 @@ def cpu_by_role(before: dict, after: dict, procs: dict[int, str]) -> dict:
 
 def tansu_pid(port: int) -> int | None:
     """The pid listening on 127.0.0.1:`port` (the section's Tansu), from /proc/net/tcp."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add(f"socket:[{parts[9]}]")
-        except OSError:
-            continue
+    inodes = {f"socket:[{inode}]" for local, _, state, inode in tcp_sockets()
+              if state == "0A" and local == port}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue

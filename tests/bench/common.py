@@ -684,24 +684,29 @@ def _socket_inodes(pids: list[int]) -> set[int]:
     return inodes
 
 
-def broker_connections(pids: list[int], broker_port: int) -> int:
-    """ESTABLISHED TCP connections to `broker_port` held by these processes (and their children)."""
-    every = [p for pid in pids for p in process_tree(pid)]
-    inodes = _socket_inodes(every)
-    count = 0
+def tcp_sockets():
+    """The host's TCP sockets from /proc/net/tcp and tcp6: (local port, remote port, state, inode).
+
+    `state` is the kernel's hex code: "01" ESTABLISHED, "0A" LISTEN.
+    """
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 next(f)
-                for line in f:
-                    parts = line.split()
-                    remote, state, inode = parts[2], parts[3], int(parts[9])
-                    if state == "01" and int(remote.rsplit(":", 1)[1], 16) == broker_port \
-                            and inode in inodes:
-                        count += 1
+                rows = [line.split() for line in f]
         except OSError:
             continue
-    return count
+        for parts in rows:
+            yield (int(parts[1].rsplit(":", 1)[1], 16), int(parts[2].rsplit(":", 1)[1], 16),
+                   parts[3], int(parts[9]))
+
+
+def broker_connections(pids: list[int], broker_port: int) -> int:
+    """ESTABLISHED TCP connections to `broker_port` held by these processes (and their children)."""
+    every = [p for pid in pids for p in process_tree(pid)]
+    inodes = _socket_inodes(every)
+    return sum(1 for _, remote, state, inode in tcp_sockets()
+               if state == "01" and remote == broker_port and inode in inodes)
 
 
 # --------------------------------------------------------------------------
