@@ -74,6 +74,13 @@ _ENTRY_OVERHEAD = 2048            # bound on a spool entry's size beyond its key
 # limit still arrives and gets an ERROR(TOO_LARGE) reply naming it; a bigger one
 # is cut off by ZeroMQ before it is buffered (it drops that peer's connection).
 _FRAME_ENVELOPE = 64 << 10
+# Messages ZeroMQ may take in from one peer before the loop reads them. While
+# the loop is busy (a saturated main thread, or senders held by a full spool),
+# more than this waits in the peer, so the daemon's memory stays bounded by its
+# [queue] caps plus a few frames per connection (the shim cuts frames at
+# TARGET_FRAME_BYTES, 256 KiB). It was 100,000: four shims flooding a busy
+# daemon put 600 MiB into its receive pipes with 30 MiB queued in the engine.
+_RCVHWM = 8
 _CLOSE_LINGER_S = 1.0             # at close: how long replies already queued may take to reach the shims
 # At a stop, the socket stays open this long after the last reply went out: a
 # shim whose ZeroMQ receive queue is full when the connection closes loses what
@@ -360,7 +367,7 @@ class IpcServer:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, _RCVHWM)
         # A hard cap so one message cannot exhaust memory; frames between
         # max_frame_bytes and this get an ERROR reply, bigger ones a disconnect.
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)

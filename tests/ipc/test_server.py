@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import stat
+import threading
 import time
 
 import msgpack
@@ -344,6 +345,48 @@ def test_oversized_frame_and_multipart_are_refused(tmp_path):
             p.send([schema.STATS, 3, "trailing fields are ignored"])
             assert p.recv()[:2] == [schema.STATS_REPLY, 3]
         finally:
+            p.close()
+
+
+def test_a_peer_can_buffer_only_a_few_frames_in_the_daemon_while_it_is_busy():
+    """The daemon's memory is bounded by its [queue] caps, not by what its peers
+    manage to write: while the loop is busy (held here, as a saturated main
+    thread would be), ZeroMQ takes only a few frames per peer into the daemon's
+    process, and the rest waits in the peer (whose own async_queue_maxsize
+    bounds it). Nothing is lost: every frame is served once the loop runs."""
+    frame_bytes = 256 << 10                      # the shim's TARGET_FRAME_BYTES
+    with ServerThread() as st:
+        held, release = threading.Event(), threading.Event()
+        st.loop.call_soon_threadsafe(lambda: (held.set(), release.wait(60)))
+        assert held.wait(5)
+        p = Peer(st.endpoint)
+        try:
+            p.sock.setsockopt(zmq.SNDHWM, 1)
+            pushed = refused = 0
+            # Write until the link stays full for half a second, or far past any
+            # reasonable bound (the old unbounded buffer took everything).
+            while refused < 50 and pushed * frame_bytes < (256 << 20):
+                try:
+                    p.sock.send(schema.encode([schema.STATS, pushed, b"x" * frame_bytes]), zmq.NOBLOCK)
+                except zmq.Again:
+                    refused += 1
+                    time.sleep(0.01)
+                    continue
+                pushed += 1
+                refused = 0
+            release.set()
+            assert pushed * frame_bytes <= (32 << 20), f"{pushed} frames of 256 KiB taken while the loop was busy"
+            deadline = time.monotonic() + 30
+            answered = set()
+            while len(answered) < pushed:
+                left = deadline - time.monotonic()
+                assert left > 0, f"{pushed - len(answered)} of {pushed} frames not served after the loop ran"
+                reply = p.recv(left)
+                assert reply[0] == schema.STATS_REPLY, reply
+                answered.add(reply[1])
+            assert answered == set(range(pushed))
+        finally:
+            release.set()
             p.close()
 
 
