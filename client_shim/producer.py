@@ -371,7 +371,7 @@ class SimpleProducer(Producer):
                 and self._session_pid == _linkmod._pid and not self.stopped:
             known = self._cycles.get(topic)
             if known is not None and known[0] is session.link.partition_cache.get(topic):
-                session.send_async(topic, next(known[1]), None, [msg[0]])
+                session.send_async(topic, next(known[1]), None, msg)
                 return []
         topic = _check_topic(topic)
         values = _check_payloads(msg, None)

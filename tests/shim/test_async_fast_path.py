@@ -32,7 +32,7 @@ def producer():
 
 
 def _sent(p) -> list[tuple]:
-    return [(e[1], e[2], e[5]) for e in p._session.pending.values()]
+    return [(e[1], e[2], list(e[5])) for e in p._session.pending.values()]
 
 
 def test_async_sends_round_robin_and_follow_a_changed_partition_list(producer):
@@ -76,4 +76,4 @@ def test_a_refused_async_send_leaves_the_session_lock_free():
     with pytest.raises(IllegalStateError):
         session.send_async("t", 0, None, [b"c"])
     assert not session.lock.locked()
-    assert [e[5] for e in session.pending.values()] == [[b"a"]]
+    assert [list(e[5]) for e in session.pending.values()] == [[b"a"]]
