@@ -257,11 +257,11 @@ class Producer:
 
     def _send_messages(self, session, topic, partition, values, key=None):
         """Send already validated `values` (and `key`) to `topic`/`partition`."""
-        keys = None if key is None else [key] * len(values)
         if self.async_send:
-            session.send_async(topic, partition, keys, values)
+            session.send_async(topic, partition, key, values)
             return []
-        return self._send_sync(session, topic, partition, keys, values)
+        return self._send_sync(session, topic, partition, None if key is None else [key] * len(values),
+                               values)
 
     def _send_sync(self, session, topic, partition, keys, values):
         if session.closed:              # stopped by another thread since _get_session()
@@ -303,9 +303,9 @@ class Producer:
         # got in before (and is waited for or reported here) or raises IllegalStateError.
         left = session.wait_drained(wait if self.async_send else 0.0, close=True)
         if left:
-            count = sum(len(e[5]) for e in left)
+            count = sum(len(e) - _linkmod._V for e in left)
             log.error("%s stopped with %d message(s) not delivered after %gs", session.label, count, wait)
-            _linkmod.report_failures(session, [(e, 0, len(e[5]), 7) for e in left],
+            _linkmod.report_failures(session, [(e, 0, len(e) - _linkmod._V, 7) for e in left],
                                      f" within async_stop_timeout={wait:g}s")
         if session.link.connected:     # a daemon that is gone has no session to end
             try:
@@ -371,7 +371,7 @@ class SimpleProducer(Producer):
                 and self._session_pid == _linkmod._pid and not self.stopped:
             known = self._cycles.get(topic)
             if known is not None and known[0] is session.link.partition_cache.get(topic):
-                session.send_async(topic, next(known[1]), None, [msg[0]])
+                session.send_async(topic, next(known[1]), None, msg)
                 return []
         topic = _check_topic(topic)
         values = _check_payloads(msg, None)

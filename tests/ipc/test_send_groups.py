@@ -302,16 +302,17 @@ def test_with_a_spool_groups_take_the_spooled_path(tmp_path):
 # --- the shim's packing ----------------------------------------------------------------
 
 def test_shim_packing_gives_back_exactly_the_entries_it_was_handed():
+    # As the shim keeps them: (first_seq, topic, partition, ts, key, *values), one key per call.
     entries = [
-        [0, "t", 0, TS, None, [b"a"]],
-        [1, "t", 1, TS + 1, None, [b"b"]],
-        [2, "t", 0, TS + 2, [b"k1", None], [b"c", b"d"]],
-        [4, "u", 0, TS + 3, None, [None]],
-        [5, "t", 0, TS + 4, None, [b"e"]],
-        [6, "t", 1, TS + 5, [b"k2"], [b"f"]],
-        [7, "t", 1, TS + 6, None, [b"g", b"h", b"i"]],
+        (0, "t", 0, TS, None, b"a"),
+        (1, "t", 1, TS + 1, None, b"b"),
+        (2, "t", 0, TS + 2, b"k1", b"c", b"d"),
+        (4, "u", 0, TS + 3, b"k0", None),
+        (5, "t", 0, TS + 4, None, b"e"),
+        (6, "t", 1, TS + 5, b"k2", b"f"),
+        (7, "t", 1, TS + 6, None, b"g", b"h", b"i"),
     ]
-    unsent = collections.deque(list(e) for e in entries)
+    unsent = collections.deque(entries)
     frame, n = _groups_frame(SID, unsent)
     assert n == len(entries) and not unsent
     kind, (sid, groups) = schema.decode_request(frame, 1 << 20)
@@ -319,18 +320,19 @@ def test_shim_packing_gives_back_exactly_the_entries_it_was_handed():
     back = _entries_of_groups(groups)
     assert [e[0] for e in back] == [e[0] for e in entries]
     for got, want in zip(back, entries):
-        keys = want[4] if want[4] is not None else [None] * len(want[5])
-        assert got[1:3] == want[1:3] and got[5] == want[5]
-        assert (got[4] if got[4] is not None else [None] * len(got[5])) == keys
+        assert got[1:3] == list(want[1:3]) and got[5] == list(want[5:])
+        assert (got[4] if got[4] is not None else [None] * len(got[5])) == [want[4]] * len(want[5:])
     # A group is stamped with its first entry's time; plain one-message groups carry no counts or keys.
     t0 = next(g for g in groups if g[:2] == ["t", 0])
-    assert t0[2] == TS and t0[3] == [0, 2, 5] and t0[4] == [1, 2, 1] and t0[5] == [None, b"k1", None, None]
-    assert next(g for g in groups if g[0] == "u")[3:] == [[4], None, None, [None]]
+    assert t0[2] == TS and t0[3] == [0, 2, 5] and t0[4] == [1, 2, 1] and t0[5] == [None, b"k1", b"k1", None]
+    assert next(g for g in groups if g[0] == "u")[3:] == [[4], None, [b"k0"], [None]]
+    assert next(g for g in groups if g[:2] == ["t", 1])[3:] == [[1, 6, 7], [1, 1, 3], [None, b"k2", None, None, None],
+                                                                 [b"b", b"f", b"g", b"h", b"i"]]
 
 
 def test_shim_packing_cuts_frames_near_the_target_size():
     big = b"x" * 100_000
-    unsent = collections.deque([[i, "t", i % 3, TS, None, [big]] for i in range(10)])
+    unsent = collections.deque([(i, "t", i % 3, TS, None, big) for i in range(10)])
     sizes = []
     while unsent:
         frame, n = _groups_frame(SID, unsent)
@@ -340,7 +342,7 @@ def test_shim_packing_cuts_frames_near_the_target_size():
 
 
 def test_groups_frame_is_plain_msgpack_with_the_new_kind():
-    frame, _ = _groups_frame(SID, collections.deque([[0, "t", 0, TS, None, [b"a"]]]))
+    frame, _ = _groups_frame(SID, collections.deque([(0, "t", 0, TS, None, b"a")]))
     assert msgpack.unpackb(frame) == [schema.SEND_GROUPS, SID, [["t", 0, TS, [0], None, None, [b"a"]]]]
 
 

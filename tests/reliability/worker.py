@@ -134,7 +134,7 @@ def _run(args) -> int:
     not_delivered = 0
     if args.mode == "async" and session is not None:
         left = session.wait_drained(args.stop_timeout)
-        not_delivered = sum(len(e[5]) for e in left)
+        not_delivered = sum(len(e) - 5 for e in left)     # (first_seq, topic, partition, ts, key, *values)
     producer.stop(0 if not_delivered else None)
     failed = session.failed_messages if session is not None else 0
     _emit({"done": args.worker, "sent": sent, "failed": failed, "not_delivered": not_delivered,

@@ -278,7 +278,7 @@ def test_a_forgotten_outcome_is_reported_as_unknown_not_as_a_broker_error(caplog
 
     s = link._Session(link._Link("ipc:///nonexistent"), {}, maxsize=0, put_timeout=0, log_messages=True,
                       label="P")
-    entry = [7, "t", 2, 0, None, [b"maybe"]]
+    entry = (7, "t", 2, 0, None, b"maybe")
     with caplog.at_level(logging.ERROR, logger="client_shim"):
         link.report_failures(s, [(entry, 0, 1, schema.OUTCOME_FORGOTTEN)])
     (line,) = [r.getMessage() for r in caplog.records]

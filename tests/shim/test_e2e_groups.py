@@ -62,3 +62,28 @@ def test_a_daemon_without_the_feature_gets_send_frames(monkeypatch):
         stats = st.server.stats()
         assert stats["send_groups_frames"] == 0
         assert sorted(v for *_, v in st.producer.messages()) == sorted(b"v%d" % i for i in range(200))
+
+
+def test_send_frames_carry_keys_tombstones_and_multi_message_calls(monkeypatch):
+    # The shim keeps an entry as (first_seq, topic, partition, ts, key, *values); a
+    # SEND frame spells out the keys column again.
+    import kafkad.ipc.server as server_mod
+
+    monkeypatch.setattr(server_mod, "FEATURES", ["flush"])
+    with ServerThread() as st:
+        keyed = client_shim.KeyedProducer(st.endpoint, async_send=True, batch_send_every_t=0.005)
+        plain = client_shim.Producer(st.endpoint, async_send=True, batch_send_every_t=0.005)
+        want_keyed = []
+        for i in range(60):
+            key = b"key-%d" % (i % 3)
+            values = (b"a%d" % i, b"b%d" % i) if i % 4 else (None,)     # every 4th a tombstone
+            keyed.send_messages("t", key, *values)
+            want_keyed += [(key, v) for v in values]
+            plain.send_messages("t", 1, b"p%d" % i, b"q%d" % i)
+        keyed.stop()
+        plain.stop()
+        assert st.server.stats()["send_groups_frames"] == 0
+        got = st.producer.messages()
+        assert sorted(((k, v) for _, _, k, v in got if k is not None), key=repr) == sorted(want_keyed, key=repr)
+        assert [(p, v) for _, p, k, v in got if k is None] == \
+            [(1, v) for i in range(60) for v in (b"p%d" % i, b"q%d" % i)]
