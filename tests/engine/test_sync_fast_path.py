@@ -92,7 +92,7 @@ class FastDriver:
     def answer(self, req) -> None:
         h = self.h
         h.unanswered.remove(req)
-        h.engine.response(req, h.cluster.answer(req), h.now)
+        h.deliver(req, h.cluster.answer(req))     # a Produce answer as its frame
         h.outcomes += h.engine.take_outcomes()
         self._after_event()
 
@@ -189,13 +189,14 @@ def test_the_answer_that_ends_a_bumps_wait_needs_a_poll():
     assert h.engine.needs_poll(h.now)
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
+def _random_run(seed: int, frames: bool = True):
+    """A seeded random run through FastDriver; returns the harness and the submissions."""
     rng = random.Random(seed)
     h = _harness(delivery_timeout_ms=rng.choice([800, 3000]), request_timeout_ms=500,
                  retry_backoff_max_ms=100, reconnect_backoff_ms=10,
                  max_in_flight_per_connection=rng.choice([1, 2, 5]),
                  idempotence=rng.random() < 0.8)
+    h.frames = frames
     c = h.cluster
     d = FastDriver(h)
     subs = {}
@@ -235,9 +236,48 @@ def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
     for req in list(h.unanswered):
         d.answer(req)
     h.run(until=h.now + 60)      # Harness.step from here: a poll per step, answers at once
+    return h, subs
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
+    h, subs = _random_run(seed)
     assert h.engine.idle
     h.check_accounting()
     check_order(h, subs)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_answers_read_from_frames_settle_as_decoded_messages_do(seed):
+    """Engine.answer (a clean one-batch Produce answer read without message objects)
+    changes the engine exactly as response() with the decoded answer does."""
+    a, _ = _random_run(seed, frames=True)
+    b, _ = _random_run(seed, frames=False)
+    assert a.outcomes == b.outcomes
+    assert [(r.node, r.api_key, r.version, r.body) for r in a.sent] == \
+        [(r.node, r.api_key, r.version, r.body) for r in b.sent]
+    assert a.engine.stats() == b.engine.stats()
+
+
+def test_only_clean_one_batch_answers_skip_the_decoder(monkeypatch):
+    h = _harness()
+    d = FastDriver(h)
+    e = h.engine
+    decoded = []
+    real = e.decode
+    monkeypatch.setattr(e, "decode", lambda req, frame: decoded.append(req) or real(req, frame))
+    d.submit(0, [b"a"], SYNC, "a")
+    d.answer(h.unanswered[0])
+    assert decoded == [] and [o.error for o in h.outcomes] == [0]
+    h.cluster.produce_errors[("t", 0)].append(6)         # NOT_LEADER_OR_FOLLOWER: the general way
+    d.submit(0, [b"b"], SYNC, "b")
+    req = h.unanswered[0]
+    d.answer(req)
+    assert decoded == [req]
+    d.poll_if_due()
+    h.run()
+    assert [(o.token, o.error) for o in h.outcomes] == [("a", 0), ("b", 0)]
+    assert h.values("t", 0)[-2:] == [b"a", b"b"]
 
 
 def test_many_lanes_with_records_always_poll():
