@@ -94,6 +94,9 @@ _PARTITION_OVERHEAD = 32
 _INF = float("inf")
 # needs_poll looks at each lane with records; past this many it just says yes
 _NEEDS_POLL_SCAN_MAX = 64
+_OPEN = BatchState.OPEN   # enum member lookups are slow on the per-send path
+_CONN_READY = ConnState.READY
+_PID_READY, _PID_DISABLED = PidState.READY, PidState.DISABLED
 # Connection states in which requests may be written (ApiVersions before READY).
 _OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
 _LATENCY_SAMPLES = 1024
@@ -1106,6 +1109,8 @@ class Engine:
         lanes, self._sync_lanes = self._sync_lanes, []
         if not lanes or self._dirty_all or self.draining:
             return []
+        if len(lanes) == 1 and self._send_one(lanes[0], now):
+            return self._take_sends()
         buckets: dict[tuple, list[list[Batch]]] = {}
         for lane in lanes:
             if lane.dirty and lane in self._active:
@@ -1114,6 +1119,47 @@ class Engine:
         for (node, acks, timeout_ms), picked in buckets.items():
             self._build_requests(self.conns[node], acks, timeout_ms, picked, now)
         return self._take_sends()
+
+    def _send_one(self, lane: Lane, now: float) -> bool:
+        """`send_sync` for the usual case, one lane holding one new sync batch; False: not that case.
+
+        What `_visit_lane` and `_build_requests` do for such a lane, without
+        their loops and containers: the batch is due (sync), not expired, its
+        group has its producer id (or none is used), its leader's connection
+        is ready and writable and takes one more request. In any other case
+        nothing is changed and the general way decides.
+        tests/engine/test_sync_fast_path.py compares both ways.
+        """
+        batches = lane.batches
+        if len(batches) != 1 or not lane.dirty or lane.inflight or lane not in self._active:
+            return False
+        b = batches[0]
+        if b.state is not _OPEN or not b.sync or now >= b.deadline:
+            return False
+        group = lane.group
+        if group.state is not _PID_READY and group.state is not _PID_DISABLED:
+            return False
+        leader = self.metadata.leader(lane.topic, lane.partition)
+        if leader < 0:
+            return False
+        conn = self.conns.get(leader)
+        if conn is None or conn.state is not _CONN_READY or not conn.writable:
+            return False
+        acks = group.acks
+        if acks != 0 and len(conn.inflight) >= self.kafka.max_in_flight_per_connection:
+            return False
+        lane.dirty = False
+        lane.wake_at = b.deadline
+        advance(b, BatchState.READY)
+        try:
+            self._encode(b)
+        except Exception as exc:  # noqa: BLE001 - as in _build_requests
+            self._drop_from_batch(
+                b, [], [(c, UNKNOWN_SERVER_ERROR) for c in b.chunks], now,
+                f"could not encode the batch: {type(exc).__name__}: {exc}")
+            return True
+        self._send_produce(conn, acks, group.timeout_ms, [b], now)
+        return True
 
     def take_outcomes(self) -> list[Outcome]:
         """The outcomes settled since the last poll (answers read), now rather than in its Actions."""
