@@ -47,6 +47,7 @@ _ACKS_TIMEOUT = struct.Struct(">hi")
 _I16_LEN = struct.Struct(">h")
 _NULL_I16 = b"\xff\xff"
 _NULL_I32 = b"\xff\xff\xff\xff"
+_ONE = b"\x00\x00\x00\x01"       # an int32 1: a one-element array
 
 _Topic = ProduceResponse.TopicProduceResponse
 _Part = ProduceResponse.PartitionProduceResponse
@@ -223,6 +224,19 @@ def produce_body(version: int, acks: int, timeout_ms: int, topic_data,
     builds its requests with this from values it checked.
     """
     flexible = version >= 9
+    if transactional_id is None and len(topic_data) == 1 and len(topic_data[0][1]) == 1:
+        # one partition (a sync send's request): one join, no loops
+        name, ((index, records),) = topic_data[0]
+        if type(records) is bytes:
+            raw = name.encode()
+            if flexible:
+                return b"".join((b"\x00", _ACKS_TIMEOUT.pack(acks, timeout_ms), b"\x02",
+                                 _uvarint(len(raw) + 1), raw, b"\x02", _I32.pack(index),
+                                 _uvarint(len(records) + 1), records, b"\x00\x00\x00"))
+            if len(raw) <= 0x7FFF:
+                return b"".join((_NULL_I16, _ACKS_TIMEOUT.pack(acks, timeout_ms), _ONE,
+                                 _I16_LEN.pack(len(raw)), raw, _ONE, _I32.pack(index),
+                                 _I32.pack(len(records)), records))
     parts: list = []
     add = parts.append
     tid = transactional_id

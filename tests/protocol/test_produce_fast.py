@@ -208,3 +208,13 @@ def test_the_raw_reading_gives_the_fast_decoders_values(version):
             assert [(t.name, [(p.index, p.error_code, p.base_offset) for p in t.partition_responses])
                     for t in msg.responses] == [(name, [f[:3] for f in parts]) for name, parts in topics]
     check()
+
+
+@pytest.mark.parametrize("version", REQ_VERSIONS)
+def test_a_one_partition_body_has_its_short_path_with_the_same_bytes(version):
+    for acks, name, index, records in [(1, "t", 0, b"x" * 200), (-1, "a" * 249, 2**31 - 1, b""),
+                                       (0, "topic", 3, None), (1, "t\u00e9", 7, b"r" * 300)]:
+        msg = ProduceRequest(acks=acks, timeout_ms=1500, topic_data=[ProduceRequest.TopicProduceData(
+            name=name, partition_data=[ProduceRequest.PartitionProduceData(index=index, records=records)])])
+        body = produce_body(version, acks, 1500, [(name, [(index, records)])])
+        assert produce_frame(version, 9, "k", body) == encode_request(msg, version, 9, "k")
