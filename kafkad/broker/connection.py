@@ -38,7 +38,7 @@ from kafkad.protocol import (
     peek_correlation_id,
 )
 from kafkad.protocol.messages import RESPONSE_FOR
-from kafkad.protocol.produce import produce_frame
+from kafkad.protocol.produce import produce_request
 
 if TYPE_CHECKING:
     from kafkad.broker import BrokerProducer
@@ -106,9 +106,9 @@ class BrokerConnection(asyncio.BufferedProtocol):
     def send(self, req: "Request") -> None:
         """Write one engine request (the engine already counts it as in flight)."""
         corr = self._next_corr()
-        body = req.body
-        if body is not None:    # a Produce request, encoded by the engine but for its header
-            data = produce_frame(req.version, corr, self._client_id, body)
+        values = req.produce_values
+        if values is not None:  # a Produce request, as plain values: one join, no objects
+            data = produce_request(req.version, corr, self._client_id, *values)
         else:
             data = encode_request(req.msg, req.version, corr, self._client_id)
         if req.expects_response:

@@ -56,16 +56,17 @@ class Request:
     passes the same object back to `Engine.answer` (or `Engine.response`,
     with the decoded answer).
 
-    A Produce request (`Request.produce`) is built as its encoded `body` (what
-    follows the request header; the driver frames it with its correlation id,
-    `kafkad.protocol.produce.produce_frame`) from plain values, not message
-    objects: it is the request of every send. Its `msg`, the same request as a
+    A Produce request (`Request.produce`) is built from plain values, not
+    message objects: it is the request of every send. `produce_values` holds
+    (acks, timeout_ms, [(topic, [(partition, records), ...]), ...]) and the
+    driver writes them with `kafkad.protocol.produce.produce_request` (one
+    join, its correlation id in the header). Its `msg`, the same request as a
     ProduceRequest, is made only when something asks for it (tests, fakes).
-    `body` is None for every other request: the driver encodes `msg`.
+    `produce_values` is None for every other request: the driver encodes `msg`.
     """
 
     __slots__ = ("node", "_msg", "version", "expects_response", "sent_at", "batches", "group",
-                 "response_cls", "api_key", "body", "_produce")
+                 "response_cls", "api_key", "produce_values")
 
     def __init__(self, node: int, msg, version: int, response_cls, now: float,
                  expects_response: bool = True, batches: list[Batch] | None = None,
@@ -79,16 +80,15 @@ class Request:
         self.sent_at = now
         self.batches = batches
         self.group = group
-        self.body = None
-        self._produce = None
+        self.produce_values = None
 
     @classmethod
     def produce(cls, node: int, version: int, now: float, acks: int, timeout_ms: int,
-                topic_data: list, body: bytes, batches: list[Batch]) -> "Request":
-        """A Produce request: `body` encodes (acks, timeout_ms, topic_data) at `version`.
+                topic_data: list, batches: list[Batch]) -> "Request":
+        """A Produce request of (acks, timeout_ms, topic_data) at `version`.
 
-        `topic_data`: [(topic, [(partition, records), ...]), ...] as given to
-        `produce_body`; kept (plain tuples) to make `msg` on demand.
+        `topic_data`: [(topic, [(partition, records), ...]), ...] as
+        `produce_request` takes it; `msg` is made from the same values.
         """
         req = cls.__new__(cls)
         req.node = node
@@ -100,15 +100,14 @@ class Request:
         req.sent_at = now
         req.batches = batches
         req.group = None
-        req.body = body
-        req._produce = (acks, timeout_ms, topic_data)
+        req.produce_values = (acks, timeout_ms, topic_data)
         return req
 
     @property
     def msg(self):
         msg = self._msg
         if msg is None:
-            acks, timeout_ms, topic_data = self._produce
+            acks, timeout_ms, topic_data = self.produce_values
             TPD, PPD = ProduceRequest.TopicProduceData, ProduceRequest.PartitionProduceData
             msg = self._msg = ProduceRequest(
                 transactional_id=None, acks=acks, timeout_ms=timeout_ms,

@@ -59,7 +59,7 @@ from kafkad.protocol import (
     pick_version,
     record_size_upper_bound,
 )
-from kafkad.protocol.produce import decode_produce_raw, produce_body
+from kafkad.protocol.produce import decode_produce_raw
 from kafkad.protocol.errors import error_info
 
 log = logging.getLogger("kafkad.engine")
@@ -1657,8 +1657,7 @@ class Engine:
                 by_topic.setdefault(lane.topic, []).append((lane.partition, b.wire))
             topic_data = list(by_topic.items())
         v = conn.version(API_PRODUCE)
-        req = Request.produce(conn.node, v, now, acks, timeout_ms, topic_data,
-                              produce_body(v, acks, timeout_ms, topic_data), batches)
+        req = Request.produce(conn.node, v, now, acks, timeout_ms, topic_data, batches)
         for b in batches:
             lane = b.lane
             advance(b, BatchState.IN_FLIGHT)

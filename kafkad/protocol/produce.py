@@ -34,7 +34,7 @@ from .messages import ProduceRequest, ProduceResponse
 from .primitives import encode_uvarint
 
 __all__ = ["decode_produce_raw", "decode_produce_response", "encode_produce_request",
-           "produce_body", "produce_frame"]
+           "produce_body", "produce_frame", "produce_request"]
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
@@ -60,8 +60,8 @@ def _uvarint(n: int) -> bytes:
     return _UVARINT1[n] if 0 <= n < 0x80 else encode_uvarint(n)
 
 
-# client_id -> its classic string encoding (one daemon has one client_id)
-_client_ids: dict[str, bytes] = {}
+# (client_id, header v2) -> its header bytes (one daemon has one client_id)
+_client_ids: dict[tuple, bytes] = {}
 
 
 def decode_produce_response(version: int, frame: bytes, strict: bool = False):
@@ -220,9 +220,26 @@ def produce_body(version: int, acks: int, timeout_ms: int, topic_data,
     `topic_data` is a sequence of (topic name, [(partition index, records
     bytes or None), ...]). The bytes are those the schema encoder writes for
     the same ProduceRequest; `produce_frame` puts the header in front. Values
-    out of range raise (struct.error, ValueError, TypeError): the engine
-    builds its requests with this from values it checked.
+    out of range raise (struct.error, ValueError, TypeError).
     """
+    return b"".join(_body_parts(version, acks, timeout_ms, topic_data, transactional_id))
+
+
+def produce_request(version: int, correlation_id: int, client_id: str | None, acks: int,
+                    timeout_ms: int, topic_data) -> bytes:
+    """`produce_frame(version, correlation_id, client_id, produce_body(...))` in one join.
+
+    What the engine's Produce requests are written as: no body is kept
+    beside the batches while the request is in flight, and the records are
+    copied once, into the frame handed to the socket.
+    """
+    parts = _body_parts(version, acks, timeout_ms, topic_data, None)
+    cid = _client_id_bytes(client_id, version >= 9)
+    return b"".join((_HEAD.pack(len(cid) + sum(map(len, parts)) + 8, ProduceRequest.API_KEY, version,
+                               correlation_id), cid, *parts))
+
+
+def _body_parts(version: int, acks: int, timeout_ms: int, topic_data, transactional_id):
     flexible = version >= 9
     if transactional_id is None and len(topic_data) == 1 and len(topic_data[0][1]) == 1:
         # one partition (a sync send's request): one join, no loops
@@ -230,13 +247,13 @@ def produce_body(version: int, acks: int, timeout_ms: int, topic_data,
         if type(records) is bytes:
             raw = name.encode()
             if flexible:
-                return b"".join((b"\x00", _ACKS_TIMEOUT.pack(acks, timeout_ms), b"\x02",
-                                 _uvarint(len(raw) + 1), raw, b"\x02", _I32.pack(index),
-                                 _uvarint(len(records) + 1), records, b"\x00\x00\x00"))
+                return (b"\x00", _ACKS_TIMEOUT.pack(acks, timeout_ms), b"\x02",
+                        _uvarint(len(raw) + 1), raw, b"\x02", _I32.pack(index),
+                        _uvarint(len(records) + 1), records, b"\x00\x00\x00")
             if len(raw) <= 0x7FFF:
-                return b"".join((_NULL_I16, _ACKS_TIMEOUT.pack(acks, timeout_ms), _ONE,
-                                 _I16_LEN.pack(len(raw)), raw, _ONE, _I32.pack(index),
-                                 _I32.pack(len(records)), records))
+                return (_NULL_I16, _ACKS_TIMEOUT.pack(acks, timeout_ms), _ONE,
+                        _I16_LEN.pack(len(raw)), raw, _ONE, _I32.pack(index),
+                        _I32.pack(len(records)), records)
     parts: list = []
     add = parts.append
     tid = transactional_id
@@ -286,7 +303,7 @@ def produce_body(version: int, acks: int, timeout_ms: int, topic_data,
             add(b"\x00")          # topic tagged fields
     if flexible:
         add(b"\x00")              # request tagged fields
-    return b"".join(parts)
+    return parts
 
 
 def produce_frame(version: int, correlation_id: int, client_id: str | None, body: bytes) -> bytes:
@@ -295,19 +312,25 @@ def produce_frame(version: int, correlation_id: int, client_id: str | None, body
     The same bytes as `encode_request` for the ProduceRequest `body` encodes;
     a connection frames each request with its own correlation id.
     """
-    if client_id is None:
-        cid = _NULL_I16
-    else:
-        cid = _client_ids.get(client_id)
-        if cid is None:
+    cid = _client_id_bytes(client_id, version >= 9)
+    # size counts api_key, api_version, correlation_id (8), the client id and the body
+    return b"".join((_HEAD.pack(len(cid) + len(body) + 8, ProduceRequest.API_KEY, version,
+                               correlation_id), cid, body))
+
+
+def _client_id_bytes(client_id: str | None, flexible: bool) -> bytes:
+    """The request header's client id (and, from header v2, its empty tagged fields)."""
+    cid = _client_ids.get((client_id, flexible))
+    if cid is None:
+        if client_id is None:
+            cid = _NULL_I16
+        else:
             raw = client_id.encode()
             if len(raw) > 0x7FFF:
                 raise ValueError("client_id: too long")
             cid = _I16_LEN.pack(len(raw)) + raw
-            if len(_client_ids) < 16:
-                _client_ids[client_id] = cid
-    if version >= 9:
-        cid += b"\x00"          # header v2: client_id stays a classic string; no tagged fields
-    # size counts api_key, api_version, correlation_id (8), the client id and the body
-    return b"".join((_HEAD.pack(len(cid) + len(body) + 8, ProduceRequest.API_KEY, version,
-                               correlation_id), cid, body))
+        if flexible:
+            cid += b"\x00"      # header v2: client_id stays a classic string; no tagged fields
+        if len(_client_ids) < 16:
+            _client_ids[(client_id, flexible)] = cid
+    return cid

@@ -30,7 +30,7 @@ from kafkad.protocol import (
     encode_request,
     encode_response,
 )
-from kafkad.protocol.produce import produce_frame
+from kafkad.protocol.produce import produce_request
 from kafkad.protocol.framing import API_VERSIONS_SUPPORTED
 
 MR = MetadataResponse
@@ -90,10 +90,10 @@ class FakeCluster:
 
     def answer(self, req: Request):
         self.requests.append(req)
-        if req.body is not None:
-            # what the driver writes: the engine's encoded body in its frame, byte for
-            # byte the request `msg` stands for (`msg` is made from the same values)
-            assert produce_frame(req.version, 7, "c", req.body) == encode_request(
+        if req.produce_values is not None:
+            # what the driver writes from the plain values is byte for byte the
+            # request `msg` stands for (`msg` is made from the same values)
+            assert produce_request(req.version, 7, "c", *req.produce_values) == encode_request(
                 req.msg, req.version, 7, "c")
         name = type(req.msg).__name__
         return getattr(self, "_" + name)(req)

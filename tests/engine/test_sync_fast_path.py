@@ -267,8 +267,8 @@ def test_answers_read_from_frames_settle_as_decoded_messages_do(seed):
     b, _ = _random_run(seed, frames=False)
     assert a.trace == b.trace
     assert a.outcomes == b.outcomes
-    assert [(r.node, r.api_key, r.version, r.body) for r in a.sent] == \
-        [(r.node, r.api_key, r.version, r.body) for r in b.sent]
+    assert [(r.node, r.api_key, r.version, r.produce_values) for r in a.sent] == \
+        [(r.node, r.api_key, r.version, r.produce_values) for r in b.sent]
     assert a.engine.stats() == b.engine.stats()
 
 
@@ -338,8 +338,8 @@ def test_the_one_lane_shortcut_sends_what_the_general_way_sends(monkeypatch):
         b, _ = _random_run(seed)
         assert a.trace == b.trace
         assert a.outcomes == b.outcomes
-        assert [(r.node, r.api_key, r.version, r.body) for r in a.sent] == \
-            [(r.node, r.api_key, r.version, r.body) for r in b.sent]
+        assert [(r.node, r.api_key, r.version, r.produce_values) for r in a.sent] == \
+            [(r.node, r.api_key, r.version, r.produce_values) for r in b.sent]
         assert a.engine.stats() == b.engine.stats()
     assert sum(taken) >= 20 and not all(taken)     # both ways were exercised
 

@@ -23,6 +23,7 @@ from kafkad.protocol.produce import (
     encode_produce_request,
     produce_body,
     produce_frame,
+    produce_request,
 )
 
 from .strategies import FAST, message_strategy
@@ -189,7 +190,9 @@ def test_a_body_from_plain_values_framed_is_the_request_the_schema_encodes(versi
                 ProduceRequest.PartitionProduceData(index=i, records=r) for i, r in parts])
             for name, parts in topic_data])
         body = produce_body(version, acks, timeout_ms, topic_data)
-        assert produce_frame(version, cid, client_id, body) == encode_request(msg, version, cid, client_id)
+        want = encode_request(msg, version, cid, client_id)
+        assert produce_frame(version, cid, client_id, body) == want
+        assert produce_request(version, cid, client_id, acks, timeout_ms, topic_data) == want
     check()
 
 
@@ -217,4 +220,6 @@ def test_a_one_partition_body_has_its_short_path_with_the_same_bytes(version):
         msg = ProduceRequest(acks=acks, timeout_ms=1500, topic_data=[ProduceRequest.TopicProduceData(
             name=name, partition_data=[ProduceRequest.PartitionProduceData(index=index, records=records)])])
         body = produce_body(version, acks, 1500, [(name, [(index, records)])])
-        assert produce_frame(version, 9, "k", body) == encode_request(msg, version, 9, "k")
+        want = encode_request(msg, version, 9, "k")
+        assert produce_frame(version, 9, "k", body) == want
+        assert produce_request(version, 9, "k", acks, 1500, [(name, [(index, records)])]) == want
