@@ -38,6 +38,7 @@ from kafkad.protocol import (
     peek_correlation_id,
 )
 from kafkad.protocol.messages import RESPONSE_FOR
+from kafkad.protocol.produce import produce_request
 
 if TYPE_CHECKING:
     from kafkad.broker import BrokerProducer
@@ -105,7 +106,11 @@ class BrokerConnection(asyncio.BufferedProtocol):
     def send(self, req: "Request") -> None:
         """Write one engine request (the engine already counts it as in flight)."""
         corr = self._next_corr()
-        data = encode_request(req.msg, req.version, corr, self._client_id)
+        values = req.produce_values
+        if values is not None:  # a Produce request, as plain values: one join, no objects
+            data = produce_request(req.version, corr, self._client_id, *values)
+        else:
+            data = encode_request(req.msg, req.version, corr, self._client_id)
         if req.expects_response:
             self._pending.append((corr, req))
         else:
@@ -309,7 +314,7 @@ class BrokerConnection(asyncio.BufferedProtocol):
                 if not req.future.done():
                     req.future.set_result(decode_response(req.response_cls, req.version, frame)[1])
                 continue
-            engine.response(req, engine.decode(req, frame), now)
+            engine.answer(req, frame, now)
 
     def _fail_exchanges(self, reason: str) -> None:
         for _, req in self._pending:

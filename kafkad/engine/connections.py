@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Sequence
 
 from kafkad.engine.states import ConnState
 from kafkad.engine.types import Outcome
-from kafkad.protocol import API_VERSIONS_SUPPORTED, pick_version
+from kafkad.protocol import API_VERSIONS_SUPPORTED, ProduceRequest, ProduceResponse, pick_version
 
 if TYPE_CHECKING:
     from kafkad.engine.batching import Batch, Group
 
 API_VERSIONS = 18
+_API_PRODUCE = ProduceRequest.API_KEY
 _INF = float("inf")
 
 
@@ -52,27 +53,67 @@ class Request:
     """One request handed to the driver: write `msg` at `version` to `node`.
 
     `expects_response` is False only for acks=0 Produce requests. The driver
-    passes the same object back to `Engine.response` with the decoded answer.
+    passes the same object back to `Engine.answer` (or `Engine.response`,
+    with the decoded answer).
+
+    A Produce request (`Request.produce`) is built from plain values, not
+    message objects: it is the request of every send. `produce_values` holds
+    (acks, timeout_ms, [(topic, [(partition, records), ...]), ...]) and the
+    driver writes them with `kafkad.protocol.produce.produce_request` (one
+    join, its correlation id in the header). Its `msg`, the same request as a
+    ProduceRequest, is made only when something asks for it (tests, fakes).
+    `produce_values` is None for every other request: the driver encodes `msg`.
     """
 
-    __slots__ = ("node", "msg", "version", "expects_response", "sent_at", "batches", "group",
-                 "response_cls")
+    __slots__ = ("node", "_msg", "version", "expects_response", "sent_at", "batches", "group",
+                 "response_cls", "api_key", "produce_values")
 
     def __init__(self, node: int, msg, version: int, response_cls, now: float,
                  expects_response: bool = True, batches: list[Batch] | None = None,
                  group: Group | None = None) -> None:
         self.node = node
-        self.msg = msg
+        self._msg = msg
+        self.api_key = msg.API_KEY
         self.version = version
         self.response_cls = response_cls
         self.expects_response = expects_response
         self.sent_at = now
         self.batches = batches
         self.group = group
+        self.produce_values = None
+
+    @classmethod
+    def produce(cls, node: int, version: int, now: float, acks: int, timeout_ms: int,
+                topic_data: list, batches: list[Batch]) -> "Request":
+        """A Produce request of (acks, timeout_ms, topic_data) at `version`.
+
+        `topic_data`: [(topic, [(partition, records), ...]), ...] as
+        `produce_request` takes it; `msg` is made from the same values.
+        """
+        req = cls.__new__(cls)
+        req.node = node
+        req._msg = None
+        req.api_key = _API_PRODUCE
+        req.version = version
+        req.response_cls = ProduceResponse
+        req.expects_response = acks != 0
+        req.sent_at = now
+        req.batches = batches
+        req.group = None
+        req.produce_values = (acks, timeout_ms, topic_data)
+        return req
 
     @property
-    def api_key(self) -> int:
-        return self.msg.API_KEY
+    def msg(self):
+        msg = self._msg
+        if msg is None:
+            acks, timeout_ms, topic_data = self.produce_values
+            TPD, PPD = ProduceRequest.TopicProduceData, ProduceRequest.PartitionProduceData
+            msg = self._msg = ProduceRequest(
+                transactional_id=None, acks=acks, timeout_ms=timeout_ms,
+                topic_data=[TPD(name=name, partition_data=[PPD(index=i, records=r) for i, r in parts])
+                            for name, parts in topic_data])
+        return msg
 
     def __repr__(self) -> str:
         extra = f" batches={len(self.batches)}" if self.batches else ""

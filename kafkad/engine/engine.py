@@ -54,13 +54,12 @@ from kafkad.protocol import (
     InitProducerIdResponse,
     MetadataRequest,
     MetadataResponse,
-    ProduceRequest,
-    ProduceResponse,
     decode_response,
     encode_record_batch,
     pick_version,
     record_size_upper_bound,
 )
+from kafkad.protocol.produce import decode_produce_raw
 from kafkad.protocol.errors import error_info
 
 log = logging.getLogger("kafkad.engine")
@@ -95,6 +94,9 @@ _PARTITION_OVERHEAD = 32
 _INF = float("inf")
 # needs_poll looks at each lane with records; past this many it just says yes
 _NEEDS_POLL_SCAN_MAX = 64
+_OPEN = BatchState.OPEN   # enum member lookups are slow on the per-send path
+_CONN_READY = ConnState.READY
+_PID_READY, _PID_DISABLED = PidState.READY, PidState.DISABLED
 # Connection states in which requests may be written (ApiVersions before READY).
 _OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
 _LATENCY_SAMPLES = 1024
@@ -656,14 +658,46 @@ class Engine:
         """Decode the answer to `req` (raises kafkad.protocol.ProtocolError)."""
         return decode_response(req.response_cls, req.version, frame)[1]
 
-    def response(self, req: Request, msg, now: float) -> None:
-        """The decoded answer to `req` (the oldest request in flight on its connection)."""
+    def answer(self, req: Request, frame: bytes, now: float) -> None:
+        """The answer frame to `req`: `response(req, decode(req, frame), now)`, the usual one faster.
+
+        A clean answer to a one-batch Produce request (a sync send's) is read
+        as plain values (`decode_produce_raw`) and delivers its batch without
+        the message objects; anything else (an error code, another shape, a
+        frame the fast reader does not take) goes the general way. Raises
+        kafkad.protocol.ProtocolError for a bad frame.
+        """
+        if req.api_key == API_PRODUCE:
+            batches = req.batches
+            if len(batches) == 1:
+                raw = decode_produce_raw(req.version, frame)
+                if raw is not None:
+                    topics = raw[1]
+                    if len(topics) == 1:
+                        name, parts = topics[0]
+                        if len(parts) == 1:
+                            p = parts[0]
+                            b = batches[0]
+                            lane = b.lane
+                            if p[1] == 0 and p[0] == lane.partition and name == lane.topic:
+                                if self._answered(req, now):
+                                    self._delivered(b, p[2], now)
+                                return
+        self.response(req, self.decode(req, frame), now)
+
+    def _answered(self, req: Request, now: float) -> bool:
+        """`req` is answered: off its connection's in-flight list. False: ignore the answer.
+
+        An answer is ignored when the connection was given up (and its
+        requests settled) meanwhile.
+        """
         conn = self.conns[req.node]
-        if not conn.inflight or conn.inflight[0] is not req:
-            if req in conn.inflight:
+        inflight = conn.inflight
+        if not inflight or inflight[0] is not req:
+            if req in inflight:
                 raise AssertionError(f"{req!r} answered out of order on {conn!r}")
-            return  # the connection was given up (and its requests settled) meanwhile
-        conn.inflight.popleft()
+            return False
+        inflight.popleft()
         if conn.blocked:
             for lane in conn.blocked:
                 lane.dirty = True
@@ -672,6 +706,12 @@ class Engine:
         if lat is None:
             lat = self._latency[req.node] = deque(maxlen=_LATENCY_SAMPLES)
         lat.append(now - req.sent_at)
+        return True
+
+    def response(self, req: Request, msg, now: float) -> None:
+        """The decoded answer to `req` (the oldest request in flight on its connection)."""
+        if not self._answered(req, now):
+            return
         key = req.api_key
         if key == API_PRODUCE:
             self._on_produce(req, msg, now)
@@ -680,6 +720,7 @@ class Engine:
         elif key == API_INIT_PID:
             self._on_init_pid(req, msg, now)
         elif key == API_VERSIONS:
+            conn = self.conns[req.node]
             self._on_api_versions(conn, msg, now)
 
     def _on_api_versions(self, conn: Conn, msg, now: float) -> None:
@@ -1068,6 +1109,8 @@ class Engine:
         lanes, self._sync_lanes = self._sync_lanes, []
         if not lanes or self._dirty_all or self.draining:
             return []
+        if len(lanes) == 1 and self._send_one(lanes[0], now):
+            return self._take_sends()
         buckets: dict[tuple, list[list[Batch]]] = {}
         for lane in lanes:
             if lane.dirty and lane in self._active:
@@ -1076,6 +1119,47 @@ class Engine:
         for (node, acks, timeout_ms), picked in buckets.items():
             self._build_requests(self.conns[node], acks, timeout_ms, picked, now)
         return self._take_sends()
+
+    def _send_one(self, lane: Lane, now: float) -> bool:
+        """`send_sync` for the usual case, one lane holding one new sync batch; False: not that case.
+
+        What `_visit_lane` and `_build_requests` do for such a lane, without
+        their loops and containers: the batch is due (sync), not expired, its
+        group has its producer id (or none is used), its leader's connection
+        is ready and writable and takes one more request. In any other case
+        nothing is changed and the general way decides.
+        tests/engine/test_sync_fast_path.py compares both ways.
+        """
+        batches = lane.batches
+        if len(batches) != 1 or not lane.dirty or lane.inflight or lane not in self._active:
+            return False
+        b = batches[0]
+        if b.state is not _OPEN or not b.sync or now >= b.deadline:
+            return False
+        group = lane.group
+        if group.state is not _PID_READY and group.state is not _PID_DISABLED:
+            return False
+        leader = self.metadata.leader(lane.topic, lane.partition)
+        if leader < 0:
+            return False
+        conn = self.conns.get(leader)
+        if conn is None or conn.state is not _CONN_READY or not conn.writable:
+            return False
+        acks = group.acks
+        if acks != 0 and len(conn.inflight) >= self.kafka.max_in_flight_per_connection:
+            return False
+        lane.dirty = False
+        lane.wake_at = b.deadline
+        advance(b, BatchState.READY)
+        try:
+            self._encode(b)
+        except Exception as exc:  # noqa: BLE001 - as in _build_requests
+            self._drop_from_batch(
+                b, [], [(c, UNKNOWN_SERVER_ERROR) for c in b.chunks], now,
+                f"could not encode the batch: {type(exc).__name__}: {exc}")
+            return True
+        self._send_produce(conn, acks, group.timeout_ms, [b], now)
+        return True
 
     def take_outcomes(self) -> list[Outcome]:
         """The outcomes settled since the last poll (answers read), now rather than in its Actions."""
@@ -1563,17 +1647,17 @@ class Engine:
 
     def _send_produce(self, conn: Conn, acks: int, timeout_ms: int, batches: list[Batch],
                       now: float) -> None:
-        by_topic: dict[str, list] = {}
-        PPD = ProduceRequest.PartitionProduceData
-        for b in batches:
-            lane = b.lane
-            by_topic.setdefault(lane.topic, []).append(PPD(index=lane.partition, records=b.wire))
-        TPD = ProduceRequest.TopicProduceData
-        msg = ProduceRequest(transactional_id=None, acks=acks, timeout_ms=timeout_ms,
-                             topic_data=[TPD(name=t, partition_data=p) for t, p in by_topic.items()])
+        if len(batches) == 1:   # a sync send's request: one batch, one partition
+            lane = batches[0].lane
+            topic_data = [(lane.topic, [(lane.partition, batches[0].wire)])]
+        else:
+            by_topic: dict[str, list] = {}
+            for b in batches:
+                lane = b.lane
+                by_topic.setdefault(lane.topic, []).append((lane.partition, b.wire))
+            topic_data = list(by_topic.items())
         v = conn.version(API_PRODUCE)
-        req = Request(conn.node, msg, v, ProduceResponse, now, expects_response=acks != 0,
-                      batches=batches)
+        req = Request.produce(conn.node, v, now, acks, timeout_ms, topic_data, batches)
         for b in batches:
             lane = b.lane
             advance(b, BatchState.IN_FLIGHT)

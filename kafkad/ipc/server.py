@@ -1650,6 +1650,11 @@ class IpcServer:
 
     def on_outcomes(self, outcomes: list[Outcome]) -> None:
         """The engine's reports: RESULT replies for sync sends, bulk ACK/FAILED for async."""
+        if len(outcomes) == 1 and type(outcomes[0].token) is _SyncToken and self.spool is None:
+            # a sync send's answer alone (the usual sync report): its RESULT, then the events
+            self._sync_outcome(outcomes[0].token, outcomes[0])
+            self._check_events()
+            return
         acks: dict[_Session, list[int]] = {}
         failed: dict[_Session, list[list]] = {}
         for o in outcomes:
@@ -1659,16 +1664,7 @@ class IpcServer:
             elif isinstance(token, _ReplayToken):
                 self._replay_outcome(token, o)
             elif isinstance(token, _SyncToken):
-                if token.done == 0:
-                    token.base_offset = o.base_offset
-                if o.error and not token.error:
-                    token.error = o.error
-                token.done += o.delivered + o.failed
-                if token.done >= token.count:
-                    self._sync_inflight -= 1
-                    offset = -1 if token.error else token.base_offset
-                    self._send(token.peer, schema.encode([schema.RESULT, token.req_id, token.partition,
-                                                          token.error, offset]))
+                self._sync_outcome(token, o)
             else:
                 log.error("ipc: an outcome with a foreign token %r", token)
         for s, seqs in acks.items():
@@ -1680,6 +1676,19 @@ class IpcServer:
         if self.spool is not None and not self._closed:
             self._after_release()
         self._check_events()
+
+    def _sync_outcome(self, token: _SyncToken, o: Outcome) -> None:
+        """One run of a sync send; once all of it is accounted for, its RESULT."""
+        if token.done == 0:
+            token.base_offset = o.base_offset
+        if o.error and not token.error:
+            token.error = o.error
+        token.done += o.delivered + o.failed
+        if token.done >= token.count:
+            self._sync_inflight -= 1
+            offset = -1 if token.error else token.base_offset
+            self._send(token.peer, schema.encode([schema.RESULT, token.req_id, token.partition,
+                                                  token.error, offset]))
 
     def _replay_outcome(self, token: _ReplayToken, o: Outcome) -> None:
         """A recovered entry's run: log failures; release the entry once all of it is accounted for."""

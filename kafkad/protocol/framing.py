@@ -250,6 +250,11 @@ class FrameReader:
     def feed(self, data: bytes) -> list[bytes]:
         """Add `data`; return every frame now complete, in order."""
         buf = self._buf
+        if not buf and len(data) >= 4:
+            # nothing buffered and `data` is exactly one frame (a sync send's answer)
+            size = _I32.unpack_from(data, 0)[0]
+            if len(data) - 4 == size and 4 <= size <= self.max_frame_bytes:
+                return [bytes(data[4:])]
         buf += data
         frames = []
         pos = 0

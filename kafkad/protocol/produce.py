@@ -13,11 +13,17 @@ caller decodes it with the schema decoder, which gives the exact error for
 a bad frame. The result, when there is one, equals what the schema decoder
 returns for the same bytes (tests/protocol/test_produce_fast.py checks it).
 
+`decode_produce_raw` is the same reading without the message objects:
+plain tuples, for the engine's answer to a one-batch request (a sync send's).
+
 `encode_produce_request` writes the frame `encode_request` writes for a
 ProduceRequest (byte for byte, checked by the same tests) in about a third
 of the time; for anything it does not expect (a wrong type, a value out of
 range) it returns None and `encode_request` runs the schema encoder, which
-raises the error naming the field.
+raises the error naming the field. It is `produce_body` (the body, from
+plain values) framed by `produce_frame` (size prefix and header); the engine
+calls `produce_body` itself, without building a ProduceRequest, and the
+connection frames the body with its correlation id.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ import struct
 from .messages import ProduceRequest, ProduceResponse
 from .primitives import encode_uvarint
 
-__all__ = ["decode_produce_response", "encode_produce_request"]
+__all__ = ["decode_produce_raw", "decode_produce_response", "encode_produce_request",
+           "produce_body", "produce_frame", "produce_request"]
 
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
@@ -40,6 +47,7 @@ _ACKS_TIMEOUT = struct.Struct(">hi")
 _I16_LEN = struct.Struct(">h")
 _NULL_I16 = b"\xff\xff"
 _NULL_I32 = b"\xff\xff\xff\xff"
+_ONE = b"\x00\x00\x00\x01"       # an int32 1: a one-element array
 
 _Topic = ProduceResponse.TopicProduceResponse
 _Part = ProduceResponse.PartitionProduceResponse
@@ -52,8 +60,8 @@ def _uvarint(n: int) -> bytes:
     return _UVARINT1[n] if 0 <= n < 0x80 else encode_uvarint(n)
 
 
-# client_id -> its classic string encoding (one daemon has one client_id)
-_client_ids: dict[str, bytes] = {}
+# (client_id, header v2) -> its header bytes (one daemon has one client_id)
+_client_ids: dict[tuple, bytes] = {}
 
 
 def decode_produce_response(version: int, frame: bytes, strict: bool = False):
@@ -62,6 +70,29 @@ def decode_produce_response(version: int, frame: bytes, strict: bool = False):
     `frame` is a whole response frame without its size prefix; `version` is
     3-11 (the caller checked it). With `strict`, bytes left after the body
     also give None (the schema decoder then reports them).
+    """
+    raw = decode_produce_raw(version, frame, strict)
+    if raw is None:
+        return None
+    corr, topics, throttle = raw
+    if version >= 5:
+        out = tuple(_Topic(name=name, partition_responses=tuple(
+            _Part(index=f[0], error_code=f[1], base_offset=f[2], log_append_time_ms=f[3],
+                  log_start_offset=f[4]) for f in parts)) for name, parts in topics)
+    else:
+        out = tuple(_Topic(name=name, partition_responses=tuple(
+            _Part(index=f[0], error_code=f[1], base_offset=f[2], log_append_time_ms=f[3])
+            for f in parts)) for name, parts in topics)
+    return corr, ProduceResponse(responses=out, throttle_time_ms=throttle)
+
+
+def decode_produce_raw(version: int, frame: bytes, strict: bool = False):
+    """`decode_produce_response` without the message objects: (corr, topics, throttle_time_ms) or None.
+
+    `topics` is a list of (name, parts), `parts` a list of (index,
+    error_code, base_offset, log_append_time_ms[, log_start_offset from v5])
+    tuples: the same frames give None, the same values otherwise. The engine
+    reads the answer to a one-batch request from this (no objects built).
     """
     try:
         return _decode(version, frame, strict)
@@ -118,7 +149,7 @@ def _decode(version: int, frame: bytes, strict: bool):
                 return None
         parts = []
         for _ in range(count):
-            fields = part.unpack_from(frame, pos)
+            parts.append(part.unpack_from(frame, pos))
             pos += psize
             if with_errors:
                 if flexible:
@@ -130,17 +161,11 @@ def _decode(version: int, frame: bytes, strict: bool):
                     if _I32.unpack_from(frame, pos)[0] != 0 or _I16.unpack_from(frame, pos + 4)[0] != -1:
                         return None
                     pos += 6
-            if version >= 5:
-                parts.append(_Part(index=fields[0], error_code=fields[1], base_offset=fields[2],
-                                   log_append_time_ms=fields[3], log_start_offset=fields[4]))
-            else:
-                parts.append(_Part(index=fields[0], error_code=fields[1], base_offset=fields[2],
-                                   log_append_time_ms=fields[3]))
         if flexible:
             if frame[pos]:         # topic tagged fields
                 return None
             pos += 1
-        topics.append(_Topic(name=name, partition_responses=tuple(parts)))
+        topics.append((name, parts))
     throttle = _I32.unpack_from(frame, pos)[0]
     pos += 4
     if flexible:
@@ -149,7 +174,7 @@ def _decode(version: int, frame: bytes, strict: bool):
         pos += 1
     if strict and pos != len(frame):
         return None
-    return corr, ProduceResponse(responses=tuple(topics), throttle_time_ms=throttle)
+    return corr, topics, throttle
 
 
 def encode_produce_request(msg, version: int, correlation_id: int, client_id: str | None):
@@ -167,63 +192,99 @@ def encode_produce_request(msg, version: int, correlation_id: int, client_id: st
 
 
 def _encode(msg, version: int, correlation_id: int, client_id: str | None):
-    flexible = version >= 9
-    parts: list = [b""]            # the header goes in front once the size is known
-    add = parts.append
-    if client_id is None:
-        cid = _NULL_I16
-    else:
-        cid = _client_ids.get(client_id)
-        if cid is None:
-            raw = client_id.encode()
-            if len(raw) > 0x7FFF:
+    topics = msg.topic_data
+    if type(topics) not in (list, tuple):
+        return None
+    PTD, PPD = ProduceRequest.TopicProduceData, ProduceRequest.PartitionProduceData
+    topic_data = []
+    for t in topics:
+        if type(t) is not PTD:
+            return None
+        parts_ = t.partition_data
+        if type(parts_) not in (list, tuple):
+            return None
+        pairs = []
+        for p in parts_:
+            if type(p) is not PPD:
                 return None
-            cid = _I16_LEN.pack(len(raw)) + raw
-            if len(_client_ids) < 16:
-                _client_ids[client_id] = cid
-    tid = msg.transactional_id
+            pairs.append((p.index, p.records))
+        topic_data.append((t.name, pairs))
+    body = produce_body(version, msg.acks, msg.timeout_ms, topic_data, msg.transactional_id)
+    return produce_frame(version, correlation_id, client_id, body)
+
+
+def produce_body(version: int, acks: int, timeout_ms: int, topic_data,
+                 transactional_id: str | None = None) -> bytes:
+    """A ProduceRequest body (what follows the request header), from plain values.
+
+    `topic_data` is a sequence of (topic name, [(partition index, records
+    bytes or None), ...]). The bytes are those the schema encoder writes for
+    the same ProduceRequest; `produce_frame` puts the header in front. Values
+    out of range raise (struct.error, ValueError, TypeError).
+    """
+    return b"".join(_body_parts(version, acks, timeout_ms, topic_data, transactional_id))
+
+
+def produce_request(version: int, correlation_id: int, client_id: str | None, acks: int,
+                    timeout_ms: int, topic_data) -> bytes:
+    """`produce_frame(version, correlation_id, client_id, produce_body(...))` in one join.
+
+    What the engine's Produce requests are written as: no body is kept
+    beside the batches while the request is in flight, and the records are
+    copied once, into the frame handed to the socket.
+    """
+    parts = _body_parts(version, acks, timeout_ms, topic_data, None)
+    cid = _client_id_bytes(client_id, version >= 9)
+    return b"".join((_HEAD.pack(len(cid) + sum(map(len, parts)) + 8, ProduceRequest.API_KEY, version,
+                               correlation_id), cid, *parts))
+
+
+def _body_parts(version: int, acks: int, timeout_ms: int, topic_data, transactional_id):
+    flexible = version >= 9
+    if transactional_id is None and len(topic_data) == 1 and len(topic_data[0][1]) == 1:
+        # one partition (a sync send's request): one join, no loops
+        name, ((index, records),) = topic_data[0]
+        if type(records) is bytes:
+            raw = name.encode()
+            if flexible:
+                return (b"\x00", _ACKS_TIMEOUT.pack(acks, timeout_ms), b"\x02",
+                        _uvarint(len(raw) + 1), raw, b"\x02", _I32.pack(index),
+                        _uvarint(len(records) + 1), records, b"\x00\x00\x00")
+            if len(raw) <= 0x7FFF:
+                return (_NULL_I16, _ACKS_TIMEOUT.pack(acks, timeout_ms), _ONE,
+                        _I16_LEN.pack(len(raw)), raw, _ONE, _I32.pack(index),
+                        _I32.pack(len(records)), records)
+    parts: list = []
+    add = parts.append
+    tid = transactional_id
     if flexible:
-        add(cid + b"\x00")        # header v2: client_id stays a classic string; no tagged fields
         if tid is None:
             add(b"\x00")
         else:
             raw = tid.encode()
             add(_uvarint(len(raw) + 1) + raw)
     else:
-        add(cid)
         if tid is None:
             add(_NULL_I16)
         else:
             raw = tid.encode()
             if len(raw) > 0x7FFF:
-                return None
+                raise ValueError("transactional_id: too long")
             add(_I16_LEN.pack(len(raw)) + raw)
-    add(_ACKS_TIMEOUT.pack(msg.acks, msg.timeout_ms))
-    topics = msg.topic_data
-    if type(topics) not in (list, tuple):
-        return None
-    add(_uvarint(len(topics) + 1) if flexible else _I32.pack(len(topics)))
-    PTD, PPD = ProduceRequest.TopicProduceData, ProduceRequest.PartitionProduceData
-    for t in topics:
-        if type(t) is not PTD:
-            return None
-        raw = t.name.encode()
-        parts_ = t.partition_data
-        if type(parts_) not in (list, tuple):
-            return None
+    add(_ACKS_TIMEOUT.pack(acks, timeout_ms))
+    add(_uvarint(len(topic_data) + 1) if flexible else _I32.pack(len(topic_data)))
+    for name, parts_ in topic_data:
+        raw = name.encode()
         if flexible:
             add(_uvarint(len(raw) + 1) + raw)
             add(_uvarint(len(parts_) + 1))
         else:
             if len(raw) > 0x7FFF:
-                return None
+                raise ValueError("name: too long")
             add(_I16_LEN.pack(len(raw)) + raw)
             add(_I32.pack(len(parts_)))
-        for p in parts_:
-            if type(p) is not PPD:
-                return None
-            records = p.records
-            add(_I32.pack(p.index))
+        for index, records in parts_:
+            add(_I32.pack(index))
             if records is None:
                 add(b"\x00" if flexible else _NULL_I32)
             elif type(records) is bytes:
@@ -235,13 +296,41 @@ def _encode(msg, version: int, correlation_id: int, client_id: str | None):
                 add(_I32.pack(len(records)))
                 add(records)
             else:
-                return None
+                raise TypeError(f"records: expected bytes or None, got {type(records).__name__}")
             if flexible:
                 add(b"\x00")      # partition tagged fields
         if flexible:
             add(b"\x00")          # topic tagged fields
     if flexible:
         add(b"\x00")              # request tagged fields
-    size = sum(map(len, parts)) + 8   # + api_key, api_version, correlation_id
-    parts[0] = _HEAD.pack(size, ProduceRequest.API_KEY, version, correlation_id)
-    return b"".join(parts)
+    return parts
+
+
+def produce_frame(version: int, correlation_id: int, client_id: str | None, body: bytes) -> bytes:
+    """The whole Produce request frame (size prefix and header v1/v2) around `body`.
+
+    The same bytes as `encode_request` for the ProduceRequest `body` encodes;
+    a connection frames each request with its own correlation id.
+    """
+    cid = _client_id_bytes(client_id, version >= 9)
+    # size counts api_key, api_version, correlation_id (8), the client id and the body
+    return b"".join((_HEAD.pack(len(cid) + len(body) + 8, ProduceRequest.API_KEY, version,
+                               correlation_id), cid, body))
+
+
+def _client_id_bytes(client_id: str | None, flexible: bool) -> bytes:
+    """The request header's client id (and, from header v2, its empty tagged fields)."""
+    cid = _client_ids.get((client_id, flexible))
+    if cid is None:
+        if client_id is None:
+            cid = _NULL_I16
+        else:
+            raw = client_id.encode()
+            if len(raw) > 0x7FFF:
+                raise ValueError("client_id: too long")
+            cid = _I16_LEN.pack(len(raw)) + raw
+        if flexible:
+            cid += b"\x00"      # header v2: client_id stays a classic string; no tagged fields
+        if len(_client_ids) < 16:
+            _client_ids[(client_id, flexible)] = cid
+    return cid

@@ -27,6 +27,8 @@ Encoding speed: building records is the daemon's hottest loop.  The
 encoder looks every varint below 2**15 up in a precomputed table, builds
 each record as a handful of byte strings appended to one list, and joins
 once; the CRC is computed over the joined buffer by the `crc32c` C extension.
+A batch of one record without headers (every sync send's) skips the
+general checks and loops (`_encode_one`, the same bytes).
 """
 
 from __future__ import annotations
@@ -235,6 +237,11 @@ def encode_record_batch(keys: Sequence[bytes | None], values: Sequence[bytes | N
     (None = its default; see `kafkad.protocol.codecs`).  The batch's base
     timestamp is the smallest timestamp, so every timestamp delta is >= 0.
     """
+    if headers is None and len(values) == 1 and len(keys) == 1 and len(timestamps_ms) == 1:
+        one = _encode_one(keys[0], values[0], timestamps_ms[0], producer_id, producer_epoch,
+                          base_sequence, codec, level, base_offset)
+        if one is not None:
+            return one
     n = _check_inputs(keys, values, timestamps_ms, headers)
     try:
         base_ts = min(timestamps_ms)
@@ -261,6 +268,49 @@ def encode_record_batch(keys: Sequence[bytes | None], values: Sequence[bytes | N
         prefix = _PREFIX.pack(base_offset, batch_length, -1, MAGIC, crc)
     except struct.error as exc:
         raise ValueError(f"base_offset: {base_offset!r} is not an int64 ({exc})") from None
+    return b"".join((prefix, tail, records))
+
+
+# attributes 0, timestamp delta 0, offset delta 0: the middle of a batch's only record
+_ONE_HEAD = b"\x00\x00\x00"
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _encode_one(key, value, ts, producer_id, producer_epoch, base_sequence, codec, level,
+                base_offset):
+    """`encode_record_batch` of one record without headers (a sync send's batch), or None.
+
+    The same bytes, without the general checks and loops; None for anything
+    unusual (a type or value the general path must check and name).
+    """
+    if type(ts) is not int or not _INT64_MIN <= ts <= _INT64_MAX:
+        return None
+    if key is None:
+        kpart = _NULL
+    elif type(key) is bytes and len(key) < _TABLE:
+        kpart = _ZZ[len(key)] + key
+    else:
+        return None
+    if value is None:
+        vpart = _NULL
+    elif type(value) is bytes and len(value) < _TABLE:
+        vpart = _ZZ[len(value)] + value
+    else:
+        return None
+    size = 4 + len(kpart) + len(vpart)     # _ONE_HEAD, the parts, a zero header count
+    if size >= _TABLE:
+        return None
+    records = b"".join((_ZZ[size], _ONE_HEAD, kpart, vpart, _ZERO))
+    if codec or level is not None:
+        compress = codecs.compressor(codec, level)   # raises for an unknown codec or level
+        if compress is not None:
+            records = compress(records)
+    try:
+        tail = _AFTER_CRC.pack(codec, 0, ts, ts, producer_id, producer_epoch, base_sequence, 1)
+        prefix = _PREFIX.pack(base_offset, BATCH_OVERHEAD - _LOG_OVERHEAD + len(records), -1, MAGIC,
+                              crc32c.crc32c(records, crc32c.crc32c(tail)))
+    except struct.error:
+        return None
     return b"".join((prefix, tail, records))
 
 

@@ -33,6 +33,9 @@ class _Engine:
     def response(self, req, msg, now):
         self.answers.append((req, msg))
 
+    def answer(self, req, frame, now):
+        self.response(req, self.decode(req, frame), now)
+
 
 class _Owner:
     """What BrokerConnection calls on BrokerProducer, recorded."""

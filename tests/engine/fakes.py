@@ -27,7 +27,10 @@ from kafkad.protocol import (
     MetadataResponse,
     ProduceResponse,
     decode_record_batches,
+    encode_request,
+    encode_response,
 )
+from kafkad.protocol.produce import produce_request
 from kafkad.protocol.framing import API_VERSIONS_SUPPORTED
 
 MR = MetadataResponse
@@ -87,6 +90,11 @@ class FakeCluster:
 
     def answer(self, req: Request):
         self.requests.append(req)
+        if req.produce_values is not None:
+            # what the driver writes from the plain values is byte for byte the
+            # request `msg` stands for (`msg` is made from the same values)
+            assert produce_request(req.version, 7, "c", *req.produce_values) == encode_request(
+                req.msg, req.version, 7, "c")
         name = type(req.msg).__name__
         return getattr(self, "_" + name)(req)
 
@@ -210,6 +218,8 @@ class Harness:
         self.refusal: tuple[str, int] = ("connection refused", 0)
         # SASL: None logs every connection in; else (reason, Kafka code) refuses it.
         self.login_refusal: tuple[str, int] | None = None
+        # Produce answers reach the engine as frames (Engine.answer); False: as messages
+        self.frames = True
 
     def node_broker(self, node: int) -> int:
         """The fake broker behind an engine node id (bootstrap nodes are -1, -2, ...)."""
@@ -267,10 +277,20 @@ class Harness:
             if broker in self.hold_answers or broker not in self.up:
                 self.unanswered.append(req)
                 continue
-            msg = self.cluster.answer(req)
-            self.engine.response(req, msg, self.now)
+            self.deliver(req, self.cluster.answer(req))
         self.check_accounting()
         return did
+
+    def deliver(self, req: Request, msg) -> None:
+        """Hand the engine `msg`, the answer to `req`, as the driver does.
+
+        A Produce answer goes as its frame (`Engine.answer`: the fast reading
+        of a clean one-batch answer, the general decoding of the rest).
+        """
+        if req.api_key == 0 and self.frames:
+            self.engine.answer(req, encode_response(msg, req.version, 7)[4:], self.now)
+        else:
+            self.engine.response(req, msg, self.now)
 
     def run(self, until: float | None = None, max_steps: int = 10_000) -> None:
         """Play events and timers until idle (or the clock reaches `until`)."""

@@ -92,7 +92,7 @@ class FastDriver:
     def answer(self, req) -> None:
         h = self.h
         h.unanswered.remove(req)
-        h.engine.response(req, h.cluster.answer(req), h.now)
+        h.deliver(req, h.cluster.answer(req))     # a Produce answer as its frame
         h.outcomes += h.engine.take_outcomes()
         self._after_event()
 
@@ -189,13 +189,25 @@ def test_the_answer_that_ends_a_bumps_wait_needs_a_poll():
     assert h.engine.needs_poll(h.now)
 
 
-@pytest.mark.parametrize("seed", range(30))
-def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
+def _fingerprint(h: Harness) -> tuple:
+    """The engine state a shortcut must leave as the general way does, after one step."""
+    e = h.engine
+    return (e.needs_poll(h.now), h.deadline, len(h.sent), len(h.outcomes),
+            tuple((lane.key, lane.dirty, lane.wake_at, lane.inflight, lane.queued,
+                   tuple((b.state, b.count, b.seq) for b in lane.batches))
+                  for lane in e.lanes.values()),
+            tuple((conn.node, len(conn.inflight), len(conn.blocked)) for conn in e.conns.values()))
+
+
+def _random_run(seed: int, frames: bool = True):
+    """A seeded random run through FastDriver; returns the harness and the submissions."""
     rng = random.Random(seed)
     h = _harness(delivery_timeout_ms=rng.choice([800, 3000]), request_timeout_ms=500,
                  retry_backoff_max_ms=100, reconnect_backoff_ms=10,
                  max_in_flight_per_connection=rng.choice([1, 2, 5]),
                  idempotence=rng.random() < 0.8)
+    h.frames = frames
+    h.trace = []
     c = h.cluster
     d = FastDriver(h)
     subs = {}
@@ -231,13 +243,54 @@ def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
             h.unanswered = [q for q in h.unanswered if q.node != node]
         closes_seen = len(h.closes)
         h.check_accounting()
+        h.trace.append(_fingerprint(h))
     c.produce_errors.clear()
     for req in list(h.unanswered):
         d.answer(req)
     h.run(until=h.now + 60)      # Harness.step from here: a poll per step, answers at once
+    return h, subs
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_runs_skip_only_polls_that_would_do_nothing(seed):
+    h, subs = _random_run(seed)
     assert h.engine.idle
     h.check_accounting()
     check_order(h, subs)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_answers_read_from_frames_settle_as_decoded_messages_do(seed):
+    """Engine.answer (a clean one-batch Produce answer read without message objects)
+    changes the engine exactly as response() with the decoded answer does."""
+    a, _ = _random_run(seed, frames=True)
+    b, _ = _random_run(seed, frames=False)
+    assert a.trace == b.trace
+    assert a.outcomes == b.outcomes
+    assert [(r.node, r.api_key, r.version, r.produce_values) for r in a.sent] == \
+        [(r.node, r.api_key, r.version, r.produce_values) for r in b.sent]
+    assert a.engine.stats() == b.engine.stats()
+
+
+def test_only_clean_one_batch_answers_skip_the_decoder(monkeypatch):
+    h = _harness()
+    d = FastDriver(h)
+    e = h.engine
+    decoded = []
+    real = e.decode
+    monkeypatch.setattr(e, "decode", lambda req, frame: decoded.append(req) or real(req, frame))
+    d.submit(0, [b"a"], SYNC, "a")
+    d.answer(h.unanswered[0])
+    assert decoded == [] and [o.error for o in h.outcomes] == [0]
+    h.cluster.produce_errors[("t", 0)].append(6)         # NOT_LEADER_OR_FOLLOWER: the general way
+    d.submit(0, [b"b"], SYNC, "b")
+    req = h.unanswered[0]
+    d.answer(req)
+    assert decoded == [req]
+    d.poll_if_due()
+    h.run()
+    assert [(o.token, o.error) for o in h.outcomes] == [("a", 0), ("b", 0)]
+    assert h.values("t", 0)[-2:] == [b"a", b"b"]
 
 
 def test_many_lanes_with_records_always_poll():
@@ -263,3 +316,62 @@ def test_many_lanes_with_records_always_poll():
     d.poll_wanted = False
     d.answer(h.unanswered[0])
     assert d.poll_wanted                   # and the answer's side (no scan: a poll would do nothing)
+
+
+def test_the_one_lane_shortcut_sends_what_the_general_way_sends(monkeypatch):
+    """Engine._send_one (one sync lane, one new batch) changes the engine exactly as
+    _visit_lane + _build_requests do: the same runs with it and without it."""
+    from kafkad.engine.engine import Engine
+
+    real = Engine._send_one
+    taken = []
+
+    def counting(self, lane, now):
+        ok = real(self, lane, now)
+        taken.append(ok)
+        return ok
+
+    for seed in range(12):
+        monkeypatch.setattr(Engine, "_send_one", counting)
+        a, _ = _random_run(seed)
+        monkeypatch.setattr(Engine, "_send_one", lambda self, lane, now: False)
+        b, _ = _random_run(seed)
+        assert a.trace == b.trace
+        assert a.outcomes == b.outcomes
+        assert [(r.node, r.api_key, r.version, r.produce_values) for r in a.sent] == \
+            [(r.node, r.api_key, r.version, r.produce_values) for r in b.sent]
+        assert a.engine.stats() == b.engine.stats()
+    assert sum(taken) >= 20 and not all(taken)     # both ways were exercised
+
+
+@pytest.mark.parametrize("burst", [False, True])
+def test_a_batch_that_cannot_be_encoded_fails_alone(burst, monkeypatch):
+    """A codec failure fails that batch's records (UNKNOWN_SERVER_ERROR), on the
+    one-lane shortcut (a lone sync send) as on the general way (a burst of two lanes)."""
+    import kafkad.engine.engine as engine_mod
+
+    real = engine_mod.encode_record_batch
+
+    def encode(keys, values, *a, **kw):
+        if b"bad" in values:
+            raise RuntimeError("codec broke")
+        return real(keys, values, *a, **kw)
+
+    monkeypatch.setattr(engine_mod, "encode_record_batch", encode)
+    h = _harness()
+    d = FastDriver(h)
+    calls = [(0, [b"bad"], SYNC, "bad")] + ([(1, [b"ok"], SYNC, "ok")] if burst else [])
+    d.burst(calls)
+    assert d.poll_wanted                        # the failure's outcome waits for it
+    d.poll_if_due()
+    assert [(o.token, o.error) for o in h.outcomes] == [("bad", -1)]
+    for req in list(h.unanswered):
+        d.answer(req)
+    d.poll_if_due()
+    h.run()
+    h.check_accounting()
+    assert sorted((o.token, o.error) for o in h.outcomes) == sorted(
+        [("bad", -1)] + ([("ok", 0)] if burst else []))
+    d.submit(0, [b"next"], SYNC, "next")            # the lane goes on
+    d.answer(h.unanswered[0])
+    assert (h.outcomes[-1].token, h.outcomes[-1].error) == ("next", 0)

@@ -17,7 +17,14 @@ from kafkad.protocol import (
     encode_response,
 )
 from kafkad.protocol.framing import _response_header_flexible, _skip_tagged
-from kafkad.protocol.produce import decode_produce_response, encode_produce_request
+from kafkad.protocol.produce import (
+    decode_produce_raw,
+    decode_produce_response,
+    encode_produce_request,
+    produce_body,
+    produce_frame,
+    produce_request,
+)
 
 from .strategies import FAST, message_strategy
 
@@ -165,3 +172,54 @@ def test_requests_the_fast_encoder_does_not_expect_get_the_schema_encoders_error
         encode_request(good, 9, 2**31, "c")
     with pytest.raises(TypeError, match="client_id"):
         encode_request(good, 9, 1, b"c")
+
+
+@pytest.mark.parametrize("version", REQ_VERSIONS)
+def test_a_body_from_plain_values_framed_is_the_request_the_schema_encodes(version):
+    # the engine's Produce requests: produce_body from tuples, produce_frame per correlation id
+    @FAST
+    @given(st.sampled_from([0, 1, -1]), st.integers(0, 2**31 - 1),
+           st.lists(st.tuples(st.text(min_size=1, max_size=30),
+                              st.lists(st.tuples(st.integers(0, 2**31 - 1),
+                                                 st.one_of(st.none(), st.binary(max_size=300))),
+                                       max_size=3)), max_size=3),
+           st.integers(-(1 << 31), (1 << 31) - 1), st.one_of(st.none(), st.text(max_size=10)))
+    def check(acks, timeout_ms, topic_data, cid, client_id):
+        msg = ProduceRequest(acks=acks, timeout_ms=timeout_ms, topic_data=[
+            ProduceRequest.TopicProduceData(name=name, partition_data=[
+                ProduceRequest.PartitionProduceData(index=i, records=r) for i, r in parts])
+            for name, parts in topic_data])
+        body = produce_body(version, acks, timeout_ms, topic_data)
+        want = encode_request(msg, version, cid, client_id)
+        assert produce_frame(version, cid, client_id, body) == want
+        assert produce_request(version, cid, client_id, acks, timeout_ms, topic_data) == want
+    check()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_raw_reading_gives_the_fast_decoders_values(version):
+    @FAST
+    @given(message_strategy(P, version), st.integers(-(1 << 31), (1 << 31) - 1))
+    def check(msg, cid):
+        frame = encode_response(msg, version, cid)[4:]
+        raw = decode_produce_raw(version, frame)
+        fast = decode_produce_response(version, frame)
+        assert (raw is None) == (fast is None)
+        if raw is not None:
+            corr, topics, throttle = raw
+            assert (corr, throttle) == (cid, msg.throttle_time_ms)
+            assert [(t.name, [(p.index, p.error_code, p.base_offset) for p in t.partition_responses])
+                    for t in msg.responses] == [(name, [f[:3] for f in parts]) for name, parts in topics]
+    check()
+
+
+@pytest.mark.parametrize("version", REQ_VERSIONS)
+def test_a_one_partition_body_has_its_short_path_with_the_same_bytes(version):
+    for acks, name, index, records in [(1, "t", 0, b"x" * 200), (-1, "a" * 249, 2**31 - 1, b""),
+                                       (0, "topic", 3, None), (1, "t\u00e9", 7, b"r" * 300)]:
+        msg = ProduceRequest(acks=acks, timeout_ms=1500, topic_data=[ProduceRequest.TopicProduceData(
+            name=name, partition_data=[ProduceRequest.PartitionProduceData(index=index, records=records)])])
+        body = produce_body(version, acks, 1500, [(name, [(index, records)])])
+        want = encode_request(msg, version, 9, "k")
+        assert produce_frame(version, 9, "k", body) == want
+        assert produce_request(version, 9, "k", acks, 1500, [(name, [(index, records)])]) == want
