@@ -16,11 +16,15 @@ import random
 
 import pytest
 
+from kafkad.engine.types import CODEC_GZIP
+
 from .fakes import FakeCluster, Harness, settings
 from .test_outcome_order import check_order
 
 SYNC = settings(async_send=False)
 SYNC_ALL = settings(async_send=False, acks=-1)   # another producer-id group
+SYNC_GZIP = settings(async_send=False, codec=CODEC_GZIP)   # its own batches
+SYNC_NOACK = settings(async_send=False, acks=0)           # no answer at all
 INF = float("inf")
 
 
@@ -223,7 +227,8 @@ def _random_run(seed: int, frames: bool = True):
             calls = []
             for j in range(rng.choice([1, 1, 1, 2, 3])):       # sometimes a burst
                 tok = f"s{step}.{j}"
-                s = rng.choice([SYNC, SYNC, SYNC_ALL, settings(async_send=True, batch_n=2, batch_t=0.1)])
+                s = rng.choice([SYNC, SYNC, SYNC_ALL, SYNC_GZIP, SYNC_NOACK,
+                                settings(async_send=True, batch_n=2, batch_t=0.1)])
                 calls.append((rng.randrange(3), [f"{tok}-{i}".encode() for i in range(rng.randint(1, 3))],
                               s, tok))
             for sub in d.burst(calls):
@@ -237,7 +242,7 @@ def _random_run(seed: int, frames: bool = True):
                 d.poll_wanted = True
             else:
                 if type(same_conn_first.msg).__name__ == "ProduceRequest" and rng.random() < 0.15:
-                    c.produce_errors[("t", rng.randrange(3))].append(rng.choice([6, 19, 10, 45, 47, 59]))
+                    c.produce_errors[("t", rng.randrange(3))].append(rng.choice([6, 19, 10, 45, 46, 47, 59]))
                 d.answer(same_conn_first)
         for node in h.closes[closes_seen:]:
             h.unanswered = [q for q in h.unanswered if q.node != node]
