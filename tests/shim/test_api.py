@@ -284,3 +284,25 @@ def test_a_forgotten_outcome_is_reported_as_unknown_not_as_a_broker_error(caplog
     (line,) = [r.getMessage() for r in caplog.records]
     assert "outcome unknown" in line and "t[2]" in line and "maybe" in line
     assert "BrokerResponseError" not in line
+
+
+def test_a_failed_run_inside_a_multi_message_call_reports_exactly_its_messages(caplog):
+    """FAILED names runs by (index, count) inside an entry: the report, the
+    failure count and the settling must take that slice of the call's values,
+    not the call's first messages nor another entry's."""
+    import logging
+
+    from client_shim import link, schema
+
+    lk = link._Link("ipc:///nonexistent")
+    s = link._Session(lk, {}, maxsize=0, put_timeout=0, log_messages=True, label="P")
+    lk.sessions[s.session_id] = s
+    s.send_async("t", 1, b"k", (b"m0", b"m1", b"m2", b"m3"))     # seqs 0-3
+    s.send_async("t", 2, None, [b"other"])                      # seq 4
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        lk._h_failed([schema.FAILED, s.session_id, [[0, [[1, 2, 10]]]]])
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "2 message(s)" in line and "t[1]" in line and "(first seq 1)" in line
+    assert "[b'm1', b'm2']" in line and "m0" not in line and "m3" not in line and "other" not in line
+    assert s.failed_messages == 2
+    assert list(s.pending) == [4] and s.unacked == 1
