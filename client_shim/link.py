@@ -240,7 +240,7 @@ class _Session:
                 list(values), f"{self.unacked} messages not yet acknowledged by kafkad "
                 f"(async_queue_maxsize={self.maxsize}, async_queue_put_timeout={self.put_timeout})")
 
-    def wait_drained(self, timeout: float, *, close: bool = False) -> list[list]:
+    def wait_drained(self, timeout: float, *, close: bool = False) -> list[tuple]:
         """Wait until every entry is acknowledged or `timeout` passes; return what is left.
 
         With `close` (stop()), the session refuses new entries from the moment the
@@ -812,7 +812,7 @@ class _Link:
 
     def _send_entries(self) -> None:
         if len(self._outbox) >= _OUTBOX_FRAMES:
-            return          # the daemon is not keeping up: entries wait in `unsent`, not as frames
+            return          # frames the socket refused wait here; the entries behind them stay in `unsent`
         for s in self.sessions.values():
             if not s.registered or s.paused:
                 continue
@@ -1165,7 +1165,7 @@ class _Link:
                     pass
 
 
-def report_failures(session: _Session, failures: list[tuple[list, int, int, int]], why: str = "") -> None:
+def report_failures(session: _Session, failures: list[tuple[tuple, int, int, int]], why: str = "") -> None:
     """Log messages that were not delivered: one record per (topic, partition, error).
 
     `failures` holds (entry, index, count, error code); the record carries the

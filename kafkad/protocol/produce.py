@@ -21,9 +21,10 @@ ProduceRequest (byte for byte, checked by the same tests) in about a third
 of the time; for anything it does not expect (a wrong type, a value out of
 range) it returns None and `encode_request` runs the schema encoder, which
 raises the error naming the field. It is `produce_body` (the body, from
-plain values) framed by `produce_frame` (size prefix and header); the engine
-calls `produce_body` itself, without building a ProduceRequest, and the
-connection frames the body with its correlation id.
+plain values) framed by `produce_frame` (size prefix and header). The
+daemon's own requests skip both: the engine keeps a request's plain values
+and the connection writes them with its correlation id in one join
+(`produce_request`); the two-step form serves `encode_request` and the tests.
 """
 
 from __future__ import annotations

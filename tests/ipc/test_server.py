@@ -352,8 +352,9 @@ def test_a_peer_can_buffer_only_a_few_frames_in_the_daemon_while_it_is_busy():
     """The daemon's memory is bounded by its [queue] caps, not by what its peers
     manage to write: while the loop is busy (held here, as a saturated main
     thread would be), ZeroMQ takes only a few frames per peer into the daemon's
-    process, and the rest waits in the peer (whose own async_queue_maxsize
-    bounds it). Nothing is lost: every frame is served once the loop runs."""
+    process, and the rest waits in the peer's process (a worker's share is
+    bounded by its async_queue_maxsize, when set). Nothing is lost: every frame
+    is served once the loop runs."""
     frame_bytes = 256 << 10                      # the shim's TARGET_FRAME_BYTES
     with ServerThread() as st:
         held, release = threading.Event(), threading.Event()
