@@ -79,6 +79,12 @@ _LINGER_MS = 3
 # Frames waiting for the socket (its high-water mark reached) before the I/O
 # thread stops packing more; what is not packed stays in the sessions.
 _OUTBOX_FRAMES = 64
+# Frames ZeroMQ may queue towards the daemon. A frame is a copy of entries the
+# session also holds (for replay), so while the daemon is busy (it takes in
+# only 8 frames per connection) a deep queue would hold the backlog twice:
+# 10,000 frames did. 16 frames of up to 256 KiB still cover well over a frame
+# time of the I/O thread's retry (5 ms) at the daemon's fastest intake.
+_SNDHWM = 16
 _REPLAY_BACKOFF_MIN_S = 0.01
 _REPLAY_BACKOFF_MAX_S = 1.0
 # Topics whose partition lists one process keeps. Past it the longest-cached
@@ -604,7 +610,7 @@ class _Link:
 
     def _run(self) -> None:
         sock = _dealer(self._ctx)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.SNDHWM, _SNDHWM)
         mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         sock.connect(self.endpoint)
         poller = zmq.Poller()

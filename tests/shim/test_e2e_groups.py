@@ -5,9 +5,13 @@ once, in send order per partition; and against a daemon that does not announce
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 import client_shim
+from client_shim import link as shim_link
 from tests.ipc.fakes import ServerThread
 from tests.shim.test_e2e_daemon import read_until_seen
 from tests.support.daemon import KafkadProcess
@@ -87,3 +91,33 @@ def test_send_frames_carry_keys_tombstones_and_multi_message_calls(monkeypatch):
         assert sorted(((k, v) for _, _, k, v in got if k is not None), key=repr) == sorted(want_keyed, key=repr)
         assert [(p, v) for _, p, k, v in got if k is None] == \
             [(1, v) for i in range(60) for v in (b"p%d" % i, b"q%d" % i)]
+
+
+def test_a_busy_daemon_leaves_a_workers_backlog_as_entries_not_as_socket_frames():
+    """While the daemon's loop is busy, frames back up through its receive buffer
+    (8 frames) into the worker. There the shim's socket takes only a few; the
+    rest stays as entries (each held once) instead of also piling up as encoded
+    frame copies in ZeroMQ's queue, and all of it goes out once the daemon reads."""
+    with ServerThread() as st:
+        p = client_shim.SimpleProducer(st.endpoint, async_send=True, batch_send_every_t=0.005)
+        p.send_messages("t", b"warm-up")
+        link = shim_link.get_link(st.endpoint)
+        deadline = time.monotonic() + 10
+        while len(st.producer.messages()) < 1:
+            assert time.monotonic() < deadline, "the warm-up message did not arrive"
+            time.sleep(0.01)
+        held, release = threading.Event(), threading.Event()
+        st.loop.call_soon_threadsafe(lambda: (held.set(), release.wait(60)))
+        try:
+            assert held.wait(5)
+            before = link.stats["frames_sent"]
+            value = b"x" * 1000
+            for _ in range(40_000):          # about 160 frames of 256 KiB
+                p.send_messages("t", value)
+            time.sleep(1.0)                  # the I/O thread packs and offers what it can
+            taken = link.stats["frames_sent"] - before
+        finally:
+            release.set()
+        assert taken <= 48, f"the worker's socket took {taken} frames while the daemon was busy"
+        p.stop()
+        assert len(st.producer.messages()) == 40_001
