@@ -82,8 +82,9 @@ _OUTBOX_FRAMES = 64
 # Frames ZeroMQ may queue towards the daemon. A frame is a copy of entries the
 # session also holds (for replay), so while the daemon is busy (it takes in
 # only 8 frames per connection) a deep queue would hold the backlog twice:
-# 10,000 frames did. 16 frames of up to 256 KiB still cover well over a frame
-# time of the I/O thread's retry (5 ms) at the daemon's fastest intake.
+# 10,000 frames did. A backlog packs frames full (256 KiB), and 16 of them
+# hold tens of milliseconds of the daemon's fastest intake: far more than the
+# I/O thread's retry interval when the socket is full (5 ms).
 _SNDHWM = 16
 _REPLAY_BACKOFF_MIN_S = 0.01
 _REPLAY_BACKOFF_MAX_S = 1.0
