@@ -26,7 +26,6 @@ from kafkad.broker.security import (
 from kafkad.config import KafkaConfig, SaslConfig, TlsConfig
 from kafkad.protocol import (
     ApiVersionsRequest,
-    ApiVersionsResponse,
     FrameReader,
     MetadataRequest,
     MetadataResponse,
