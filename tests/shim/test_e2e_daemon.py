@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 import client_shim
 from client_shim import errors
+from client_shim import link as shim_link
 from client_shim.partitioner import murmur2
 from tests.support.daemon import KafkadProcess
 from tests.support.readback import read_all_confluent
@@ -241,6 +243,14 @@ def test_daemon_unreachable_after_stop_then_back(tansu, topic):
         asy = client_shim.Producer(c, async_send=True, batch_send_every_n=1)
         asy.send_messages(topic, 0, b"queued-while-down")
         d.restart()
+        # The link reconnects on ZeroMQ's back-off (up to RECONNECT_IVL_MAX, 500 ms,
+        # as long as this client's timeout): wait for it, so the send below tests the
+        # daemon being back, not a race between the back-off and the timeout.
+        link = shim_link.get_link(d.endpoint)
+        deadline = time.monotonic() + 10
+        while not link.connected:
+            assert time.monotonic() < deadline, "the shim did not reconnect to the restarted daemon"
+            time.sleep(0.01)
         assert sync.send_messages(topic, 0, b"after")[0].error == 0
         asy.stop(timeout=30)
         got = readback(tansu, topic, 3)
