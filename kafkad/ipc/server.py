@@ -970,8 +970,14 @@ class IpcServer:
         groups: dict[tuple[str, int], list] = {}
         expected = s.next_seq
         chain_dups: list[int] = []      # entries taken earlier that the chain of this frame passes
+        above = s.taken_above
         for entry in entries:
             first, n = entry[0], len(entry[5])
+            while expected < first and expected in above:
+                # Taken earlier past a refusal and perhaps acknowledged since, so the
+                # shim's replay need not hold it: the chain steps over it.
+                chain_dups.append(expected)
+                expected += above[expected]
             if first < s.next_seq or first in s.taken_above:
                 self._c["duplicates"] += 1
                 if first == expected:

@@ -431,3 +431,24 @@ def test_stop_hands_back_the_rest_of_a_group_taken_whole(server, peer):
     assert (kind, sid, from_seq, code) == (schema.REJECTED, peer.sid, 2, schema.E_STOPPING)
     stats = server.call(server.server.stats)
     assert (stats["handed_back_messages"], stats["async_inflight_messages"]) == (2, 0)
+
+
+def test_a_replay_steps_over_entries_taken_past_a_refusal_and_acknowledged_since(server, peer):
+    """Entries taken beyond a refused one are acknowledged on their own (per partition),
+    and the shim forgets them: its replay from the refused entry has holes there. The
+    daemon's chain must step over them, or it refuses the replay as out of order, and
+    every replay after it, while the shim sends its backlog again and again."""
+    peer.register()
+    server.producer.refuse = 1                      # the first group (partition 0) is refused
+    send_groups(peer, [group([0, 2], values=[b"p0-a", b"p0-b"]), group([1], values=[b"p1-a"], partition=1)])
+    replies = [peer.recv(), peer.recv()]
+    assert [schema.REJECTED, peer.sid, 0, schema.E_QUEUE_FULL] in [r[:4] for r in replies]
+    assert [schema.ACK, peer.sid, [1]] in replies   # 1 is done: the shim no longer holds it
+    send_groups(peer, [group([0, 2], values=[b"p0-a", b"p0-b"])])   # the replay, without 1
+    assert all_acked(peer, 2) == [0, 2]
+    send_groups(peer, [group([3], values=[b"p0-c"])])
+    assert all_acked(peer, 1) == [3]
+    assert [v for *_, v in server.producer.messages()] == [b"p1-a", b"p0-a", b"p0-b", b"p0-c"]
+    assert server.server.stats()["gap_replies"] == 0
+    assert peer.register(rid=3)[3] == 4
+
