@@ -953,6 +953,12 @@ class IpcServer:
                 failed: list[list] = []
                 self._submit_groups(s, peer, sid, [g[:7] for g in groups], expected, (), acks, failed)
                 return
+            low = min(g[3][0] for g in groups)
+            if low > s.next_seq:
+                # The whole frame lies past a gap (it was on its way behind a refused
+                # one): refused as the entry-by-entry path would, without unpacking it.
+                self._refuse_gap(s, peer, low)
+                return
         self._take_entries(s, peer, sid, _entries_of_groups(groups))
 
     def _take_entries(self, s: _Session, peer, sid, entries) -> None:
