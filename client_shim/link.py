@@ -88,6 +88,10 @@ _OUTBOX_FRAMES = 64
 _SNDHWM = 16
 _REPLAY_BACKOFF_MIN_S = 0.01
 _REPLAY_BACKOFF_MAX_S = 1.0
+# After REJECTED(QUEUE_FULL) from a daemon that sends ROOM: how long to wait for it
+# before replaying anyway (a ROOM lost with a full pipe, or a daemon reloaded with
+# larger caps, which sends none).
+_ROOM_WAIT_MAX_S = 1.0
 # Topics whose partition lists one process keeps. Past it the longest-cached
 # list is dropped (asked of the daemon again when next used), so a worker that
 # writes to ever new topics keeps bounded memory and asks a bounded number of
@@ -181,11 +185,18 @@ class _Session:
         # I/O-thread state
         self.registered = False     # REGISTERED seen on the current connection
         self.register_sent = False
+        self.register_rid: int | None = None    # the REGISTER whose REGISTERED (re)starts sending
         self.hold_until = 0.0       # replay back-off after a REJECTED
         self.replay_from: int | None = None
+        # the next accepted REGISTERED replays every pending entry, not just from its
+        # next_seq: set on (re)connect and for a session the daemon does not know,
+        # cleared only there, so a late refusal read from the old connection cannot
+        # narrow that replay (the acknowledgements the old connection lost)
+        self.full_replay = True
         self.flushing = False       # its producer is stopping: ask the daemon not to hold its messages
         self.flush_due = False      # a FLUSH is to follow the entries sent so far
         self.backoff = _REPLAY_BACKOFF_MIN_S
+        self.awaiting_room = None   # after REJECTED(QUEUE_FULL): its text, until ROOM (or the wait ends)
         self.paused = False         # the daemon is stopping: wait for the next one
         self.closed = False
         self.orphaned = False       # its producer was garbage-collected without stop()
@@ -322,6 +333,7 @@ class _Session:
             self.next_seq = seq
             self.unsent = collections.deque()
             self.replay_from = None
+            self.full_replay = True
             self.daemon_instance = None     # no daemon knows the new id yet
             self.daemon_forgot = False
         return old
@@ -713,6 +725,10 @@ class _Link:
             now = time.monotonic()
             for s in self.sessions.values():
                 if not s.register_sent and not s.closed and s.hold_until <= now:
+                    if s.awaiting_room is not None:
+                        log.warning("client_shim: no room in kafkad's queue for %gs (%s); %s retries",
+                                    _ROOM_WAIT_MAX_S, s.awaiting_room, s.label)
+                        s.awaiting_room = None
                     self._register(s)
             self._send_waiting_requests()
             self._send_entries()
@@ -752,6 +768,7 @@ class _Link:
         session.registered = False
         session.register_sent = True
         rid = next(self.req_ids)
+        session.register_rid = rid
         req = _Request(rid, schema.encode([schema.REGISTER, schema.SCHEMA_VERSION, rid,
                                            session.session_id, first, session.settings]), session)
         req.sent = True
@@ -765,8 +782,10 @@ class _Link:
         for s in list(self.sessions.values()):
             s.paused = False
             s.replay_from = None
+            s.full_replay = True
             s.hold_until = 0.0
             s.backoff = _REPLAY_BACKOFF_MIN_S
+            s.awaiting_room = None
             self._register(s)
         self._refresh_partitions()
 
@@ -777,6 +796,7 @@ class _Link:
         for s in self.sessions.values():
             s.registered = False
             s.register_sent = False
+            s.register_rid = None
         for rid, req in list(self.requests.items()):
             kind = self._kind_of(req.frame)
             if kind == schema.REGISTER:
@@ -901,6 +921,12 @@ class _Link:
             if isinstance(features, list) else frozenset()
         if s is None:
             return
+        if rid != s.register_rid:
+            # The answer to a REGISTER that a refusal has since withdrawn: sending
+            # resumes only at the REGISTERED of the REGISTER sent after the refusal's
+            # back-off (or ROOM), or the back-off would not hold anything back.
+            self.stats["superseded_registered"] += 1
+            return
         # A daemon that knew this session all along steps over what it took beyond
         # next_seq (its taken_above): a plain replay from next_seq is right even when
         # the entries held here have holes. Only a session the daemon has just made
@@ -927,10 +953,15 @@ class _Link:
             self._register(s)
             return
         s.registered = True
-        # Replay, oldest first: after a refusal from the refused entry on; after a
-        # (re)connect everything unacknowledged (the daemon drops what it already
-        # holds and re-acknowledges what it already finished).
-        s.rebuild_unsent(s.replay_from)
+        s.awaiting_room = None
+        # Replay, oldest first. After a (re)connect, or to a daemon that did not know
+        # the session: everything unacknowledged (the daemon drops what it already
+        # holds and acknowledges again what it finished: the acknowledgements the
+        # old connection lost). After a refusal on this connection: from next_seq,
+        # since the daemon holds everything below it and steps over what it took
+        # beyond it.
+        s.rebuild_unsent(None if s.full_replay else next_seq)
+        s.full_replay = False
         s.replay_from = None
 
     def _h_ack(self, msg) -> None:
@@ -1055,7 +1086,12 @@ class _Link:
             # evicted the session while this process was disconnected). Registering
             # again will find the hole and continue as a new session.
             s.daemon_forgot = True
-        if code == schema.E_QUEUE_FULL:
+        if code == schema.E_QUEUE_FULL and "room" in self.features:
+            # The daemon says ROOM once its queue has drained a quarter of its caps:
+            # replaying before then would only be refused again.
+            s.awaiting_room = text
+            delay = _ROOM_WAIT_MAX_S
+        elif code == schema.E_QUEUE_FULL:
             if s.backoff >= _REPLAY_BACKOFF_MAX_S / 2:
                 log.warning("client_shim: kafkad's queue is full (%s); %s retries", text, s.label)
             delay = s.backoff
@@ -1068,8 +1104,25 @@ class _Link:
         # follow. Every replay still starts with a REGISTER (after the back-off): it
         # learns the daemon's next_seq afresh and finds a daemon that forgot the
         # session, so a replay that is refused again is answered again.
+        if code == schema.E_OUT_OF_ORDER and s.register_sent and not s.registered \
+                and not s.daemon_forgot:
+            # A REGISTER is on its way, so this answers a frame sent before it (the
+            # link keeps order): the replay after its REGISTERED starts at or below
+            # from_seq anyway. Another REGISTER would replay the backlog once more,
+            # and each frame of that replay past a refusal would bring another of
+            # these: a full queue's refusals would then multiply.
+            self.stats["stale_refusals"] += 1
+            return
         s.registered = False
         s.register_sent = False
+        s.register_rid = None           # a REGISTERED still on its way must not end the back-off
+
+    def _h_room(self, msg) -> None:
+        s = self.sessions.get(msg[1])
+        if s is not None and s.awaiting_room is not None:
+            s.awaiting_room = None
+            s.hold_until = 0.0          # _step registers it again and replays at once
+            self.stats["room"] += 1
 
     def _h_error(self, msg) -> None:
         _, rid, code, text = msg[:4]
@@ -1086,6 +1139,7 @@ class _Link:
                 req.sent = False
                 self._waiting.append(req)
             s.replay_from = None        # a new session on the daemon: replay everything
+            s.full_replay = True
             s.daemon_forgot = True
             self._register(s)
             return
@@ -1120,6 +1174,7 @@ class _Link:
         schema.RESULT: _h_reply,
         schema.PARTITIONS: _h_partitions,
         schema.PARTITIONS_CHANGED: _h_partitions_changed,
+        schema.ROOM: _h_room,
         schema.STATS_REPLY: _h_reply,
         schema.HELLO_OK: _h_reply,
         schema.UNREGISTERED: _h_reply,

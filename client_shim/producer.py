@@ -215,6 +215,7 @@ class Producer:
             "queue_maxsize": self.async_queue_maxsize,
             "stop_timeout_s": self.async_stop_timeout,
             "pid": os.getpid(),
+            "room": True,       # waits for ROOM after a QUEUE_FULL refusal (client_shim.schema)
         }
 
     def _get_session(self):

@@ -12,7 +12,9 @@ sender may append fields at the end of a frame and a receiver ignores fields
 beyond those it knows (`decode` allows it); anything else (removing,
 reordering, changing a field's meaning or type) needs a new version. A new
 shim -> daemon kind within a version is sent only to a daemon that lists its
-feature name in REGISTERED (FLUSH: "flush", SEND_GROUPS: "send_groups").
+feature name in REGISTERED (FLUSH: "flush", SEND_GROUPS: "send_groups"); a
+daemon that lists "room" sends ROOM after a QUEUE_FULL refusal, so the shim
+waits for it instead of retrying on a timer.
 
 The module is pure (stdlib + msgpack): the daemon imports it, the shim owns
 it, and it never imports either side.
@@ -54,6 +56,9 @@ UNREGISTERED = 73  # [UNREGISTERED, req_id, undelivered_count]
 # (error != 0, []) the topic is gone. The shim replaces its cached list; a shim that
 # does not know the kind ignores it (receivers ignore kinds they do not know).
 PARTITIONS_CHANGED = 74  # [PARTITIONS_CHANGED, topic, error, [partition ids]]
+# Unasked, from a daemon announcing "room" in REGISTERED: the queue that refused this
+# session's entries with REJECTED(QUEUE_FULL) has room again; replay them now.
+ROOM = 75         # [ROOM, session_id]
 
 KIND_NAMES = {v: k for k, v in dict(globals()).items()
               if k.isupper() and isinstance(v, int) and 1 <= v < 128 and k not in ("SCHEMA_VERSION",)}
@@ -107,6 +112,9 @@ SETTINGS_FIELDS = {
     "queue_maxsize": (int, False),
     "stop_timeout_s": ((int, float), False),
     "pid": (int, False),
+    # This shim waits for ROOM after REJECTED(QUEUE_FULL) from a daemon announcing
+    # "room"; a daemon sends ROOM only to sessions that said so.
+    "room": (bool, False),
 }
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")

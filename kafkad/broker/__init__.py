@@ -162,6 +162,13 @@ class BrokerProducer:
         self.engine.flush_session(session_id, self.loop.time())
         self.wake()
 
+    def has_room(self, fraction: float) -> bool:
+        """Whether the queue holds at most `fraction` of its `[queue]` caps (messages and bytes)."""
+        engine = self.engine
+        q = engine.queue
+        return (engine.queued + engine.in_flight <= q.max_messages * fraction
+                and engine.queued_bytes <= q.max_bytes * fraction)
+
     def partitions_for(self, topic: str) -> list[int] | None:
         """Partition ids of `topic` from the metadata cache, or None when not known yet."""
         return self.engine.partitions_for(topic)

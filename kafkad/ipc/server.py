@@ -102,8 +102,13 @@ _RCVMORE = int(zmq.RCVMORE)
 # waiting for batching now (its producer is stopping).
 FLUSH = schema.FLUSH
 # Announced in every REGISTERED (a sixth, appended field): what this daemon
-# understands beyond schema version 1's base kinds.
-FEATURES = ["flush", "send_groups"]
+# understands beyond schema version 1's base kinds. "room" (not with a spool):
+# after a QUEUE_FULL refusal it sends ROOM when there is room again.
+FEATURES = ["flush", "send_groups", "room"]
+# ROOM goes out once the queue and the session's share are back to this fraction
+# of their caps: each refusal then lets in at least a quarter of the caps, so a
+# full queue costs a refusal per quarter drained, not one per frame offered.
+_ROOM_AT = 0.75
 
 
 _MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: a SEND entry larger than the whole spool
@@ -199,7 +204,7 @@ class EndpointInUse(Exception):
 class _Session:
     __slots__ = ("sid", "settings", "peer", "next_seq", "taken_above", "inflight", "inflight_msgs",
                  "gap_reported", "recent_failed", "backlog", "unregistered", "pid", "last_seen", "sent",
-                 "delivered", "failed", "settings_map", "failed_memory", "forgotten_hw")
+                 "delivered", "failed", "settings_map", "failed_memory", "forgotten_hw", "wants_room")
 
     def __init__(self, sid: bytes, settings: SessionSettings | None, peer: bytes, next_seq: int, pid: int):
         self.sid = sid
@@ -220,6 +225,7 @@ class _Session:
         # so the spool encodes it once (docs/spool.md).
         self.settings_map = _settings_map(settings) if settings is not None else None
         self.failed_memory = _RECENT_FAILED
+        self.wants_room = False            # its shim waits for ROOM after a QUEUE_FULL refusal
         self.forgotten_hw = -1             # highest first seq of a failed entry no longer remembered
 
 
@@ -342,6 +348,8 @@ class IpcServer:
         self._metadata_tasks: set[asyncio.Task] = set()
         self._watchers: dict[str, dict[bytes, None]] = {}   # topic -> peers that asked, oldest first
         self._sync_inflight = 0
+        # Sessions refused for a full queue or share (no spool), waiting for ROOM: sid -> session
+        self._room_waiters: dict[bytes, _Session] = {}
         self._c = collections.Counter()
         self._bad = collections.Counter()
         self._rejected = collections.Counter()
@@ -635,6 +643,8 @@ class IpcServer:
             "watched_topics": len(self._watchers),
             "send_groups_frames": self._c["send_groups_frames"],
             "send_groups_direct": self._c["send_groups_direct"],
+            "room_sent": self._c["room_sent"],
+            "room_waiting_sessions": len(self._room_waiters),
             "peers_accepted": self._c["peers_accepted"],
             "peers_disconnected": self._c["peers_disconnected"],
             **({"spool_deferred_messages": sum(len(sub) for sub in self._deferred),
@@ -882,13 +892,15 @@ class IpcServer:
             s.settings, s.peer = ss, peer
             s.gap_reported = False
         s.pid = settings.get("pid", s.pid)
+        s.wants_room = settings.get("room") is True
         # Failed outcomes are remembered for as long as the shim can still hold the entry
         # (its queue bound, in messages, bounds the entries it holds), at least _RECENT_FAILED.
         s.failed_memory = max(_RECENT_FAILED, int(settings.get("queue_maxsize") or 0))
         s.unregistered = False
         s.last_seen = time.monotonic()
         self._send(peer, schema.encode([schema.REGISTERED, req_id, sid, s.next_seq, self.instance_id,
-                                        FEATURES]))
+                                        FEATURES if self.spool is None else
+                                        [f for f in FEATURES if f != "room"]]))
 
     def _evict_one(self) -> bool:
         """Make room by dropping the longest-idle session with nothing left to answer.
@@ -1079,7 +1091,11 @@ class IpcServer:
                     self._taken(s, first, count)
         if refused_from is not None:
             s.gap_reported = True
+            if self.spool is None and s.wants_room:
+                self._room_waiters[sid] = s
             self._send(peer, schema.encode([schema.REJECTED, sid, refused_from, schema.E_QUEUE_FULL, refusal]), s)
+        elif cols:
+            self._room_waiters.pop(sid, None)      # taken after all (a replay on the shim's own timer)
         if acks:
             self._send(peer, schema.encode([schema.ACK, sid, acks]), s)
         if failed:
@@ -1665,6 +1681,8 @@ class IpcServer:
         if len(outcomes) == 1 and type(outcomes[0].token) is _SyncToken and self.spool is None:
             # a sync send's answer alone (the usual sync report): its RESULT, then the events
             self._sync_outcome(outcomes[0].token, outcomes[0])
+            if self._room_waiters:
+                self._offer_room()
             self._check_events()
             return
         acks: dict[_Session, list[int]] = {}
@@ -1687,7 +1705,33 @@ class IpcServer:
             self._forget_if_done(s)
         if self.spool is not None and not self._closed:
             self._after_release()
+        if self._room_waiters:
+            self._offer_room()
         self._check_events()
+
+    def _offer_room(self) -> None:
+        """ROOM to each session refused for a full queue, once the queue and its share have room.
+
+        Without it a refused shim can only retry on a timer: too soon, and its
+        replay (a backlog's worth of frames) is refused again; too late, and the
+        queue runs dry while producers wait (4 producers, 1 KiB messages, a 32 MiB
+        queue: 34-43k messages/s on the timer, 95-109k with ROOM). A shim also
+        retries on its own after a second, so a lost ROOM only delays it.
+        """
+        if not self.producer.has_room(_ROOM_AT):
+            return
+        share = self.cfg.max_inflight_per_session * _ROOM_AT
+        for sid, s in list(self._room_waiters.items()):
+            if self._sessions.get(sid) is not s:
+                del self._room_waiters[sid]         # unregistered or evicted since
+            elif s.inflight_msgs <= share:
+                # One session per outcome batch, the longest waiting first: its replay
+                # may fill the room, and ROOM to all at once would have most of them
+                # refused again, each with the frames it has in flight behind.
+                del self._room_waiters[sid]
+                self._c["room_sent"] += 1
+                self._send(s.peer, schema.encode([schema.ROOM, sid]), s)
+                return
 
     def _sync_outcome(self, token: _SyncToken, o: Outcome) -> None:
         """One run of a sync send; once all of it is accounted for, its RESULT."""

@@ -28,6 +28,7 @@ class FakeProducer:
         self.hold = False            # keep submissions without outcomes
         self.fail_with = 0           # deliver with this error code instead
         self.refuse = 0              # refuse the next N submissions with QueueFull
+        self.room = True             # what has_room answers (the server's ROOM check)
         self.held = []
         self.flushed = []            # session ids passed to flush_session, in order
         self.on_outcomes = None
@@ -42,6 +43,10 @@ class FakeProducer:
 
     def partitions_for(self, topic):
         return list(self.partitions)
+
+    def has_room(self, fraction):
+        return self.room
+
 
     async def fetch_partitions(self, topic, timeout):
         return 0, list(self.partitions)

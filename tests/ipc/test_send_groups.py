@@ -22,7 +22,7 @@ from client_shim.link import _groups_frame
 from kafkad.engine.types import Outcome
 from kafkad.ipc.server import _chain_end, _entries_of_groups
 from tests.ipc.fakes import ServerThread
-from tests.ipc.test_server import Peer
+from tests.ipc.test_server import SETTINGS, Peer
 from tests.ipc.test_spool_wiring import acked, open_spool
 
 TS = 1_700_000_000_000
@@ -452,3 +452,76 @@ def test_a_replay_steps_over_entries_taken_past_a_refusal_and_acknowledged_since
     assert server.server.stats()["gap_replies"] == 0
     assert peer.register(rid=3)[3] == 4
 
+
+ROOM_SETTINGS = dict(SETTINGS, room=True)
+
+
+def test_room_follows_a_queue_full_refusal_once_the_queue_has_room(server):
+    """ROOM goes to a session refused for a full queue that asked for it ("room" in its
+    settings), at the first outcome that finds the queue below its mark; not before, and
+    only once."""
+    waiting, other = Peer(server.endpoint), Peer(server.endpoint)
+    try:
+        features = waiting.register(settings=ROOM_SETTINGS)[5]
+        assert "room" in features
+        other.register()
+        server.producer.hold = True
+        send_groups(other, [group([0])])
+        server.producer.wait_messages(1)
+        server.producer.refuse = 1
+        send_groups(waiting, [group([0], values=[b"w0"])])
+        assert waiting.recv()[:4] == [schema.REJECTED, waiting.sid, 0, schema.E_QUEUE_FULL]
+        assert server.server.stats()["room_waiting_sessions"] == 1
+        server.producer.room = False                # outcomes, but the queue is still too full
+        server.producer.release()
+        assert all_acked(other, 1) == [0]
+        assert waiting.quiet()
+        server.producer.room = True
+        send_groups(other, [group([1])])
+        server.producer.release(after=2)
+        assert all_acked(other, 1) == [1]
+        assert waiting.recv() == [schema.ROOM, waiting.sid]
+        stats = server.server.stats()
+        assert (stats["room_sent"], stats["room_waiting_sessions"]) == (1, 0)
+        send_groups(waiting, [group([0], values=[b"w0"])])     # the replay is taken
+        server.producer.release(after=3)
+        assert all_acked(waiting, 1) == [0]
+        send_groups(other, [group([2])])
+        server.producer.release(after=4)
+        assert all_acked(other, 1) == [2]
+        assert waiting.quiet()                      # one ROOM per refusal
+    finally:
+        waiting.close()
+        other.close()
+
+
+def test_no_room_for_a_session_that_did_not_ask_or_that_was_taken_on_its_own_timer(server, peer):
+    peer.register()                                 # an older shim: no "room" in its settings
+    server.producer.refuse = 1
+    send_groups(peer, [group([0])])
+    assert peer.recv()[:4] == [schema.REJECTED, peer.sid, 0, schema.E_QUEUE_FULL]
+    assert server.server.stats()["room_waiting_sessions"] == 0
+    send_groups(peer, [group([0])])
+    assert all_acked(peer, 1) == [0]
+    assert peer.quiet()
+    late = Peer(server.endpoint)
+    try:
+        late.register(settings=ROOM_SETTINGS)
+        server.producer.refuse = 1
+        send_groups(late, [group([0])])
+        assert late.recv()[:4] == [schema.REJECTED, late.sid, 0, schema.E_QUEUE_FULL]
+        send_groups(late, [group([0])])             # retried before any ROOM: taken
+        assert all_acked(late, 1) == [0]
+        assert server.server.stats()["room_waiting_sessions"] == 0
+        assert late.quiet()
+    finally:
+        late.close()
+
+
+def test_a_daemon_with_a_spool_does_not_offer_room(tmp_path):
+    with ServerThread(spool=open_spool(tmp_path / "spool")) as st:
+        p = Peer(st.endpoint)
+        try:
+            assert "room" not in p.register(settings=ROOM_SETTINGS)[5]
+        finally:
+            p.close()

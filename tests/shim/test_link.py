@@ -1065,3 +1065,127 @@ def test_an_entry_refused_as_too_large_fails_once_instead_of_being_replayed_fore
         assert p.client._link.stats["too_large_failures"] == 1
     finally:
         daemon.close()
+
+
+def _seqs_of(msg) -> list[int]:
+    """The first seqs of a SEND_GROUPS frame's entries, sorted."""
+    return sorted(f for g in msg[2] for f in g[3])
+
+
+def _quiet_for(daemon, seconds: float) -> bool:
+    """True if the shim sends nothing within `seconds` (to show a frame is *not* sent)."""
+    return not daemon.router.poll(int(seconds * 1000))
+
+
+def test_after_queue_full_the_shim_waits_for_room_and_replays_from_next_seq_once(monkeypatch):
+    """With a daemon announcing "room", a QUEUE_FULL refusal holds the session until
+    ROOM (the one-second fallback is made long here, so only ROOM can release it). The
+    refusals of frames sent before the next REGISTER (stale by the time they arrive)
+    do not bring another REGISTER, and the replay starts at the daemon's next_seq:
+    nothing below it is sent again."""
+    from client_shim import link as linkmod
+    from client_shim import schema
+
+    import msgpack
+
+    monkeypatch.setattr(linkmod, "_ROOM_WAIT_MAX_S", 60.0)
+    endpoint = short_tmp_endpoint()
+    daemon = _ScriptedDaemon(endpoint)
+    recv, send = daemon.recv, daemon.send
+    try:
+        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
+        for i in range(4):
+            p.send_messages("t", 0, b"m%d" % i)
+        peer, reg = recv(schema.REGISTER)
+        sid = reg[3]
+        assert reg[5]["room"] is True
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups", "room"]])
+        seen: set = set()
+        while seen != {0, 1, 2, 3}:
+            seen.update(_seqs_of(recv(schema.SEND_GROUPS)[1]))
+        send(peer, [schema.REJECTED, sid, 1, schema.E_QUEUE_FULL, "queue full"])
+        assert _quiet_for(daemon, 0.3)                  # no REGISTER, no replay: waiting for ROOM
+        send(peer, [schema.ROOM, sid])
+        peer, reg = recv(schema.REGISTER)
+        # the daemon took seq 1 and 2 meanwhile (beyond a refusal, say); a frame sent
+        # before this REGISTER is answered as out of order only now
+        send(peer, [schema.REJECTED, sid, 1, schema.E_OUT_OF_ORDER, "expected seq 1"])
+        send(peer, [schema.REGISTERED, reg[2], sid, 3, b"d", ["send_groups", "room"]])
+        assert daemon.router.poll(5000)
+        peer, frame = daemon.router.recv_multipart()    # the very next frame: no second REGISTER
+        msg = msgpack.unpackb(frame)
+        assert msg[0] == schema.SEND_GROUPS and _seqs_of(msg) == [3]   # from next_seq, not from 1
+        assert _quiet_for(daemon, 0.3)                  # and no second REGISTER or replay
+        link = p.client._link
+        assert (link.stats["room"], link.stats["stale_refusals"]) == (1, 1)
+        send(peer, [schema.ACK, sid, [0, 1, 2, 3]])
+        assert p._session.wait_drained(5) == []
+        p.stop(timeout=1)
+    finally:
+        daemon.close()
+
+
+def test_a_registered_answer_to_a_withdrawn_register_does_not_end_the_wait_for_room(monkeypatch):
+    """A QUEUE_FULL refusal that arrives while a REGISTER is on its way withdraws it:
+    its REGISTERED must not restart sending before ROOM."""
+    from client_shim import link as linkmod
+    from client_shim import schema
+
+    monkeypatch.setattr(linkmod, "_ROOM_WAIT_MAX_S", 60.0)
+    endpoint = short_tmp_endpoint()
+    daemon = _ScriptedDaemon(endpoint)
+    recv, send = daemon.recv, daemon.send
+    try:
+        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
+        for i in range(2):
+            p.send_messages("t", 0, b"m%d" % i)
+        peer, reg = recv(schema.REGISTER)
+        sid = reg[3]
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups", "room"]])
+        seen: set = set()
+        while seen != {0, 1}:
+            seen.update(_seqs_of(recv(schema.SEND_GROUPS)[1]))
+        send(peer, [schema.REJECTED, sid, 0, schema.E_OUT_OF_ORDER, "expected seq 0"])
+        peer, reg = recv(schema.REGISTER)               # a replay after a gap: at once
+        send(peer, [schema.REJECTED, sid, 0, schema.E_QUEUE_FULL, "queue full"])
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups", "room"]])
+        assert _quiet_for(daemon, 0.3)                  # still waiting for ROOM
+        assert p.client._link.stats["superseded_registered"] == 1
+        send(peer, [schema.ROOM, sid])
+        peer, reg = recv(schema.REGISTER)
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups", "room"]])
+        assert _seqs_of(recv(schema.SEND_GROUPS)[1]) == [0, 1]
+        send(peer, [schema.ACK, sid, [0, 1]])
+        assert p._session.wait_drained(5) == []
+        p.stop(timeout=1)
+    finally:
+        daemon.close()
+
+
+def test_without_room_from_the_daemon_a_queue_full_refusal_backs_off_on_a_timer(monkeypatch):
+    """A daemon that does not announce "room" never sends it: the shim retries after its
+    back-off (10 ms at first), as before, not after waiting for ROOM (made a minute
+    here, so a wrong wait fails the test)."""
+    from client_shim import link as linkmod
+    from client_shim import schema
+
+    monkeypatch.setattr(linkmod, "_ROOM_WAIT_MAX_S", 60.0)
+    endpoint = short_tmp_endpoint()
+    daemon = _ScriptedDaemon(endpoint)
+    recv, send = daemon.recv, daemon.send
+    try:
+        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
+        p.send_messages("t", 0, b"m0")
+        peer, reg = recv(schema.REGISTER)
+        sid = reg[3]
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups"]])
+        recv(schema.SEND_GROUPS)
+        send(peer, [schema.REJECTED, sid, 0, schema.E_QUEUE_FULL, "queue full"])
+        peer, reg = recv(schema.REGISTER)
+        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups"]])
+        assert _seqs_of(recv(schema.SEND_GROUPS)[1]) == [0]
+        send(peer, [schema.ACK, sid, [0]])
+        assert p._session.wait_drained(5) == []
+        p.stop(timeout=1)
+    finally:
+        daemon.close()
