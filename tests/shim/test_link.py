@@ -7,6 +7,7 @@ test_e2e_*.py do the same through a kafkad process and a real broker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -1067,6 +1068,7 @@ def test_an_entry_refused_as_too_large_fails_once_instead_of_being_replayed_fore
         daemon.close()
 
 
+
 def _seqs_of(msg) -> list[int]:
     """The first seqs of a SEND_GROUPS frame's entries, sorted."""
     return sorted(f for g in msg[2] for f in g[3])
@@ -1077,32 +1079,44 @@ def _quiet_for(daemon, seconds: float) -> bool:
     return not daemon.router.poll(int(seconds * 1000))
 
 
+@contextlib.contextmanager
+def _sent_to_scripted_daemon(n: int, features=("send_groups", "room")):
+    """An async producer that sent m0..m<n-1> to t[0] through a scripted daemon announcing
+    `features`: yields (daemon, producer, peer, session id, its REGISTER) once all arrived."""
+    from client_shim import schema
+
+    endpoint = short_tmp_endpoint()
+    daemon = _ScriptedDaemon(endpoint)
+    try:
+        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
+        for i in range(n):
+            p.send_messages("t", 0, b"m%d" % i)
+        peer, reg = daemon.recv(schema.REGISTER)
+        sid = reg[3]
+        daemon.send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", list(features)])
+        seen: set = set()
+        while seen != set(range(n)):
+            seen.update(_seqs_of(daemon.recv(schema.SEND_GROUPS)[1]))
+        yield daemon, p, peer, sid, reg
+    finally:
+        daemon.close()
+
+
 def test_after_queue_full_the_shim_waits_for_room_and_replays_from_next_seq_once(monkeypatch):
     """With a daemon announcing "room", a QUEUE_FULL refusal holds the session until
     ROOM (the one-second fallback is made long here, so only ROOM can release it). The
     refusals of frames sent before the next REGISTER (stale by the time they arrive)
     do not bring another REGISTER, and the replay starts at the daemon's next_seq:
     nothing below it is sent again."""
+    import msgpack
+
     from client_shim import link as linkmod
     from client_shim import schema
 
-    import msgpack
-
     monkeypatch.setattr(linkmod, "_ROOM_WAIT_MAX_S", 60.0)
-    endpoint = short_tmp_endpoint()
-    daemon = _ScriptedDaemon(endpoint)
-    recv, send = daemon.recv, daemon.send
-    try:
-        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
-        for i in range(4):
-            p.send_messages("t", 0, b"m%d" % i)
-        peer, reg = recv(schema.REGISTER)
-        sid = reg[3]
+    with _sent_to_scripted_daemon(4) as (daemon, p, peer, sid, reg):
+        recv, send = daemon.recv, daemon.send
         assert reg[5]["room"] is True
-        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups", "room"]])
-        seen: set = set()
-        while seen != {0, 1, 2, 3}:
-            seen.update(_seqs_of(recv(schema.SEND_GROUPS)[1]))
         send(peer, [schema.REJECTED, sid, 1, schema.E_QUEUE_FULL, "queue full"])
         assert _quiet_for(daemon, 0.3)                  # no REGISTER, no replay: waiting for ROOM
         send(peer, [schema.ROOM, sid])
@@ -1121,8 +1135,6 @@ def test_after_queue_full_the_shim_waits_for_room_and_replays_from_next_seq_once
         send(peer, [schema.ACK, sid, [0, 1, 2, 3]])
         assert p._session.wait_drained(5) == []
         p.stop(timeout=1)
-    finally:
-        daemon.close()
 
 
 def test_a_registered_answer_to_a_withdrawn_register_does_not_end_the_wait_for_room(monkeypatch):
@@ -1132,19 +1144,8 @@ def test_a_registered_answer_to_a_withdrawn_register_does_not_end_the_wait_for_r
     from client_shim import schema
 
     monkeypatch.setattr(linkmod, "_ROOM_WAIT_MAX_S", 60.0)
-    endpoint = short_tmp_endpoint()
-    daemon = _ScriptedDaemon(endpoint)
-    recv, send = daemon.recv, daemon.send
-    try:
-        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
-        for i in range(2):
-            p.send_messages("t", 0, b"m%d" % i)
-        peer, reg = recv(schema.REGISTER)
-        sid = reg[3]
-        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups", "room"]])
-        seen: set = set()
-        while seen != {0, 1}:
-            seen.update(_seqs_of(recv(schema.SEND_GROUPS)[1]))
+    with _sent_to_scripted_daemon(2) as (daemon, p, peer, sid, _):
+        recv, send = daemon.recv, daemon.send
         send(peer, [schema.REJECTED, sid, 0, schema.E_OUT_OF_ORDER, "expected seq 0"])
         peer, reg = recv(schema.REGISTER)               # a replay after a gap: at once
         send(peer, [schema.REJECTED, sid, 0, schema.E_QUEUE_FULL, "queue full"])
@@ -1158,8 +1159,6 @@ def test_a_registered_answer_to_a_withdrawn_register_does_not_end_the_wait_for_r
         send(peer, [schema.ACK, sid, [0, 1]])
         assert p._session.wait_drained(5) == []
         p.stop(timeout=1)
-    finally:
-        daemon.close()
 
 
 def test_without_room_from_the_daemon_a_queue_full_refusal_backs_off_on_a_timer(monkeypatch):
@@ -1170,16 +1169,8 @@ def test_without_room_from_the_daemon_a_queue_full_refusal_backs_off_on_a_timer(
     from client_shim import schema
 
     monkeypatch.setattr(linkmod, "_ROOM_WAIT_MAX_S", 60.0)
-    endpoint = short_tmp_endpoint()
-    daemon = _ScriptedDaemon(endpoint)
-    recv, send = daemon.recv, daemon.send
-    try:
-        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_n=1)
-        p.send_messages("t", 0, b"m0")
-        peer, reg = recv(schema.REGISTER)
-        sid = reg[3]
-        send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups"]])
-        recv(schema.SEND_GROUPS)
+    with _sent_to_scripted_daemon(1, features=("send_groups",)) as (daemon, p, peer, sid, _):
+        recv, send = daemon.recv, daemon.send
         send(peer, [schema.REJECTED, sid, 0, schema.E_QUEUE_FULL, "queue full"])
         peer, reg = recv(schema.REGISTER)
         send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups"]])
@@ -1187,5 +1178,3 @@ def test_without_room_from_the_daemon_a_queue_full_refusal_backs_off_on_a_timer(
         send(peer, [schema.ACK, sid, [0]])
         assert p._session.wait_drained(5) == []
         p.stop(timeout=1)
-    finally:
-        daemon.close()
