@@ -1107,10 +1107,10 @@ class _Link:
         if code == schema.E_OUT_OF_ORDER and s.register_sent and not s.registered \
                 and not s.daemon_forgot:
             # A REGISTER is on its way, so this answers a frame sent before it (the
-            # link keeps order): the replay after its REGISTERED starts at or below
-            # from_seq anyway. Another REGISTER would replay the backlog once more,
-            # and each frame of that replay past a refusal would bring another of
-            # these: a full queue's refusals would then multiply.
+            # link keeps order): the replay after its REGISTERED starts at the
+            # daemon's next_seq then, which covers it. Another REGISTER would replay
+            # the backlog once more, and each frame of that replay past a refusal
+            # would bring another of these: a full queue's refusals would multiply.
             self.stats["stale_refusals"] += 1
             return
         s.registered = False

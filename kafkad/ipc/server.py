@@ -1710,7 +1710,7 @@ class IpcServer:
         self._check_events()
 
     def _offer_room(self) -> None:
-        """ROOM to each session refused for a full queue, once the queue and its share have room.
+        """ROOM to the longest-waiting session refused for a full queue, once the queue and its share have room.
 
         Without it a refused shim can only retry on a timer: too soon, and its
         replay (a backlog's worth of frames) is refused again; too late, and the
