@@ -631,7 +631,8 @@ class _Link:
         poller.register(mon, zmq.POLLIN)
         poller.register(self._rfd, zmq.POLLIN)
         self._sock = sock
-        self._outbox: collections.deque = collections.deque()   # (frame, request or None)
+        # (frame, request or None, the session whose entries it carries or None)
+        self._outbox: collections.deque = collections.deque()
         self._waiting: list[_Request] = []                       # not sendable yet
         try:
             while not self._stop:
@@ -734,12 +735,23 @@ class _Link:
             self._send_entries()
         return self._flush(sock) or n >= 10_000
 
-    def _queue(self, frame: bytes, req: _Request | None = None) -> None:
-        self._outbox.append((frame, req))
+    def _queue(self, frame: bytes, req: _Request | None = None, entries_of: _Session | None = None) -> None:
+        self._outbox.append((frame, req, entries_of))
+
+    def _withdraw_entries(self, s: _Session) -> None:
+        """Drop the frames of `s`'s entries not yet handed to the socket (after a refusal).
+
+        The daemon would refuse each as past the refusal's gap; the replay that
+        follows the next REGISTERED sends their entries again (they stay pending).
+        """
+        if any(item[2] is s for item in self._outbox):
+            kept = [item for item in self._outbox if item[2] is not s]
+            self.stats["frames_withdrawn"] += len(self._outbox) - len(kept)
+            self._outbox = collections.deque(kept)
 
     def _flush(self, sock) -> bool:
         while self._outbox and self.connected:
-            frame, req = self._outbox[0]
+            frame, req, _ = self._outbox[0]
             if req is not None and req.cancelled:
                 self._outbox.popleft()
                 continue
@@ -848,7 +860,7 @@ class _Link:
             while unsent and len(self._outbox) < _OUTBOX_FRAMES:
                 if groups:
                     frame, n = _groups_frame(s.session_id, unsent)
-                    self._queue(frame)
+                    self._queue(frame, None, s)
                     self.stats["entries_sent"] += n
                     if s.flushing:
                         s.flush_due = True
@@ -867,7 +879,7 @@ class _Link:
                             size += len(v)
                     if key is not None:
                         size += len(key) * len(values)
-                self._queue(schema.encode([schema.SEND, s.session_id, batch]))
+                self._queue(schema.encode([schema.SEND, s.session_id, batch]), None, s)
                 self.stats["entries_sent"] += len(batch)
                 if s.flushing:
                     s.flush_due = True
@@ -1116,6 +1128,7 @@ class _Link:
         s.registered = False
         s.register_sent = False
         s.register_rid = None           # a REGISTERED still on its way must not end the back-off
+        self._withdraw_entries(s)
 
     def _h_room(self, msg) -> None:
         s = self.sessions.get(msg[1])

@@ -7,6 +7,7 @@ test_e2e_*.py do the same through a kafkad process and a real broker.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import subprocess
@@ -1176,5 +1177,36 @@ def test_without_room_from_the_daemon_a_queue_full_refusal_backs_off_on_a_timer(
         send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups"]])
         assert _seqs_of(recv(schema.SEND_GROUPS)[1]) == [0]
         send(peer, [schema.ACK, sid, [0]])
+        assert p._session.wait_drained(5) == []
+        p.stop(timeout=1)
+
+
+def test_a_refusal_withdraws_the_sessions_frames_not_yet_on_the_socket():
+    """Frames of a refused session that still wait in the link's outbox would only be
+    refused as past the gap: they are dropped, and their entries (still pending) go
+    with the replay after the next REGISTERED. Requests in the outbox stay."""
+    import msgpack
+
+    from client_shim import schema
+    from client_shim.link import _groups_frame
+
+    with _sent_to_scripted_daemon(2) as (daemon, p, peer, sid, _):
+        link, s = p.client._link, p._session
+        waiting = collections.deque([(5, "t", 0, 0, None, b"late")])    # not a pending entry
+
+        def refuse_with_frames_waiting():
+            link._queue(_groups_frame(sid, collections.deque(waiting))[0], None, s)
+            link._queue(_groups_frame(sid, collections.deque(waiting))[0], None, s)
+            link._h_rejected([schema.REJECTED, sid, 0, schema.E_OUT_OF_ORDER, "expected seq 0"])
+
+        link.call(refuse_with_frames_waiting)
+        assert daemon.router.poll(5000)
+        peer, frame = daemon.router.recv_multipart()
+        assert msgpack.unpackb(frame)[0] == schema.REGISTER     # not the two waiting frames
+        reg = msgpack.unpackb(frame)
+        assert link.stats["frames_withdrawn"] == 2
+        daemon.send(peer, [schema.REGISTERED, reg[2], sid, 0, b"d", ["send_groups", "room"]])
+        assert _seqs_of(daemon.recv(schema.SEND_GROUPS)[1]) == [0, 1]
+        daemon.send(peer, [schema.ACK, sid, [0, 1]])
         assert p._session.wait_drained(5) == []
         p.stop(timeout=1)
