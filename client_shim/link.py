@@ -686,7 +686,11 @@ class _Link:
     def _poll_timeout(self) -> int:
         """Milliseconds until the next timed duty (replay back-off, request retry)."""
         now = time.monotonic()
-        due = [s.hold_until for s in self.sessions.values() if s.replay_from is not None]
+        # A hold counts only for a session _step will register when it ends: a paused
+        # session (the daemon stopping) or one whose REGISTER is out waits for a frame,
+        # and a hold long past would make every poll return at once.
+        due = [s.hold_until for s in self.sessions.values()
+               if not s.register_sent and not s.closed] if self.connected else []
         due += [r.retry_at for r in self._waiting if r.retry_at]
         if self._outbox:
             due.append(now + 0.005)

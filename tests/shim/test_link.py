@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -1210,3 +1211,32 @@ def test_a_refusal_withdraws_the_sessions_frames_not_yet_on_the_socket():
         daemon.send(peer, [schema.ACK, sid, [0, 1]])
         assert p._session.wait_drained(5) == []
         p.stop(timeout=1)
+
+
+def _thread_cpu_ticks(native_id: int) -> int:
+    fields = open(f"/proc/self/task/{native_id}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_a_session_paused_by_a_stopping_daemon_leaves_the_io_thread_idle():
+    """After REJECTED(STOPPING) the session waits for the next daemon. Its replay hold
+    lay in the past, and every poll of the I/O thread returned at once: a whole core
+    per worker process for as long as the daemon was stopping or gone."""
+    from client_shim import schema
+
+    with _sent_to_scripted_daemon(1) as (daemon, p, peer, sid, _):
+        link = p.client._link
+        daemon.send(peer, [schema.REJECTED, sid, 0, schema.E_STOPPING, "kafkad is stopping"])
+        deadline = time.monotonic() + 5
+        while not p._session.paused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p._session.paused
+        for gone in (False, True):                      # the daemon still there, then gone
+            if gone:
+                daemon.close()
+                time.sleep(0.2)
+            before = _thread_cpu_ticks(link._thread.native_id)
+            time.sleep(1.0)
+            spent = _thread_cpu_ticks(link._thread.native_id) - before
+            assert spent < os.sysconf("SC_CLK_TCK") // 5, f"I/O thread busy {spent} ticks in 1 s"
+        p.stop(timeout=0.1)
