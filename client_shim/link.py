@@ -187,7 +187,6 @@ class _Session:
         self.register_sent = False
         self.register_rid: int | None = None    # the REGISTER whose REGISTERED (re)starts sending
         self.hold_until = 0.0       # replay back-off after a REJECTED
-        self.replay_from: int | None = None
         # the next accepted REGISTERED replays every pending entry, not just from its
         # next_seq: set on (re)connect and for a session the daemon does not know,
         # cleared only there, so a late refusal read from the old connection cannot
@@ -332,15 +331,13 @@ class _Session:
             self.pending = pending
             self.next_seq = seq
             self.unsent = collections.deque()
-            self.replay_from = None
             self.full_replay = True
             self.daemon_instance = None     # no daemon knows the new id yet
             self.daemon_forgot = False
         return old
 
-    def schedule_replay(self, from_seq: int, delay: float) -> None:
-        if self.replay_from is None or from_seq < self.replay_from:
-            self.replay_from = from_seq
+    def hold(self, delay: float) -> None:
+        """Register again (and replay) no sooner than `delay` seconds from now."""
         self.hold_until = max(self.hold_until, time.monotonic() + delay)
 
     def rebuild_unsent(self, from_seq: int | None) -> None:
@@ -797,7 +794,6 @@ class _Link:
         self._outbox.clear()
         for s in list(self.sessions.values()):
             s.paused = False
-            s.replay_from = None
             s.full_replay = True
             s.hold_until = 0.0
             s.backoff = _REPLAY_BACKOFF_MIN_S
@@ -978,7 +974,6 @@ class _Link:
         # beyond it.
         s.rebuild_unsent(None if s.full_replay else next_seq)
         s.full_replay = False
-        s.replay_from = None
 
     def _h_ack(self, msg) -> None:
         s = self.sessions.get(msg[1])
@@ -1079,7 +1074,6 @@ class _Link:
             if not s.paused:
                 log.info("client_shim: %s; %s keeps its messages for the next daemon", text, s.label)
             s.paused = True
-            s.replay_from = from_seq
             return
         if code == schema.E_TOO_LARGE:
             with s.lock:
@@ -1114,7 +1108,7 @@ class _Link:
             s.backoff = min(_REPLAY_BACKOFF_MAX_S, s.backoff * 2)
         else:
             delay = 0.0
-        s.schedule_replay(from_seq, delay)
+        s.hold(delay)
         # The daemon answers every SEND past a gap with REJECTED(OUT_OF_ORDER,
         # next_seq), so refusals of the entries already in flight behind this one
         # follow. Every replay still starts with a REGISTER (after the back-off): it
@@ -1155,8 +1149,7 @@ class _Link:
             if req is not None and not self._is_register(req):
                 req.sent = False
                 self._waiting.append(req)
-            s.replay_from = None        # a new session on the daemon: replay everything
-            s.full_replay = True
+            s.full_replay = True        # a new session on the daemon: replay everything
             s.daemon_forgot = True
             self._register(s)
             return
