@@ -774,8 +774,14 @@ class IpcServer:
         sock = self._sock
         if sock is None:
             return False
-        if session is None and peer in self._peer_backlog:
-            self._peer_backlog[peer].append(frame)      # behind what waits for this peer
+        if session is None:
+            if peer in self._peer_backlog:
+                self._peer_backlog[peer].append(frame)  # behind what waits for this peer
+                return False
+        elif session.backlog:
+            # Behind the session's frames that met a full pipe: a session's replies
+            # leave in the order they were made (a ROOM never overtakes its REJECTED).
+            session.backlog.append(frame)
             return False
         try:
             # send_multipart's part checks and enum flags, without them: with

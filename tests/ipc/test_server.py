@@ -691,6 +691,32 @@ def test_a_session_with_answers_not_yet_taken_is_not_evicted():
             c.close()
 
 
+def test_a_sessions_replies_keep_their_order_behind_a_full_pipe():
+    """A reply made while older replies of the same session wait for a full pipe
+    queues behind them instead of overtaking them."""
+    with ServerThread() as st:
+        a = Peer(st.endpoint)
+        try:
+            a.register()
+            wrapper = _pipe_full_for(st, lambda f: f[0] == schema.ACK and f[2] == [0])
+            a.send([schema.SEND, a.sid, [entry(0)]])
+            st.producer.wait_messages(1)
+            backlog = lambda: len(st.server._sessions[a.sid].backlog)
+            deadline = time.monotonic() + 5
+            while not st.call(backlog):
+                assert time.monotonic() < deadline, "the ACK never met the full pipe"
+                time.sleep(0.005)
+            a.send([schema.SEND, a.sid, [entry(1)]])
+            st.producer.wait_messages(2)
+            # The second ACK either joins the backlog or (the old way) leaves at once.
+            while st.call(backlog) < 2 and a.quiet(0.005):
+                assert time.monotonic() < deadline, "the second ACK was never made"
+            st.call(wrapper.open)
+            assert [a.recv(), a.recv()] == [[schema.ACK, a.sid, [0]], [schema.ACK, a.sid, [1]]]
+        finally:
+            a.close()
+
+
 def _unregister_with_an_ack_stuck(st, peer):
     """`peer` unregisters with one message in flight, whose ACK then meets a full pipe.
 
