@@ -6,7 +6,10 @@ before the next: kafkad `SimpleProducer(async_send=False).send_messages`,
 confluent-kafka `produce()` + `flush()`, kafka-python 3 `send().get()`. Every
 round trip is timed with `perf_counter_ns`; p50/p99/p99.9 are taken per
 repetition over all workers' samples, and the report gives the median of the
-repetitions.
+repetitions. With one worker two variants take their turns too, so that each
+default is also set against the other client giving the same guarantee:
+kafkad through a second daemon with `[kafka] idempotence = false`, and
+confluent-kafka with `enable.idempotence=true` (kafkad's default guarantee).
 
 Caller cost: one worker sends async messages of 100 bytes; the CPU time of the
 calling thread (`time.thread_time_ns`) is read around chunks of 100 calls, so
@@ -19,7 +22,10 @@ threads that still burn the worker's cores.
 
 from __future__ import annotations
 
-from .common import BenchContext, Contest, create_topic, delete_topic, median, new_topic_name, percentile, rotated
+import contextlib
+
+from .common import (CONFLUENT, CONFLUENT_IDEM, KAFKAD, KAFKAD_PLAIN, BenchContext, Contest, DaemonUnavailable,
+                     KafkadDaemon, create_topic, delete_topic, median, new_topic_name, percentile, rotated)
 
 QUANTILES = {"p50": 0.50, "p99": 0.99, "p999": 0.999}
 
@@ -28,6 +34,27 @@ def plan(quick: bool) -> dict:
     if quick:
         return {"workers": [1, 8], "duration": 1.0, "caller_calls": 5_000}
     return {"workers": [1, 8], "duration": 3.0, "caller_calls": 50_000}
+
+
+@contextlib.contextmanager
+def _variants(ctx: BenchContext, workers: int, errors: dict):
+    """(contenders, spec) for `workers`: the selected ones, plus the same-guarantee
+    variants (and the second daemon they need) with one worker."""
+    contenders, spec = list(ctx.contenders), ctx.spec(workers)
+    if workers != 1 or not {KAFKAD, CONFLUENT} <= set(contenders) or ctx.daemon is None:
+        yield contenders, spec
+        return
+    plain = KafkadDaemon(ctx.bootstrap, ctx.workdir, name="kafkad-plain", kafka_config="idempotence = false\n")
+    try:
+        plain.start()
+    except DaemonUnavailable as exc:
+        errors[KAFKAD_PLAIN] = str(exc)
+        yield contenders + [CONFLUENT_IDEM], spec
+        return
+    try:
+        yield contenders + [KAFKAD_PLAIN, CONFLUENT_IDEM], {**spec, "endpoint_plain": plain.endpoint}
+    finally:
+        plain.stop()
 
 
 def run_latency(ctx: BenchContext) -> dict:
@@ -39,7 +66,7 @@ def run_latency(ctx: BenchContext) -> dict:
         ctx.log(f"latency: {workers} concurrent worker(s)")
         per: dict[str, dict[str, list[float]]] = {}
         samples: dict[str, int] = {}
-        with Contest(ctx, ctx.contenders, workers, ctx.spec(workers)) as contest:
+        with _variants(ctx, workers, errors) as (contenders, spec), Contest(ctx, contenders, workers, spec) as contest:
             for rep in range(ctx.reps):
                 for contender in rotated(contest.active(), turn):
                     turn += 1
@@ -57,7 +84,7 @@ def run_latency(ctx: BenchContext) -> dict:
                     for k, v in QUANTILES.items():
                         q[k].append(percentile(lat, v))
                     samples[contender] = samples.get(contender, 0) + len(lat)
-                    ctx.log(f"  {contender:15s} W={workers} p50 {percentile(lat, 0.5):8.0f} us  "
+                    ctx.log(f"  {contender:26s} W={workers} p50 {percentile(lat, 0.5):8.0f} us  "
                             f"p99 {percentile(lat, 0.99):8.0f} us  ({len(lat)} sends)")
             errors.update(contest.errors)
         for contender, q in per.items():

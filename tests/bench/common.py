@@ -48,6 +48,13 @@ KAFKAD = "kafkad"
 CONFLUENT = "confluent-kafka"
 KAFKA_PYTHON = "kafka-python"
 CONTENDERS = (KAFKAD, CONFLUENT, KAFKA_PYTHON)
+# Variants for the sync latency section, so that each default can also be
+# compared with the other client giving the same guarantee: kafkad is
+# idempotent by default ([kafka] idempotence), confluent-kafka is not
+# (enable.idempotence=false).
+KAFKAD_PLAIN = "kafkad/non-idempotent"
+CONFLUENT_IDEM = "confluent-kafka/idempotent"
+SAME_GUARANTEE = {KAFKAD: CONFLUENT_IDEM, KAFKAD_PLAIN: CONFLUENT}
 
 # Per-message settings shared by all contenders, so the comparison is of the
 # clients and not of their defaults: acks=1 everywhere (the legacy
@@ -189,9 +196,11 @@ class ConfluentClient(_Client):
     def _on_sync(self, err, msg) -> None:
         self._sync_err = err
 
+    def _conf(self) -> dict:
+        return {"bootstrap.servers": self.spec["bootstrap"], "acks": ACKS}
+
     def prepare(self, topic: str, *, sync: bool, codec: str | None, size: int = 100) -> None:
-        conf = {"bootstrap.servers": self.spec["bootstrap"], "acks": ACKS,
-                "delivery.report.only.error": not sync, "log.connection.close": False}
+        conf = {**self._conf(), "delivery.report.only.error": not sync, "log.connection.close": False}
         if codec:
             conf["compression.type"] = codec
         self.producer = self._mod.Producer(conf)
@@ -232,6 +241,19 @@ class ConfluentClient(_Client):
 
     def close(self) -> None:
         self.producer = None
+
+
+class ConfluentIdempotentClient(ConfluentClient):
+    """confluent-kafka with enable.idempotence=true, the guarantee kafkad gives by default.
+
+    librdkafka requires acks=all for it; against one broker that waits for the
+    same local write as acks=1.
+    """
+
+    name = CONFLUENT_IDEM
+
+    def _conf(self) -> dict:
+        return {"bootstrap.servers": self.spec["bootstrap"], "enable.idempotence": True, "acks": "all"}
 
 
 class KafkaPythonClient(_Client):
@@ -355,8 +377,18 @@ class KafkadClient(_Client):
         self.producer = None
 
 
+class KafkadPlainClient(KafkadClient):
+    """kafkad through a second daemon run with `[kafka] idempotence = false`."""
+
+    name = KAFKAD_PLAIN
+
+    def __init__(self, spec: dict):
+        super().__init__({**spec, "endpoint": spec["endpoint_plain"]})
+
+
 CLIENTS: dict[str, type[_Client]] = {KAFKAD: KafkadClient, CONFLUENT: ConfluentClient,
-                                     KAFKA_PYTHON: KafkaPythonClient}
+                                     KAFKA_PYTHON: KafkaPythonClient,
+                                     KAFKAD_PLAIN: KafkadPlainClient, CONFLUENT_IDEM: ConfluentIdempotentClient}
 
 
 # --------------------------------------------------------------------------
@@ -731,6 +763,7 @@ class KafkadDaemon:
     wrap: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     extra_config: str = ""
+    kafka_config: str = ""              # more lines for the [kafka] table
     log_level: str = "WARNING"
     proc: subprocess.Popen | None = None
     pid: int = 0
@@ -745,7 +778,7 @@ class KafkadDaemon:
         return os.path.join(self.workdir, f"{self.name}.log")
 
     def config_text(self) -> str:
-        return (f'[kafka]\nbootstrap_servers = ["{self.bootstrap}"]\n\n'
+        return (f'[kafka]\nbootstrap_servers = ["{self.bootstrap}"]\n{self.kafka_config}\n'
                 f'[ipc]\nendpoint = "{self.endpoint}"\n\n'
                 f'[logging]\nlevel = "{self.log_level}"\n' + self.extra_config)
 

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from .common import CONFLUENT, CONTENDERS, KAFKA_PYTHON, KAFKAD
+from .common import CONFLUENT, CONTENDERS, KAFKA_PYTHON, KAFKAD, SAME_GUARANTEE
 
 COLORS = {KAFKAD: "#2b7bba", CONFLUENT: "#e08a1e", KAFKA_PYTHON: "#5aa05a"}
 
@@ -109,6 +109,13 @@ def _targets(res: dict) -> list[str]:
     r = k / c if k and c else None
     rows.append(["Sync p50, 1 worker: kafkad / confluent-kafka", "<= 2x", _num(r, "{:.2f}x"),
                  _verdict(r, lambda x: x <= 2)])
+    pairs = _same_guarantee(lat)
+    if pairs:
+        rs = [r for _, _, r in pairs]
+        rows.append(["Sync p50, 1 worker, same guarantee on both sides: "
+                     + "; ".join(f"{a} / {b}" for a, b, _ in pairs), "<= 2x",
+                     " / ".join(_num(r, "{:.2f}x") for r in rs),
+                     "n/a" if None in rs else _verdict(max(rs), lambda x: x <= 2)])
     cost = {row["contender"]: row for row in _get(s, "caller_cost", "rows") or []}
     k = _get(cost.get(KAFKAD, {}), "call_us")
     rows.append(["Caller CPU per async send_messages (median)", "<= 5 us", _num(k, "{:.2f} us"),
@@ -129,6 +136,16 @@ def _targets(res: dict) -> list[str]:
                  f"{_num(k, '{:.1f}')} vs {_num(others[0], '{:.1f}')} / {_num(others[1], '{:.1f}')}",
                  "n/a" if ok is None else ("met" if ok else "**not met**")])
     return ["## Targets (issue 8)", ""] + _table(["Target", "Goal", "Measured", "Verdict"], rows, "lrrl")
+
+
+def _same_guarantee(lat: dict) -> list[tuple[str, str, float | None]]:
+    """(kafkad variant, its same-guarantee peer, p50 ratio) at 1 worker, for the pairs measured."""
+    out = []
+    for k, c in SAME_GUARANTEE.items():
+        a, b = _get(lat.get((1, k), {}), "p50"), _get(lat.get((1, c), {}), "p50")
+        if (1, k) in lat and (1, c) in lat:
+            out.append((k, c, a / b if a and b else None))
+    return out
 
 
 def _verdict(v, test) -> str:
@@ -201,6 +218,13 @@ def _latency(res: dict, charts: list[str]) -> list[str]:
                     + [_num(row["samples"], "{:,d}"), _ratio(row["p50"], c.get("p50"))])
     lines += _table(["Workers", "Client", "p50", "p99", "p99.9", "Sends", "p50 vs confluent"], rows,
                     "rlrrrrr")
+    pairs = _same_guarantee({(row["workers"], row["contender"]): row for row in sec["rows"]})
+    if pairs:
+        lines += ["The same guarantee on both sides (1 worker): kafkad is idempotent by default, "
+                  "confluent-kafka is not, so each default is also set against the other client "
+                  "configured alike (confluent-kafka's idempotence needs acks=all, which against one "
+                  "broker waits for the same write as acks=1): "
+                  + "; ".join(f"{a} / {b} {_num(r, '{:.2f}x')}" for a, b, r in pairs) + ".", ""]
     if "latency.png" in charts:
         lines += ["![latency](latency.png)", ""]
     return lines + _errors(sec.get("errors", {}), "latency")
