@@ -58,7 +58,11 @@ _SPOOL_OPEN = _SpoolState.OPEN
 
 log = logging.getLogger("kafkad.ipc")
 
-_READ_BATCH = 4096                # frames per reader callback before yielding to the loop
+# A reader callback yields to the loop after this many frames or this long,
+# whichever comes first: senders that keep the socket full must not keep the
+# broker connections' answers (and the requests they free) waiting until they pause.
+_READ_BATCH = 4096
+_READ_TURN_S = 0.010
 _BAD_REPLY_BUDGET = 100           # error replies per peer before going quiet (then 1 in 1000)
 _RECENT_FAILED = 1024             # finished-but-failed entries remembered per session for replays
 _MAX_METADATA_TASKS = 256
@@ -678,8 +682,13 @@ class IpcServer:
         # (a sync send goes to the broker without waiting for the next turn).
         self.producer.hold_polls()
         recv, getsockopt = sock.recv, sock.getsockopt
+        until = time.monotonic() + _READ_TURN_S
+        turn_over = False
         try:
             while n < _READ_BATCH and self._held_bytes <= _HELD_MAX_BYTES:
+                if n and time.monotonic() > until:
+                    turn_over = True
+                    break
                 try:
                     peer = recv(_NOBLOCK)
                 except zmq.Again:
@@ -716,7 +725,7 @@ class IpcServer:
             # A read that ended on EAGAIN or on ZMQ_EVENTS without POLLIN left the
             # socket's event state settled (the FD signals the next input);
             # anything else: look again.
-            self._check_events(force=n >= _READ_BATCH)
+            self._check_events(force=turn_over or n >= _READ_BATCH)
 
     def _check_events(self, force: bool = False) -> None:
         """The ZeroMQ FD is edge-triggered: after reads and sends, look for more input."""

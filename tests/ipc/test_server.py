@@ -717,6 +717,34 @@ def test_a_sessions_replies_keep_their_order_behind_a_full_pipe():
             a.close()
 
 
+def test_a_reader_turn_yields_to_the_loop_while_frames_keep_coming(monkeypatch):
+    """Senders that keep the socket full must not hold the loop (and with it the
+    broker connections' answers) until they pause: a reader turn ends after
+    _READ_TURN_S, here 0, so after one frame, and the next turn reads on."""
+    import kafkad.ipc.server as server_module
+
+    monkeypatch.setattr(server_module, "_READ_TURN_S", 0.0)
+    with ServerThread() as st:
+        a = Peer(st.endpoint)
+        try:
+            a.register()
+            turns = []
+            st.producer.hold_polls = lambda: turns.append(st.server._c["frames_in"])
+            busy = threading.Event()
+            # Hold the loop while five frames queue up in the socket.
+            blocker = threading.Thread(target=st.call, args=(lambda: (busy.set(), time.sleep(0.5)),))
+            blocker.start()
+            assert busy.wait(5)
+            for i in range(5):
+                a.send([schema.SEND, a.sid, [entry(i)]])
+            blocker.join()
+            st.producer.wait_messages(5)
+            start = turns[0]
+            assert [b - a_ for a_, b in zip(turns, turns[1:] + [start + 5])] == [1] * 5, turns
+        finally:
+            a.close()
+
+
 def _unregister_with_an_ack_stuck(st, peer):
     """`peer` unregisters with one message in flight, whose ACK then meets a full pipe.
 
