@@ -853,7 +853,12 @@ class _Link:
         if len(self._outbox) >= _OUTBOX_FRAMES:
             return          # frames the socket refused wait here; the entries behind them stay in `unsent`
         for s in self.sessions.values():
-            if not s.registered or s.paused:
+            # A closed session's producer stopped: stop() has waited for or reported
+            # every entry, and its UNREGISTER may be queued already (waiting requests
+            # go out before entries in a round). Nothing of it may follow: a FLUSH
+            # would be answered ERROR(UNKNOWN_SESSION), and an entry reported as not
+            # delivered must not be sent after all.
+            if not s.registered or s.paused or s.closed:
                 continue
             unsent = s.unsent
             groups = "send_groups" in self.features

@@ -1240,3 +1240,25 @@ def test_a_session_paused_by_a_stopping_daemon_leaves_the_io_thread_idle():
             spent = _thread_cpu_ticks(link._thread.native_id) - before
             assert spent < os.sysconf("SC_CLK_TCK") // 5, f"I/O thread busy {spent} ticks in 1 s"
         p.stop(timeout=0.1)
+
+
+def test_a_clean_async_stop_sends_nothing_after_its_unregister(server, caplog):
+    """stop() asks for a FLUSH, then ends the session with UNREGISTER. When the I/O thread
+    took both in one round, it sent the UNREGISTER first: the daemon answered the FLUSH
+    with ERROR(UNKNOWN_SESSION), logged as a warning on every clean stop."""
+    p = client_shim.Producer(client(server), async_send=True, batch_send_every_n=1)
+    p.send_messages("t", 0, b"x")
+    link = p._session.link
+    _wait_for(lambda: not p._session.pending, "the acknowledgement")
+    gate = threading.Event()
+    link.call(gate.wait)                 # the I/O thread waits here: stop()'s work arrives in one round
+    with caplog.at_level(logging.WARNING, logger="client_shim"):
+        stopper = threading.Thread(target=p.stop)
+        stopper.start()
+        _wait_for(lambda: link.incoming, "stop()'s UNREGISTER")
+        gate.set()
+        stopper.join(10)
+        time.sleep(0.3)                  # room for a late ERROR from the daemon
+    assert not stopper.is_alive()
+    assert [r.getMessage() for r in caplog.records] == []
+    assert server.server.stats()["bad_frames"].get("unknown_session", 0) == 0
