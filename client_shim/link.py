@@ -556,7 +556,7 @@ class _Link:
                     try:
                         reply = schema.decode_reply(raw)
                     except schema.SchemaError as exc:
-                        log.warning("client_shim: ignoring a malformed reply from kafkad: %s", exc)
+                        log.warning("ignoring a malformed reply from kafkad: %s", exc)
                         continue
                     if len(reply) < 2 or reply[1] != rid:
                         continue            # the late answer to an earlier request that timed out
@@ -653,7 +653,7 @@ class _Link:
                 if self._rfd in events:
                     self._drain_wake_pipe()
         except Exception:
-            log.exception("client_shim I/O thread for %s failed", self.endpoint)
+            log.exception("the shim's I/O thread for %s failed", self.endpoint)
             self._fail_all(KafkadUnavailableError("the client_shim I/O thread failed; see the log"))
         finally:
             poller.unregister(sock)
@@ -728,7 +728,7 @@ class _Link:
             for s in self.sessions.values():
                 if not s.register_sent and not s.closed and s.hold_until <= now:
                     if s.awaiting_room is not None:
-                        log.warning("client_shim: no room in kafkad's queue for %gs (%s); %s retries",
+                        log.warning("no room in kafkad's queue for %gs (%s); %s retries",
                                     _ROOM_WAIT_MAX_S, s.awaiting_room, s.label)
                         s.awaiting_room = None
                     self._register(s)
@@ -913,11 +913,11 @@ class _Link:
                 # receivers ignore them); said once per kind, not per frame.
                 if kind not in self._unknown_kinds and len(self._unknown_kinds) < 64:
                     self._unknown_kinds.add(kind)
-                    log.warning("client_shim: ignoring replies of unknown kind %r from kafkad", kind)
+                    log.warning("ignoring replies of unknown kind %r from kafkad", kind)
                 return
             handler(self, msg)
         except (schema.SchemaError, IndexError, TypeError, ValueError) as exc:
-            log.warning("client_shim: ignoring a malformed reply from kafkad: %s", exc)
+            log.warning("ignoring a malformed reply from kafkad: %s", exc)
 
     def _finish(self, req_id, reply=None, error=None) -> _Request | None:
         req = self.requests.pop(req_id, None)
@@ -963,7 +963,7 @@ class _Link:
             old = s.renumber()
             del self.sessions[old]
             self.sessions[s.session_id] = s
-            log.info("client_shim: kafkad's new session for %s expects seqs this process no longer "
+            log.info("kafkad's new session for %s expects seqs this process no longer "
                      "holds (settled before the daemon restarted or forgot the session); continuing "
                      "as a new session", s.label)
             self._queue(schema.encode([schema.UNREGISTER, next(self.req_ids), old]))
@@ -1036,7 +1036,7 @@ class _Link:
     def _h_partitions_changed(self, msg) -> None:
         _, topic, error, parts = msg[:4]
         self.stats["partition_changes"] += 1
-        log.info("client_shim: kafkad says topic %r now has partitions %s", topic,
+        log.info("kafkad says topic %r now has partitions %s", topic,
                  parts if not error else f"none (error {error})")
         self._set_partitions(topic, error, parts)
 
@@ -1077,7 +1077,7 @@ class _Link:
             # is all still pending here, and every pending entry is replayed, in
             # order, once a daemon is connected again (_on_connected).
             if not s.paused:
-                log.info("client_shim: %s; %s keeps its messages for the next daemon", text, s.label)
+                log.info("%s; %s keeps its messages for the next daemon", text, s.label)
             s.paused = True
             return
         if code == schema.E_TOO_LARGE:
@@ -1108,7 +1108,7 @@ class _Link:
             delay = _ROOM_WAIT_MAX_S
         elif code == schema.E_QUEUE_FULL:
             if s.backoff >= _REPLAY_BACKOFF_MAX_S / 2:
-                log.warning("client_shim: kafkad's queue is full (%s); %s retries", text, s.label)
+                log.warning("kafkad's queue is full (%s); %s retries", text, s.label)
             delay = s.backoff
             s.backoff = min(_REPLAY_BACKOFF_MAX_S, s.backoff * 2)
         else:
@@ -1167,7 +1167,7 @@ class _Link:
         if req is not None and self._is_register(req):
             self.requests.pop(rid, None)
             if s is not None:
-                log.error("client_shim: kafkad refused to register %s: %s: %s (retrying in 1s)",
+                log.error("kafkad refused to register %s: %s: %s (retrying in 1s)",
                           s.label, name, text)
                 s.register_sent = False
                 s.hold_until = time.monotonic() + 1.0
@@ -1175,7 +1175,7 @@ class _Link:
         if req is not None:
             self._finish(rid, error=KafkaProtocolError(f"kafkad refused the request: {name}: {text}"))
             return
-        log.warning("client_shim: kafkad reported %s: %s", name, text)
+        log.warning("kafkad reported %s: %s", name, text)
 
     def _h_reply(self, msg) -> None:
         self._finish(msg[1], reply=msg)
@@ -1311,7 +1311,7 @@ def _at_exit() -> None:
         try:
             producer.stop()
         except Exception:
-            log.exception("client_shim: stopping a producer at exit failed")
+            log.exception("stopping a producer at exit failed")
     # Sessions whose producers were garbage-collected still hold messages.
     for link in list(_links.values()):
         if link.pid != os.getpid():

@@ -314,7 +314,7 @@ class Producer:
                     lambda rid: schema.encode([schema.UNREGISTER, rid, session.session_id]),
                     None, min(self.client.timeout, 1.0))
             except Exception as exc:  # the daemon going away meanwhile must not break stop()
-                log.debug("client_shim: unregister of %s failed: %s", session.label, exc)
+                log.debug("unregister of %s failed: %s", session.label, exc)
         session.link.remove_session(session)
 
     def __repr__(self) -> str:

@@ -540,6 +540,9 @@ def test_frames_of_an_unknown_kind_are_ignored_and_logged_once(caplog):
             t.join(5)
         assert result == [[0, 1]]
         assert caplog.text.count("unknown kind 127") == 1
+        # The logger's name says where a record comes from; the text does not repeat it
+        # (a format with %(name)s printed "client_shim: client_shim: ...").
+        assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("client_shim")] == []
     finally:
         daemon.close()
 
