@@ -45,6 +45,13 @@ CODEC_SNAPPY = 2
 CODEC_LZ4 = 3
 CODEC_ZSTD = 4
 ALL_CODECS = (CODEC_NONE, CODEC_GZIP, CODEC_SNAPPY, CODEC_LZ4, CODEC_ZSTD)
+_CODEC_NAMES = {CODEC_NONE: "none", CODEC_GZIP: "gzip", CODEC_SNAPPY: "snappy", CODEC_LZ4: "lz4",
+                CODEC_ZSTD: "zstd"}
+# (lowest, highest) codec_compresslevel per codec that has levels: the daemon's
+# (kafkad.protocol.codecs.LEVELS, checked by a test), so a level accepted here is
+# never refused there. A level given with none or snappy is ignored, as
+# kafka-python ignored it, and not sent.
+CODEC_LEVELS = {CODEC_GZIP: (0, 9), CODEC_LZ4: (0, 16), CODEC_ZSTD: (-131072, 22)}
 
 ProduceResponsePayload = collections.namedtuple(
     "ProduceResponsePayload", ["topic", "partition", "error", "offset"])
@@ -116,7 +123,9 @@ class Producer:
         ACK_AFTER_LOCAL_WRITE (1, default), ACK_AFTER_CLUSTER_COMMIT (-1).
     ack_timeout: milliseconds the broker waits for `req_acks`, default 1000.
     codec: one of ALL_CODECS (None = CODEC_NONE); anything else raises
-        UnsupportedCodecError here. codec_compresslevel: the codec's level.
+        UnsupportedCodecError here. codec_compresslevel: the codec's level
+        (None: its default); gzip 0..9, lz4 0..16, zstd -131072..22, else
+        ValueError here; ignored for CODEC_NONE and CODEC_SNAPPY.
     sync_fail_on_error: sync mode: raise the error (True) or return it in
         the payload with offset -1 (False).
     async_send (or `async` via **kwargs, or the deprecated batch_send):
@@ -162,6 +171,11 @@ class Producer:
         if isinstance(codec, bool) or codec not in ALL_CODECS:
             raise UnsupportedCodecError(f"codec {codec!r} is not supported; use one of {ALL_CODECS}")
         _number("codec_compresslevel", codec_compresslevel, minimum=-(2**31), integer=True, allow_none=True)
+        if codec_compresslevel is not None and codec in CODEC_LEVELS:
+            lo, hi = CODEC_LEVELS[codec]
+            if not lo <= codec_compresslevel <= hi:
+                raise ValueError(f"codec_compresslevel for {_CODEC_NAMES[codec]} must be {lo}..{hi} "
+                                 f"(or None for the codec's default), not {codec_compresslevel!r}")
         _number("batch_send_every_n", batch_send_every_n, minimum=1, integer=True)
         _number("batch_send_every_t", batch_send_every_t)
         _number("async_retry_limit", async_retry_limit, integer=True, allow_none=True)
@@ -204,7 +218,7 @@ class Producer:
             "acks": self.req_acks,
             "ack_timeout_ms": self.ack_timeout,
             "codec": self.codec,
-            "codec_level": self.codec_compresslevel,
+            "codec_level": self.codec_compresslevel if self.codec in CODEC_LEVELS else None,
             "async_send": self.async_send,
             "batch_n": self.batch_send_every_n,
             "batch_t": self.batch_send_every_t,

@@ -74,6 +74,44 @@ def test_bad_constructor_arguments_name_the_argument(kwargs, exc, word):
         client_shim.Producer(**kwargs)
 
 
+@pytest.mark.parametrize("codec,level,word", [
+    (client_shim.CODEC_GZIP, 10, "gzip must be 0..9"),
+    (client_shim.CODEC_GZIP, -1, "gzip must be 0..9"),
+    (client_shim.CODEC_LZ4, 17, "lz4 must be 0..16"),
+    (client_shim.CODEC_ZSTD, 23, "zstd must be -131072..22"),
+    (client_shim.CODEC_ZSTD, -131073, "zstd must be -131072..22"),
+])
+def test_a_compression_level_the_codec_lacks_is_refused_at_construction(codec, level, word):
+    """The daemon refuses such a level at every send (UnknownError), so the shim says so at once."""
+    with pytest.raises(ValueError, match=f"codec_compresslevel for {word}"):
+        client_shim.Producer(NO_DAEMON, codec=codec, codec_compresslevel=level)
+
+
+def test_a_compression_level_is_ignored_for_codecs_without_levels_and_sent_for_the_others():
+    """kafka-python ignored the level with no compression and with snappy; the daemon
+    refuses one, so it is not sent. Levels at the ends of a range are taken."""
+    for codec in (client_shim.CODEC_NONE, client_shim.CODEC_SNAPPY, None):
+        p = client_shim.Producer(NO_DAEMON, codec=codec, codec_compresslevel=5)
+        assert p.codec_compresslevel == 5 and p._settings()["codec_level"] is None
+    for codec, level in ((client_shim.CODEC_GZIP, 0), (client_shim.CODEC_GZIP, 9), (client_shim.CODEC_LZ4, 16),
+                         (client_shim.CODEC_ZSTD, -131072), (client_shim.CODEC_ZSTD, 22)):
+        assert client_shim.Producer(NO_DAEMON, codec=codec, codec_compresslevel=level)._settings()["codec_level"] \
+            == level
+
+
+def test_the_shims_compression_levels_are_the_daemons():
+    codecs = pytest.importorskip("kafkad.protocol.codecs", reason="kafkad (the daemon's codecs) not present")
+    from client_shim import producer
+
+    assert {c: lo_hi for c, lo_hi in producer.CODEC_LEVELS.items()} == \
+        {c: (lo, hi) for c, (lo, hi, _) in codecs.LEVELS.items()}
+    assert set(client_shim.ALL_CODECS) == set(codecs.CODEC_NAMES)
+    for codec in client_shim.ALL_CODECS:            # what the shim sends, the daemon's compressor takes
+        for level in (None, *producer.CODEC_LEVELS.get(codec, (0, 5))):
+            sent = client_shim.Producer(NO_DAEMON, codec=codec, codec_compresslevel=level)._settings()
+            codecs.compressor(sent["codec"], sent["codec_level"])
+
+
 def test_unsupported_codec_error_is_exported_everywhere():
     assert client_shim.UnsupportedCodecError is errors.UnsupportedCodecError
     assert issubclass(errors.UnsupportedCodecError, errors.KafkaError)
