@@ -2,7 +2,10 @@
 
 A partitioner is built with the list of partition ids and answers
 `partition(key, partitions=None) -> partition id` (the second argument, when
-given, is the current partition list and wins over the one it was built with).
+a non-empty list, is the current partition list and wins over the one it was
+built with; None or an empty list means the one it was built with, as in
+kafka-python). `Partitioner` itself can be built, as in kafka-python; its
+`partition` raises NotImplementedError.
 
 `HashedPartitioner` is `Murmur2Partitioner`: the same partition as the Java
 client's default partitioner for a keyed record,
@@ -14,7 +17,6 @@ partition, as in the Java client.
 
 from __future__ import annotations
 
-import abc
 import functools
 import random
 
@@ -51,18 +53,22 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
-class Partitioner(abc.ABC):
-    """Base class: subclasses implement `partition(key, partitions=None)`."""
+class Partitioner:
+    """Base class: subclasses implement `partition(key, partitions=None)`.
+
+    Not an abstract base class: kafka-python's could be instantiated (only its
+    `partition` raised), and legacy code may do so.
+    """
 
     def __init__(self, partitions=None):
         self.partitions = list(partitions) if partitions is not None else None
 
-    @abc.abstractmethod
     def partition(self, key, partitions=None):
         """The partition id for `key`, chosen from `partitions` (or the list given at construction)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement partition(key, partitions=None)")
 
     def _current(self, partitions):
-        parts = partitions if partitions is not None else self.partitions
+        parts = partitions if partitions else self.partitions      # kafka-python: `if not partitions`
         if not parts:
             raise ValueError("partitions: the topic has no partitions to choose from")
         return parts

@@ -292,10 +292,29 @@ def test_round_robin_and_user_partitioners():
             return (partitions or self.partitions)[-1]
 
     assert Last([3, 4]).partition(b"k") == 4
-    with pytest.raises(TypeError):
-        client_shim.Partitioner([1])                   # abstract
     with pytest.raises(ValueError, match="no partitions"):
         client_shim.RoundRobinPartitioner([]).partition(b"k")
+
+
+def test_partitioners_behave_as_kafka_pythons_legacy_ones():
+    # The base class can be built, as in kafka-python; only its partition() is missing.
+    base = client_shim.Partitioner([0, 1])
+    assert base.partitions == [0, 1]
+    with pytest.raises(NotImplementedError):
+        base.partition(b"k")
+
+    class Incomplete(client_shim.Partitioner):
+        pass
+
+    with pytest.raises(NotImplementedError):
+        Incomplete([0]).partition(b"k", [0])
+    # An empty (or None) list at the call means the one given at construction.
+    hashed = client_shim.Murmur2Partitioner([0, 1])
+    assert hashed.partition(b"k", []) == hashed.partition(b"k", None) == hashed.partition(b"k", [0, 1])
+    rr = client_shim.RoundRobinPartitioner([5, 6])
+    assert [rr.partition(None, []) for _ in range(3)] == [5, 6, 5]
+    with pytest.raises(ValueError, match="no partitions"):
+        client_shim.Murmur2Partitioner([]).partition(b"k", [])
 
 
 def test_keyed_send_is_a_deprecated_alias():
