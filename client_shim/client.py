@@ -119,19 +119,24 @@ _warn_lock = threading.Lock()
 class KafkaClient(DaemonClient):
     """Drop-in for kafka-python's `KafkaClient`/`SimpleClient`: the daemon owns the brokers.
 
-    The old first argument (broker host strings) and the other old keyword
-    arguments are accepted and ignored, with one warning per process.
+    kafka-python's arguments, in its order: `hosts`, `client_id`, `timeout`,
+    `correlation_id`, `metrics`. All but `timeout` concern the brokers and are
+    accepted and ignored (one warning per process), as are other old keyword
+    arguments. `timeout` was the brokers' socket timeout (120 s by default);
+    here it is the `DaemonClient` timeout when given, else that default (5 s):
+    a missing daemon is reported in seconds, not after two minutes.
     """
 
-    def __init__(self, hosts=None, client_id=None, timeout: float = DEFAULT_TIMEOUT_S, *,
-                 endpoint: str | None = None, **ignored):
+    def __init__(self, hosts=None, client_id=None, timeout: float = DEFAULT_TIMEOUT_S,
+                 correlation_id=None, metrics=None, *, endpoint: str | None = None, **ignored):
         global _warned_hosts
-        if hosts is not None or ignored or client_id is not None:
+        given = {"hosts": hosts, "client_id": client_id, "correlation_id": correlation_id,
+                 "metrics": metrics}
+        if ignored or any(v is not None for v in given.values()):
             with _warn_lock:
                 if not _warned_hosts:
                     _warned_hosts = True
-                    what = ", ".join(["hosts"] * (hosts is not None) + ["client_id"] * (client_id is not None)
-                                     + sorted(ignored))
+                    what = ", ".join([name for name, v in given.items() if v is not None] + sorted(ignored))
                     msg = (f"{type(self).__name__}: {what} ignored; kafkad owns the broker "
                            "connections (set KAFKAD_ENDPOINT or pass endpoint= to choose the daemon)")
                     warnings.warn(msg, UserWarning, stacklevel=2)

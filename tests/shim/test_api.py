@@ -187,6 +187,22 @@ def test_kafka_client_aliases_ignore_hosts_with_one_warning():
     assert client_shim.SimpleClient is client_shim.KafkaClient
 
 
+def test_kafka_client_takes_every_legacy_argument_and_only_timeout_counts():
+    """SimpleClient(hosts, client_id, timeout, correlation_id, metrics): kafka-python's
+    positional order. The broker-side ones are ignored; timeout, when given, bounds the
+    wait for the daemon, and without it the daemon client's default (not kafka-python's
+    120 s broker socket timeout) holds."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = client_shim.SimpleClient(["b:9092"], "my-client", 30, 7, object())
+        assert (type(c), c.timeout) == (client_shim.KafkaClient, 30.0)
+        c = client_shim.KafkaClient("b:9092", client_id="x", timeout=2.5, correlation_id=1, metrics=None)
+        assert c.timeout == 2.5
+        assert client_shim.KafkaClient("b:9092").timeout == client_shim.DaemonClient().timeout == 5.0
+        with pytest.raises(ValueError, match="timeout"):
+            client_shim.KafkaClient("b:9092", None, 0)
+
+
 def test_import_and_construction_create_nothing():
     code = (
         "import threading, sys, client_shim\n"
