@@ -267,8 +267,25 @@ class Producer:
         topic = _check_topic(topic)
         if type(partition) is not int or not 0 <= partition <= 2**31 - 1:
             raise TypeError(f"partition must be an int >= 0, not {partition!r}")
-        values = _check_payloads(msg, None)
+        values = self._check_payloads(msg, None)
+        if values is None:
+            return self._too_large(topic, partition)
         return self._send_messages(self._get_session(), topic, partition, values)
+
+    def _check_payloads(self, msg: tuple, key) -> list | None:
+        """`_check_payloads`, but None for a call over the per-call size limit when the
+        contract says to return that failure (sync, sync_fail_on_error=False)."""
+        try:
+            return _check_payloads(msg, key)
+        except MessageSizeTooLargeError:
+            if self.async_send or self.sync_fail_on_error:
+                raise
+            return None
+
+    @staticmethod
+    def _too_large(topic: str, partition: int) -> list:
+        # As the broker's refusal of a message too large would be returned: nothing was sent.
+        return [ProduceResponsePayload(topic, partition, MessageSizeTooLargeError.errno, -1)]
 
     def _send_messages(self, session, topic, partition, values, key=None):
         """Send already validated `values` (and `key`) to `topic`/`partition`."""
@@ -389,9 +406,11 @@ class SimpleProducer(Producer):
                 session.send_async(topic, next(known[1]), None, msg)
                 return []
         topic = _check_topic(topic)
-        values = _check_payloads(msg, None)
+        values = self._check_payloads(msg, None)
         session = self._get_session()
         partition = self._next_partition(session, topic)
+        if values is None:
+            return self._too_large(topic, partition)
         if self.async_send:             # _send_messages without a key, one call less per send
             session.send_async(topic, partition, None, values)
             return []
@@ -418,9 +437,12 @@ class KeyedProducer(Producer):
 
     def send_messages(self, topic, key, *msg):
         topic = _check_topic(topic)
-        values = _check_payloads(msg, key)
+        values = self._check_payloads(msg, key)
         session = self._get_session()
-        return self._send_messages(session, topic, self._next_partition(session, topic, key), values, key=key)
+        partition = self._next_partition(session, topic, key)
+        if values is None:
+            return self._too_large(topic, partition)
+        return self._send_messages(session, topic, partition, values, key=key)
 
     def send(self, topic, key, msg):
         """Deprecated alias of send_messages(topic, key, msg)."""

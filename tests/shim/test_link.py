@@ -64,6 +64,28 @@ def test_sync_failure_raises_or_returns_error_payload(server):
     assert quiet.send_messages("t", 2, b"big") == [client_shim.ProduceResponsePayload("t", 2, 10, -1)]
 
 
+def test_a_sync_call_over_the_size_limit_returns_the_error_payload_unless_told_to_raise(server):
+    """The per-call limit is checked before sending; with sync_fail_on_error=False that
+    failure is returned like any other (error 10, offset -1), for every producer kind."""
+    big = b"x" * (8 << 20)
+    quiet = client_shim.Producer(client(server), sync_fail_on_error=False)
+    assert quiet.send_messages("t", 2, big) == [client_shim.ProduceResponsePayload("t", 2, 10, -1)]
+    simple = client_shim.SimpleProducer(client(server), sync_fail_on_error=False, random_start=False)
+    assert simple.send_messages("t", big) == [client_shim.ProduceResponsePayload("t", 0, 10, -1)]
+    assert simple.send_messages("t", b"ok") == [client_shim.ProduceResponsePayload("t", 1, 0, 0)]
+    keyed = client_shim.KeyedProducer(client(server), sync_fail_on_error=False)
+    part = client_shim.HashedPartitioner([0, 1, 2]).partition(b"k")
+    assert keyed.send_messages("t", b"k", *[b"y" * (1 << 20)] * 8) == \
+        [client_shim.ProduceResponsePayload("t", part, 10, -1)]
+    assert values(server) == [b"ok"]               # nothing of the oversized calls was sent
+    with pytest.raises(TypeError, match="bytes or None"):
+        quiet.send_messages("t", 0, big, "text")      # misuse still raises
+    with pytest.raises(errors.MessageSizeTooLargeError):
+        client_shim.Producer(client(server)).send_messages("t", 2, big)
+    with pytest.raises(errors.MessageSizeTooLargeError):
+        client_shim.Producer(client(server), async_send=True, sync_fail_on_error=False).send_messages("t", 2, big)
+
+
 def test_every_setting_reaches_the_daemon(server):
     p = client_shim.Producer(client(server), req_acks=-1, ack_timeout=2500, codec=client_shim.CODEC_ZSTD,
                              codec_compresslevel=9, async_send=True, batch_send_every_n=5,
