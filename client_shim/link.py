@@ -43,6 +43,7 @@ import errno as _errno
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -101,13 +102,52 @@ _MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: how an entry the 
 _NOBLOCK = int(zmq.NOBLOCK)       # a plain int: pyzmq's enum flags cost Python calls per use
 
 
+# A Unix socket path holds 107 bytes (sun_path is 108 with its NUL; an abstract
+# name's '@' counts as one); ZeroMQ refuses a longer one with ENAMETOOLONG.
+_IPC_PATH_MAX = 107
+_TCP_ADDRESS = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)):([0-9]+)")
+
+
 def resolve_endpoint(endpoint: str | None) -> str:
+    """`endpoint`, or the default; ValueError naming the problem if it cannot work.
+
+    Checked here, at construction, because ZeroMQ reports a bad endpoint only
+    when the I/O thread connects, long after the caller could have been told.
+    """
+    source = "endpoint"
     if endpoint is None:
         endpoint = os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT
-    if not isinstance(endpoint, str) or "://" not in endpoint:
-        raise ValueError(f"endpoint must be a ZeroMQ endpoint such as 'ipc:///run/kafkad/kafkad.sock' "
-                         f"or 'tcp://127.0.0.1:9100', not {endpoint!r}")
+        if os.environ.get(ENDPOINT_ENV):
+            source = f"endpoint (from ${ENDPOINT_ENV})"
+    problem = _endpoint_problem(endpoint)
+    if problem:
+        raise ValueError(f"{source} {endpoint!r}: {problem}")
     return endpoint
+
+
+def _endpoint_problem(endpoint) -> str | None:
+    if not isinstance(endpoint, str):
+        return "must be a str"
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://"):]
+        if not path:
+            return "an ipc:// endpoint needs a socket path, as in 'ipc:///run/kafkad/kafkad.sock'"
+        if path == "@":
+            return "an abstract ipc:// endpoint needs a name after '@'"
+        size = len(os.fsencode(path))
+        if size > _IPC_PATH_MAX:
+            return (f"the ipc:// path is {size} bytes; a Unix socket path holds at most "
+                    f"{_IPC_PATH_MAX} (choose a shorter one)")
+        return None
+    if endpoint.startswith("tcp://"):
+        m = _TCP_ADDRESS.fullmatch(endpoint[len("tcp://"):])
+        if m is None:
+            return "a tcp:// endpoint is host:port, as in 'tcp://127.0.0.1:9100' (IPv6: 'tcp://[::1]:9100')"
+        if not 1 <= int(m.group(3)) <= 65535:
+            return f"port must be 1..65535, not {m.group(3)}"
+        return None
+    return ("kafkad serves ipc:// or tcp:// endpoints, as in 'ipc:///run/kafkad/kafkad.sock' or "
+            "'tcp://127.0.0.1:9100'")
 
 
 class _Done:
@@ -455,6 +495,7 @@ class _Link:
         self.stats = collections.Counter()
         self._thread: threading.Thread | None = None
         self._stop = False
+        self.broken: str | None = None     # why the I/O thread ended, if it did on its own
         self._rfd, self._wfd = -1, -1
         self._ctx: zmq.Context | None = None
         self._direct = threading.local()                 # .sock: this thread's own _DirectSocket
@@ -600,6 +641,9 @@ class _Link:
         req.frame = frame_fn(req.req_id)
         self.incoming.append(req)
         self.wake()
+        if self.broken is not None:     # the I/O thread ended: nobody would take it
+            req.cancelled = True
+            raise KafkadUnavailableError(self.broken)
         start = time.monotonic()
         if not req.event.wait(timeout):
             if not req.sent:
@@ -619,10 +663,14 @@ class _Link:
     # --- I/O thread --------------------------------------------------------------
 
     def _run(self) -> None:
-        sock = _dealer(self._ctx)
-        sock.setsockopt(zmq.SNDHWM, _SNDHWM)
-        mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        sock.connect(self.endpoint)
+        try:
+            sock, mon = self._open()
+        except zmq.ZMQError as exc:
+            # resolve_endpoint refuses the endpoints ZeroMQ is known to refuse; this is
+            # for the rest (another libzmq's rules, no file descriptors left). No
+            # traceback: the reason goes to every caller instead.
+            self._give_up(f"cannot connect to kafkad at {self.endpoint}: {exc}")
+            return
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(mon, zmq.POLLIN)
@@ -654,12 +702,44 @@ class _Link:
                     self._drain_wake_pipe()
         except Exception:
             log.exception("the shim's I/O thread for %s failed", self.endpoint)
-            self._fail_all(KafkadUnavailableError("the client_shim I/O thread failed; see the log"))
+            self._give_up("the client_shim I/O thread failed; see the log", logged=True)
         finally:
             poller.unregister(sock)
             sock.disable_monitor()
             mon.close(0)
             sock.close(0)
+
+    def _open(self) -> tuple:
+        """The I/O thread's DEALER socket, connecting, and its monitor socket.
+
+        If ZeroMQ refuses, what was made is closed (an open socket would keep the
+        context's term() at exit waiting forever) and the ZMQError raised.
+        """
+        sock = _dealer(self._ctx)
+        mon = None
+        try:
+            sock.setsockopt(zmq.SNDHWM, _SNDHWM)
+            mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            sock.connect(self.endpoint)
+        except zmq.ZMQError:
+            if mon is not None:
+                sock.disable_monitor()
+                mon.close(0)
+            sock.close(0)
+            raise
+        return sock, mon
+
+    def _give_up(self, reason: str, *, logged: bool = False) -> None:
+        """The I/O thread ends: every request, waiting or still to come, fails with `reason`."""
+        if not logged:
+            log.error("%s; requests to it fail, and stop() reports what async producers queued", reason)
+        self.broken = reason
+        error = KafkadUnavailableError(reason)
+        while self.incoming:            # (request() checks `broken` after queueing its own)
+            req = self.incoming.popleft()
+            req.error = error
+            req.event.set()
+        self._fail_all(error)
 
     def _orphans_possible(self) -> bool:
         return any(s.orphaned for s in self.sessions.values())
@@ -1319,7 +1399,7 @@ def _at_exit() -> None:
         for s in list(link.sessions.values()):
             if s.orphaned and s.pending:
                 link.request_flush(s)
-                wait = s.settings.get("stop_timeout_s", 30)
+                wait = s.settings.get("stop_timeout_s", 30) if link.broken is None else 0
                 left = s.wait_drained(wait)
                 if left:
                     report_failures(s, [(e, 0, len(e) - _V, 7) for e in left],

@@ -327,6 +327,9 @@ class Producer:
         if session is None or self._session_pid != os.getpid():
             return
         wait = self.async_stop_timeout if timeout is None else timeout
+        broken = session.link.broken
+        if broken is not None:
+            wait = 0                    # the link's I/O thread ended: nothing more will go out
         if self.async_send:
             # Like kafka-python's stop(), which sent its queue at once: ask the daemon
             # not to hold this producer's messages for batching any longer.
@@ -338,7 +341,8 @@ class Producer:
             count = sum(len(e) - _linkmod._V for e in left)
             log.error("%s stopped with %d message(s) not delivered after %gs", session.label, count, wait)
             _linkmod.report_failures(session, [(e, 0, len(e) - _linkmod._V, 7) for e in left],
-                                     f" within async_stop_timeout={wait:g}s")
+                                     f" within async_stop_timeout={wait:g}s" if broken is None
+                                     else f" ({broken})")
         if session.link.connected:     # a daemon that is gone has no session to end
             try:
                 session.link.request(

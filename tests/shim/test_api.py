@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
 import warnings
@@ -169,6 +170,43 @@ def test_endpoint_resolution(monkeypatch):
     assert client_shim.Producer(c).client is c
     with pytest.raises(ValueError, match="timeout"):
         client_shim.DaemonClient(timeout=0)
+
+
+@pytest.mark.parametrize("endpoint,word", [
+    ("ipc://", "needs a socket path"),
+    ("ipc://@", "needs a name after '@'"),
+    ("ipc:///" + "a" * 107, "108 bytes"),
+    ("ipc://@" + "b" * 107, "108 bytes"),
+    ("tcp://127.0.0.1:99999", "port must be 1..65535"),
+    ("tcp://127.0.0.1:0", "port must be 1..65535"),
+    ("tcp://127.0.0.1", "host:port"),
+    ("tcp://:9100", "host:port"),
+    ("tcp://*:9100", "host:port"),
+    ("tcp://::1:9100", "host:port"),
+    ("tcp://[::1:9100", "host:port"),
+    ("inproc://kafkad", "ipc:// or tcp://"),
+    ("udp://127.0.0.1:9100", "ipc:// or tcp://"),
+    ("/run/kafkad/kafkad.sock", "ipc:// or tcp://"),
+])
+def test_an_endpoint_that_cannot_work_is_refused_at_construction(endpoint, word, monkeypatch):
+    """ZeroMQ refuses these (or never connects): the shim's I/O thread used to die on them
+    and the caller waited for its timeout. Now the constructor names the problem."""
+    with pytest.raises(ValueError, match=r"endpoint.*" + re.escape(word)):
+        client_shim.DaemonClient(endpoint)
+    with pytest.raises(ValueError, match=re.escape(word)):
+        client_shim.SimpleProducer(endpoint)
+    monkeypatch.setenv("KAFKAD_ENDPOINT", endpoint)
+    with pytest.raises(ValueError, match=r"KAFKAD_ENDPOINT.*" + re.escape(word)):
+        client_shim.DaemonClient()
+
+
+@pytest.mark.parametrize("endpoint", [
+    "ipc:///run/kafkad/kafkad.sock", "ipc:///" + "a" * 106, "ipc://@kafkad", "ipc://@" + "b" * 106,
+    "ipc://kafkad.sock", "tcp://127.0.0.1:9100", "tcp://[::1]:1", "tcp://localhost:65535",
+    "tcp://kafkad.example:9100",
+])
+def test_endpoints_zeromq_can_connect_to_are_taken(endpoint):
+    assert client_shim.DaemonClient(endpoint).endpoint == endpoint
 
 
 def test_kafka_client_aliases_ignore_hosts_with_one_warning():

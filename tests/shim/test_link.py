@@ -1287,3 +1287,40 @@ def test_a_clean_async_stop_sends_nothing_after_its_unregister(server, caplog):
     assert not stopper.is_alive()
     assert [r.getMessage() for r in caplog.records] == []
     assert server.server.stats()["bad_frames"].get("unknown_session", 0) == 0
+
+
+def test_an_endpoint_zeromq_refuses_fails_requests_at_once_without_a_traceback(monkeypatch):
+    """Should ZeroMQ still refuse an endpoint the constructor took (another libzmq, a
+    socket limit), the I/O thread reports it to every caller as KafkadUnavailableError
+    with the reason, instead of dying with a traceback while callers wait out their timeout."""
+    from client_shim import link as shim_link
+    from client_shim import schema
+
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    lk = shim_link._Link("ipc:///" + "a" * 120)            # past the check: too long for ZeroMQ
+    try:
+        for _ in range(2):                                   # the first caller, and one after the thread ended
+            t0 = time.monotonic()
+            with pytest.raises(errors.KafkadUnavailableError, match="too long"):
+                lk.request(lambda rid: schema.encode([schema.STATS, rid]), None, 3.0)
+            assert time.monotonic() - t0 < 1.0
+        assert died == []
+    finally:
+        closer = threading.Thread(target=lk.shutdown, daemon=True)   # its context ends too
+        closer.start()
+        closer.join(5)
+    assert not closer.is_alive()
+
+
+def test_stop_of_an_async_producer_whose_link_could_not_connect_reports_at_once(caplog):
+    c = client_shim.DaemonClient()
+    c.endpoint = "ipc:///" + "c" * 120                      # past the check, as above
+    p = client_shim.Producer(c, async_send=True, async_stop_timeout=30)
+    assert p.send_messages("t", 0, b"queued") == []
+    _wait_for(lambda: not p._session.link._thread.is_alive(), "the I/O thread to give up")
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        t0 = time.monotonic()
+        p.stop()
+        assert time.monotonic() - t0 < 1.0
+    assert "b'queued'" in caplog.text and "too long" in caplog.text
