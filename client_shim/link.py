@@ -540,8 +540,8 @@ class _Link:
         of them are queued or the oldest has waited `batch_send_every_t`. A FLUSH
         frame follows the session's SEND frames on the link (so it covers every
         entry sent before it) and follows again after any replay. It is sent only
-        to a daemon that announced "flush" in REGISTERED and only when this
-        process's schema knows the kind; otherwise stop() waits as before.
+        to a daemon that announced "flush" in REGISTERED (otherwise stop() waits
+        as before), and never once the session is closed (see _send_entries).
         """
         if self._thread is not None and os.getpid() == self.pid and not self._stop:
             self.call(lambda: self._start_flush(session))
