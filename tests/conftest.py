@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 
 import pytest
 
@@ -11,6 +12,16 @@ from tests.support.mockcluster import MockCluster
 from tests.support.tansu import Tansu
 
 _names = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _ipc_fakes_cleanup():
+    """After each test, passed or failed, stop the tests.ipc.fakes servers it left
+    running and remove their temp dirs (only if some test imported the fakes)."""
+    yield
+    fakes = sys.modules.get("tests.ipc.fakes")
+    if fakes is not None:
+        fakes.cleanup()
 
 
 @pytest.fixture(scope="session")

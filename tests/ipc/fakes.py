@@ -5,19 +5,49 @@
 counted per partition, unless told to hold, fail or refuse. It is a double
 for the seam (DESIGN.md), for unit tests of the link; the end-to-end tests
 use the real daemon.
+
+Both `ServerThread` and `short_tmp_endpoint` make a temp dir for the socket;
+it lives until the end of the test (a restarted server binds the endpoint of
+one already stopped). tests/conftest.py calls `cleanup()` after every test,
+passed or failed: it stops the servers left running and removes the dirs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import os
+import shutil
 import tempfile
 import threading
 
 from kafkad.config import IpcConfig
 from kafkad.engine.types import Outcome, QueueFull
 from kafkad.ipc import IpcServer
+
+
+_dirs: list[str] = []                 # temp dirs made since the last cleanup()
+_servers: list["ServerThread"] = []   # servers started since the last cleanup()
+
+
+def _tmp_dir(prefix: str) -> str:
+    d = tempfile.mkdtemp(prefix=prefix)
+    _dirs.append(d)
+    return d
+
+
+def cleanup():
+    """Stop the servers still running and remove the temp dirs (with their sockets) made so far."""
+    try:
+        while _servers:
+            _servers.pop().stop()
+    finally:
+        while _dirs:
+            shutil.rmtree(_dirs.pop(), ignore_errors=True)
+
+
+atexit.register(cleanup)  # for use outside pytest, and whatever the last test left
 
 
 class FakeProducer:
@@ -112,8 +142,7 @@ class ServerThread:
     def __init__(self, endpoint=None, producer=None, *, spool=None, server_kwargs=None, **cfg):
         self.spool = spool
         self.server_kwargs = dict(server_kwargs or {})
-        self.tmp = tempfile.mkdtemp(prefix="kafkad-ipc-")
-        self.endpoint = endpoint or f"ipc://{self.tmp}/kafkad.sock"
+        self.endpoint = endpoint or f"ipc://{_tmp_dir('kafkad-ipc-')}/kafkad.sock"
         self.cfg = IpcConfig(endpoint=self.endpoint, **cfg)
         self.producer = producer or FakeProducer()
         self.loop = asyncio.new_event_loop()
@@ -146,6 +175,7 @@ class ServerThread:
             self.loop.run_until_complete(self.server.close())
 
         self._thread = threading.Thread(target=run, daemon=True)
+        _servers.append(self)
         self._thread.start()
         started.wait(10)
         if failure:
@@ -181,5 +211,4 @@ class ServerThread:
 
 def short_tmp_endpoint(name="kafkad.sock"):
     """An ipc:// endpoint in a fresh temp dir (short enough for the 107-byte socket path limit)."""
-    d = tempfile.mkdtemp(prefix="kd-")
-    return f"ipc://{os.path.join(d, name)}"
+    return f"ipc://{os.path.join(_tmp_dir('kd-'), name)}"
