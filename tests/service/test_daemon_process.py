@@ -29,6 +29,10 @@ from tests.support.net import free_port
 # Keep the daemon's logs on stderr (captured by the helper) even if the tests run under systemd.
 NOT_UNDER_SYSTEMD = {"INVOCATION_ID": "", "JOURNAL_STREAM": ""}
 
+# urlopen honours http_proxy, and without no_proxy it would send a request for
+# 127.0.0.1 to the proxy: this opener always connects directly.
+LOCAL_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 def unreachable_broker() -> str:
     """A loopback address where nothing listens (connections are refused at once)."""
@@ -294,7 +298,7 @@ def test_with_tansu_stats_prometheus_and_clean_stop(tansu, topic):
         delivered_row = next(line for line in r.stdout.splitlines() if line.strip().startswith("delivered"))
         assert int(delivered_row.split()[1]) >= 5
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        with LOCAL_HTTP.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
             assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
             metrics = resp.read().decode()
         values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
@@ -302,7 +306,7 @@ def test_with_tansu_stats_prometheus_and_clean_stop(tansu, topic):
         assert values["kafkad_messages_delivered_total"] >= 5
         assert values["kafkad_unaccounted_messages"] == 0
         with pytest.raises(urllib.error.HTTPError) as info:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=10)
+            LOCAL_HTTP.open(f"http://127.0.0.1:{port}/other", timeout=10)
         assert info.value.code == 404
 
         assert d.term() == 0
