@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import threading
 import time
 
@@ -544,9 +545,12 @@ def test_socket_file_permissions_keep_other_users_out():
     import shutil
     import subprocess
 
+    # Not sys.executable: uid 65534 may be unable to reach it (this venv's
+    # interpreter can live under a home directory of mode 0700).
     python = shutil.which("python3", path="/usr/bin:/bin")
     if python is None:
-        pytest.skip("needs a system python3 that uid 65534 may run (the venv lives under /root)")
+        pytest.skip(f"no python3 in /usr/bin or /bin to run the probe as uid 65534, which may not "
+                    f"reach this interpreter ({os.path.realpath(sys.executable)})")
     with ServerThread(socket_mode=0o600) as st:
         path = st.endpoint[len("ipc://"):]
         os.chmod(os.path.dirname(path), 0o755)

@@ -12,13 +12,12 @@ import socket
 import struct
 import threading
 
+import confluent_kafka  # installed by scripts/bootstrap.sh: its absence is a failure
 import pytest
 
 from tests.security._readback import read_back
 from tests.security.conftest import USERS
 from tests.support.saslgateway import SaslGateway
-
-confluent_kafka = pytest.importorskip("confluent_kafka")
 
 MECHANISMS = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 

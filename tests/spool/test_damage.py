@@ -250,19 +250,26 @@ def test_eio_makes_the_spool_unavailable_without_pretending(tmp_path, monkeypatc
 
 
 def _mount_tmpfs(where, size):
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        return False
+    """Mount a tmpfs of `size` on `where`; None when done, else why not."""
+    if os.geteuid() != 0:
+        return "needs root to mount a small tmpfs"
+    if not shutil.which("mount"):
+        return "needs mount(8) to mount a small tmpfs"
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                       capture_output=True)
-    return r.returncode == 0
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        # In a container root usually lacks CAP_SYS_ADMIN and mount(2) fails.
+        return (f"mount -t tmpfs failed as root (no CAP_SYS_ADMIN, as in most containers?): "
+                f"{r.stderr.strip()}")
+    return None
 
 
 def test_real_full_disk_on_a_small_tmpfs(tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if not _mount_tmpfs(mnt, "64k"):
-        pytest.skip("needs root and mount(8) to create a small tmpfs; "
-                    "test_injected_enospc_on_write covers the logic")
+    why_not = _mount_tmpfs(mnt, "64k")
+    if why_not:
+        pytest.skip(f"{why_not}; test_injected_enospc_on_write covers the logic")
     try:
         cfg = config(mnt / "sp", max_bytes=10 << 20, segment_bytes=8192)
         sp = spool_mod.open(cfg)
