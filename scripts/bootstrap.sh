@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare everything `make run` / `make test` need on a fresh Debian machine:
-# the system packages systemd-python builds against, then a virtualenv with
-# kafkad, its daemon extra and the test peers. Safe to run again: each step
-# is skipped when already done.
+# the system packages systemd-python builds against and the command line
+# tools the tests run, then a virtualenv with kafkad, its daemon extra and
+# the test peers. Safe to run again: each step is skipped when already done.
 set -euo pipefail
 
 venv=${1:-.venv}
@@ -15,6 +15,20 @@ done
 if ! "$python" -c 'import sysconfig, os, sys; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)'; then
     need_pkgs+=(python3-dev)
 fi
+# Tools the tests run (they skip without them, so a missing one would pass
+# `make test` silently): openssl makes the TLS certificates of tests/security
+# and tests/broker; systemd-analyze, -sysusers and -tmpfiles check the units
+# in systemd/; a python3 outside the venv runs a probe as another user in
+# tests/ipc. Looked up as commands, so tools installed another way count.
+need_tool() {  # need_tool COMMAND PACKAGE
+    command -v "$1" >/dev/null && return
+    [[ " ${need_pkgs[*]} " == *" $2 "* ]] || need_pkgs+=("$2")
+}
+need_tool openssl openssl
+need_tool systemd-analyze systemd
+need_tool systemd-sysusers systemd
+need_tool systemd-tmpfiles systemd
+[ -x /usr/bin/python3 ] || [ -x /bin/python3 ] || need_pkgs+=(python3)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
         echo "bootstrap: need Debian packages ${need_pkgs[*]} (run as root or install them)" >&2
