@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -41,12 +42,74 @@ def test_every_step_is_planned():
     assert set(PLAN) == set(CRASH_STEPS)
 
 
-def _child(path, policy, *, env_extra=None, rounds=60, release_log_bytes=1 << 20):
-    env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.spool.crash_child", str(path), policy, "1024",
-         str(release_log_bytes), str(rounds)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class Child:
+    """One crash_child process, used as `with Child(...) as c:`.
+
+    Threads read its stdout and stderr as they come, so no read blocks the
+    test and a chatty child never blocks on a full pipe; leaving the block,
+    however (a failed assertion, a timeout), kills the child if it still
+    runs and reaps it.
+    """
+
+    def __init__(self, path, policy, *, env_extra=None, rounds=60, release_log_bytes=1 << 20):
+        env = dict(os.environ, PYTHONPATH=ROOT, **(env_extra or {}))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.spool.crash_child", str(path), policy, "1024",
+             str(release_log_bytes), str(rounds)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False            # stdout closed: the child ended
+        self._readers = [threading.Thread(target=self._read, args=(f, into), daemon=True)
+                         for f, into in ((self.proc.stdout, self.lines), (self.proc.stderr, self.err))]
+        for t in self._readers:
+            t.start()
+
+    def _read(self, stream, into):
+        for line in stream:
+            with self._cond:
+                into.append(line)
+                self._cond.notify_all()
+        if into is self.lines:
+            with self._cond:
+                self._eof = True
+                self._cond.notify_all()
+
+    def wait_lines(self, n, timeout=60.0):
+        """Block until the child printed n lines; fails if it ends or stalls first."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.lines) >= n or self._eof, timeout)
+            if len(self.lines) >= n:
+                return
+        self.kill()
+        raise AssertionError(f"the child printed {len(self.lines)} of {n} lines "
+                             f"(exit {self.proc.returncode}): {''.join(self.err)[-2000:]}")
+
+    def finish(self, timeout=60.0):
+        """Wait for the child to exit by itself: (exit status, stdout lines, stderr)."""
+        self.proc.wait(timeout)
+        self._join()
+        return self.proc.returncode, self.lines, "".join(self.err)
+
+    def kill(self):
+        """SIGKILL (if still running), reap, and collect every line it printed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._join()
+
+    def _join(self):
+        for t in self._readers:
+            t.join(30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 class Ledger:
@@ -90,20 +153,20 @@ class Ledger:
 def test_crash_at_step_loses_nothing_acknowledged(tmp_path, step, policy):
     after, release_log_bytes = PLAN[step]
     path = tmp_path / "sp"
-    proc = _child(path, policy, release_log_bytes=release_log_bytes,
-                  env_extra={"KAFKAD_SPOOL_CRASH_AT": step, "KAFKAD_SPOOL_CRASH_AFTER": str(after)})
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == CRASH_EXIT_CODE, f"the child did not crash at {step}: {err[-2000:]}"
+    with Child(path, policy, release_log_bytes=release_log_bytes,
+               env_extra={"KAFKAD_SPOOL_CRASH_AT": step, "KAFKAD_SPOOL_CRASH_AFTER": str(after)}) as c:
+        status, out, err = c.finish()
+    assert status == CRASH_EXIT_CODE, f"the child did not crash at {step}: {err[-2000:]}"
     ledger = Ledger()
-    ledger.read(out.splitlines())
+    ledger.read(out)
     if step != "init-after-format-tmp":
         assert ledger.acked > 0
     pending = ledger.check(path, policy)
     # the spool goes on working after the crash: more entries, another restart
-    proc = _child(path, policy, rounds=5)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-2000:]
-    ledger.read(out.splitlines())
+    with Child(path, policy, rounds=5) as c:
+        status, out, err = c.finish()
+    assert status == 0, err[-2000:]
+    ledger.read(out)
     assert set(pending) <= ledger.released          # the restart delivered the replay
     ledger.check(path, policy)
 
@@ -114,19 +177,10 @@ def test_kill_9_at_random_moments_many_times(tmp_path, policy):
     path = tmp_path / "sp"
     ledger = Ledger()
     for _ in range(6):
-        proc = _child(path, policy, rounds=100_000)
-        lines = []
-        want = rnd.randint(1, 120)
-        while len(lines) < want:
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()[-2000:]
-            lines.append(line)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        # the rest through the same buffered reader: communicate() would skip what it holds
-        rest = proc.stdout.read()
-        proc.stdout.close()
-        proc.stderr.close()
-        ledger.read(lines + rest.splitlines())
+        with Child(path, policy, rounds=100_000) as c:
+            c.wait_lines(rnd.randint(1, 120))
+            c.kill()
+            assert c.proc.returncode == -signal.SIGKILL, "".join(c.err)[-2000:]
+        ledger.read(c.lines)     # every line, also those printed between the wait and the kill
         ledger.check(path, policy)
     assert ledger.acked > 0
