@@ -14,14 +14,25 @@ from tests.support.tansu import Tansu
 _names = itertools.count()
 
 
+# Helpers whose cleanup() ends what a test started with them: the IPC fakes'
+# servers and temp dirs, the reliability harness's worker processes.
+_CLEANUPS = ("tests.ipc.fakes", "tests.reliability.harness")
+
+
 @pytest.fixture(autouse=True)
-def _ipc_fakes_cleanup():
-    """After each test, passed or failed, stop the tests.ipc.fakes servers it left
-    running and remove their temp dirs (only if some test imported the fakes)."""
+def _helpers_cleanup():
+    """After each test, passed or failed, run the cleanup() of each helper some test imported."""
     yield
-    fakes = sys.modules.get("tests.ipc.fakes")
-    if fakes is not None:
-        fakes.cleanup()
+    errors = []
+    for name in _CLEANUPS:
+        module = sys.modules.get(name)
+        if module is not None:
+            try:
+                module.cleanup()
+            except Exception as exc:  # still run the others
+                errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture(scope="session")

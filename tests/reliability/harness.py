@@ -5,6 +5,10 @@ prints one line of figures (missing / duplicated / disorder / peak RSS of the
 daemon and anything scenario-specific) and, when the environment variable
 KAFKAD_RELIABILITY_REPORT names a file, appends the same figures to it as a
 JSON line (docs/reliability.md is written from that file).
+
+Every worker `start_worker` starts is also recorded: tests/conftest.py calls
+`cleanup()` after each test, which kills and reaps the workers still running
+(a test that failed before its `w.wait()`).
 """
 
 from __future__ import annotations
@@ -80,7 +84,12 @@ def start_worker(endpoint: str, topic: str, worker: int, count: int, **opts) -> 
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     err = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT, env=env)
-    return Worker(worker, proc, err)
+    w = Worker(worker, proc, err)
+    _started.append(w)
+    return w
+
+
+_started: list[Worker] = []   # workers started since the last cleanup()
 
 
 def kill_workers(workers) -> None:
@@ -89,6 +98,17 @@ def kill_workers(workers) -> None:
         if w.proc.poll() is None:
             w.proc.kill()
             w.proc.wait(5)
+
+
+def cleanup() -> None:
+    """Kill and reap every worker started since the last call, and close its pipe and log file."""
+    workers = list(_started)
+    _started.clear()
+    kill_workers(workers)
+    for w in workers:
+        if w.proc.stdout is not None:
+            w.proc.stdout.close()
+        w.stderr_file.close()
 
 
 def audit_topic(bootstrap: str, topic: str, expected: dict[int, range | list[int]],

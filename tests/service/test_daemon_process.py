@@ -161,6 +161,9 @@ def test_stop_hands_back_to_live_shims_and_fails_what_gone_ones_sent():
         finally:
             if gone.poll() is None:
                 gone.kill()
+            gone.wait(10)
+            gone.stdin.close()
+            gone.stdout.close()
             producer.stop()
         logs = d.logs()
         assert "queued=11 " in event_lines(logs, "stopping")[0]

@@ -19,6 +19,7 @@ from client_shim import errors
 from client_shim import link as shim_link
 from client_shim.partitioner import murmur2
 from tests.support.daemon import KafkadProcess
+from tests.support.procs import reaped
 from tests.support.readback import read_all_confluent
 
 pytestmark = pytest.mark.broker
@@ -94,12 +95,13 @@ def test_sync_offsets_from_concurrent_processes(daemon, tansu, topic):
     procs = [subprocess.Popen([sys.executable, "-c", code, daemon.endpoint, topic, f"w{n}"],
                               stdout=subprocess.PIPE, text=True) for n in range(4)]
     claimed = {}
-    for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0
-        for line in out.splitlines():
-            part, off, value = line.split()
-            claimed[value.encode()] = (int(part), int(off))
+    with reaped(procs):
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0
+            for line in out.splitlines():
+                part, off, value = line.split()
+                claimed[value.encode()] = (int(part), int(off))
     assert len(claimed) == 60
     got = by_value(readback(tansu, topic, 60))
     assert {v: (pp, off) for v, (pp, off, _) in got.items()} == claimed
@@ -221,10 +223,12 @@ def test_many_processes_spawn_and_fork_share_one_daemon(daemon, tansu, topic):
         assert all(os.waitpid(k, 0)[1] == 0 for k in kids)
         p.stop()
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code, daemon.endpoint, topic, f"s{n}"])
-             for n in range(3)]
-    for proc in procs:
-        assert proc.wait(120) == 0
+    # A session each, so that a failure kills the forked children too.
+    procs = [subprocess.Popen([sys.executable, "-c", code, daemon.endpoint, topic, f"s{n}"],
+                              start_new_session=True) for n in range(3)]
+    with reaped(procs, group=True):
+        for proc in procs:
+            assert proc.wait(120) == 0
     expected = 3 * (1 + 300)
     got = by_value(readback(tansu, topic, expected))
     assert len(got) == expected

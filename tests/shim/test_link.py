@@ -23,6 +23,7 @@ import client_shim
 from client_shim import errors
 from kafkad.engine.types import QueueFull
 from tests.ipc.fakes import FakeProducer, ServerThread, short_tmp_endpoint
+from tests.support.procs import reaped
 
 
 @pytest.fixture
@@ -644,10 +645,11 @@ def test_spawned_processes_share_one_daemon(server):
     procs = [subprocess.Popen([sys.executable, "-c", code, server.endpoint, f"w{n}"], stdout=subprocess.PIPE,
                               text=True) for n in range(4)]
     offsets = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0
-        offsets += [int(x) for x in out.split()]
+    with reaped(procs):
+        for proc in procs:
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0
+            offsets += [int(x) for x in out.split()]
     assert sorted(offsets) == list(range(80))                 # every offset handed out once
     assert len(values(server)) == 80
 
