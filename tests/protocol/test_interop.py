@@ -7,6 +7,7 @@ version added to a schema is tested against real peers automatically.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -82,6 +83,25 @@ def test_tansu_accepts_every_shared_version(tansu, topic):
                 assert resp.producer_id >= 0 and resp.producer_epoch >= 0
         tried = {k: list(_overlap(ranges, k)) for k in (0, 3, 18, 22)}
     assert tried[0][-1] == 11 and tried[3][-1] == 12 and tried[18][-1] == 3
+
+
+@pytest.mark.broker
+def test_tansu_reads_lengths_of_two_bytes(tansu):
+    """A 200-byte topic name and batches over 127 bytes: in flexible versions their
+    compact lengths take two bytes, which the short names and batches above never need."""
+    topic = f"long-{os.getpid()}-".ljust(200, "x")
+    tansu.create_topic(topic, partitions=3)
+    with WireClient(tansu.bootstrap) as c:
+        ranges = c.api_versions()
+        for v in _overlap(ranges, 3):
+            (t,) = _metadata(c, v, topic).topics
+            assert (t.name, t.error_code, len(t.partitions)) == (topic, 0, 3), v
+        versions = list(_overlap(ranges, 0))
+        for v in versions:
+            batch = encode_record_batch([b"k" * 130], [b"v" * 200], [NOW])
+            part = _produce(c, v, topic, 2, batch)
+            assert part.error_code == 0, v
+        assert part.base_offset == len(versions) - 1
 
 
 @pytest.mark.broker
