@@ -181,7 +181,8 @@ class Daemon:
             self._spool = await self._open_spool()
         self._producer = BrokerProducer(cfg.kafka, cfg.queue, on_outcomes=self._route_outcomes,
                                         on_partitions_changed=self._route_partition_changes,
-                                        on_topics_forgotten=self._route_topics_forgotten)
+                                        on_topics_forgotten=self._route_topics_forgotten,
+                                        log_messages_on_error=cfg.logging.log_messages_on_error)
         self.stats = StatsCollector(self._producer.stats, state=lambda: self._state.value,
                                     spool_stats=self._spool_stats if self._spool is not None else None)
         self._ipc = IpcServer(cfg.ipc, self._producer, stats_provider=self.stats.snapshot, spool=self._spool,

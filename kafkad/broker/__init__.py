@@ -67,11 +67,13 @@ class BrokerProducer:
                  on_outcomes: Callable[[list[Outcome]], None],
                  on_partitions_changed: Callable[[list[tuple[str, int, list[int]]]], None] | None = None,
                  on_topics_forgotten: Callable[[list[str]], None] | None = None,
+                 log_messages_on_error: bool = True,
                  ) -> None:
         if not callable(on_outcomes):
             raise TypeError("on_outcomes: expected a callable taking a list of Outcome")
         self.kafka = kafka
-        self.engine = Engine(kafka, queue, client_version=__version__)
+        self.engine = Engine(kafka, queue, client_version=__version__,
+                             log_messages_on_error=log_messages_on_error)
         self._on_outcomes = on_outcomes
         # (topic, error, partition ids) of known topics whose layout changed (Actions.partition_changes)
         self._on_partitions_changed = on_partitions_changed

@@ -118,7 +118,8 @@ class Engine:
     """All producer state. `kafka` and `queue` are kafkad.config KafkaConfig / QueueConfig."""
 
     def __init__(self, kafka, queue, *, rng: random.Random | None = None,
-                 client_version: str = "", sweep_interval: float = 1.0) -> None:
+                 client_version: str = "", sweep_interval: float = 1.0,
+                 log_messages_on_error: bool = True) -> None:
         if not kafka.bootstrap_servers:
             raise ValueError("kafka.bootstrap_servers: at least one host:port is needed")
         if kafka.idempotence and kafka.max_in_flight_per_connection > 5:
@@ -127,6 +128,9 @@ class Engine:
                              f"{kafka.max_in_flight_per_connection}")
         self.kafka = kafka
         self.queue = queue
+        # [logging] log_messages_on_error: a failure log shows the messages only if both
+        # this and the sender's own setting (SessionSettings) allow it.
+        self.log_messages_on_error = log_messages_on_error
         self._rng = rng or random.Random()
         self._apply_config()
         self._client_version = client_version
@@ -1076,7 +1080,7 @@ class Engine:
         self._outcomes.append(Outcome(sub.token, sub.topic, sub.partition, code, -1, 0, n))
         log.warning("failed to deliver %d message(s) to %s[%d]: %s%s; %s", n, sub.topic,
                     sub.partition, _err_name(code), f" ({why})" if why else "",
-                    _describe(sub, c.lo, c.hi))
+                    _describe(sub, c.lo, c.hi, self.log_messages_on_error))
 
     def _backoff(self, b: Batch) -> float:
         s = b.chunks[0].sub.settings
@@ -1837,10 +1841,11 @@ def _err_name(code: int) -> str:
         return f"error {code}"
 
 
-def _describe(sub: Submission, lo: int, hi: int) -> str:
-    """The failed messages for the log: truncated reprs, or only hashes."""
+def _describe(sub: Submission, lo: int, hi: int, allowed: bool) -> str:
+    """The failed messages for the log: truncated reprs, or only hashes unless both
+    `allowed` (the daemon's setting) and the sender's setting let them be shown."""
     values = sub.values[lo:hi]
-    if not sub.settings.log_messages_on_error:
+    if not (allowed and sub.settings.log_messages_on_error):
         h = hashlib.sha256()
         for v in values:
             h.update(b"\x00" if v is None else len(v).to_bytes(4, "big") + v)

@@ -200,10 +200,12 @@ class Harness:
     def __init__(self, cluster: FakeCluster | None = None, **kafka) -> None:
         self.cluster = cluster or FakeCluster()
         queue = kafka.pop("queue", QueueConfig())
+        log_messages_on_error = kafka.pop("log_messages_on_error", True)   # [logging]
         kafka.setdefault("bootstrap_servers", ("127.0.0.1:9001",))
         self.kafka = KafkaConfig(**kafka)
         # No safety sweep: a lane that misses its wake-up must show up as a failure here.
-        self.engine = Engine(self.kafka, queue, rng=random.Random(7), sweep_interval=float("inf"))
+        self.engine = Engine(self.kafka, queue, rng=random.Random(7), sweep_interval=float("inf"),
+                             log_messages_on_error=log_messages_on_error)
         self.now = 1000.0
         self.outcomes = []
         self.partition_changes = []     # what polls reported in Actions.partition_changes

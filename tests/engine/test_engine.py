@@ -321,6 +321,19 @@ def test_failure_log_carries_only_a_hash_when_message_logging_is_off(caplog):
     assert "secret-payload" not in rec.getMessage() and "sha256=" in rec.getMessage()
 
 
+def test_failure_log_obeys_the_daemons_message_logging_setting(caplog):
+    # [logging] log_messages_on_error = false wins over a sender that allows it
+    c = cluster("t")
+    h = Harness(c, log_messages_on_error=False)
+    connect(h)
+    c.produce_errors[("t", 0)].append(87)
+    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
+        h.submit("t", 0, [b"secret-payload"], settings=settings(log_messages_on_error=True))
+        h.run()
+    (rec,) = [r for r in caplog.records if "failed to deliver" in r.getMessage()]
+    assert "secret-payload" not in rec.getMessage()
+
+
 def test_retry_limit_bounds_async_retries():
     c = cluster("t")
     h = Harness(c, linger_ms=0)

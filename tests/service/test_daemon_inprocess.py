@@ -79,6 +79,19 @@ def test_an_internal_error_is_logged_closed_and_exits_70(config, log_stream, mon
     assert not os.path.exists(socket_path), "the IPC socket was not closed"
 
 
+def test_the_engine_gets_the_daemons_message_logging_setting(config, log_stream):
+    # The engine logs failed messages itself: [logging] log_messages_on_error must reach it.
+    seen = []
+
+    def ready(d: Daemon) -> None:
+        seen.append(d._producer.engine.log_messages_on_error)
+        d.request(signal.SIGTERM)
+
+    off = dataclasses.replace(config, logging=dataclasses.replace(config.logging, log_messages_on_error=False))
+    assert asyncio.run(Daemon(off, None, notifier=_notifier([]), on_ready=ready).run()) == 0
+    assert seen == [False]
+
+
 def test_state_table_refuses_a_wrong_transition(config):
     daemon = Daemon(config, None)
     with pytest.raises(RuntimeError, match="STARTING -> RELOADING is not allowed"):
