@@ -33,7 +33,6 @@ and resend in the original order.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections import deque
@@ -42,6 +41,7 @@ from typing import Any
 
 from kafkad.engine.batching import SEQ_MODULO, Batch, Chunk, Group, Lane, SessionHold
 from kafkad.engine.connections import Actions, Conn, Request
+from kafkad.engine.describe import describe_values
 from kafkad.engine.metadata import MetadataCache
 from kafkad.engine.states import BatchState, ConnState, PidState, advance
 from kafkad.engine.types import Outcome, ProducerDrained, QueueFull, Submission
@@ -105,8 +105,6 @@ _LATENCY_SAMPLES = 1024
 _new_outcome = tuple.__new__
 # A broker that keeps failing is summarized this often (seconds), never logged per retry.
 _FAILURE_SUMMARY_INTERVAL = 300.0
-_LOG_VALUE_CHARS = 100
-_LOG_MESSAGES_MAX = 20
 # Idle topics (metadata_max_idle_ms) are looked for at most this often (seconds).
 _FORGET_INTERVAL_MAX = 5.0
 # Forgotten lanes remembered per producer-id group for their sequence numbers;
@@ -1842,17 +1840,6 @@ def _err_name(code: int) -> str:
 
 
 def _describe(sub: Submission, lo: int, hi: int, allowed: bool) -> str:
-    """The failed messages for the log: truncated reprs, or only hashes unless both
+    """The failed messages for the log (kafkad.engine.describe): contents only if both
     `allowed` (the daemon's setting) and the sender's setting let them be shown."""
-    values = sub.values[lo:hi]
-    if not (allowed and sub.settings.log_messages_on_error):
-        h = hashlib.sha256()
-        for v in values:
-            h.update(b"\x00" if v is None else len(v).to_bytes(4, "big") + v)
-        return f"contents sha256={h.hexdigest()[:32]} (message logging off)"
-    shown = []
-    for v in values[:_LOG_MESSAGES_MAX]:
-        r = repr(v)
-        shown.append(r if len(r) <= _LOG_VALUE_CHARS else r[:_LOG_VALUE_CHARS] + "...")
-    more = len(values) - len(shown)
-    return "messages: " + ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
+    return describe_values(sub.values[lo:hi], allowed and sub.settings.log_messages_on_error)

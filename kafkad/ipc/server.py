@@ -35,7 +35,6 @@ import collections
 import dataclasses
 import errno as _errno
 import grp
-import hashlib
 import itertools
 import logging
 import operator
@@ -50,6 +49,7 @@ from zmq.utils import monitor as zmq_monitor
 
 from client_shim import schema
 from kafkad.config import IpcConfig
+from kafkad.engine.describe import describe_values
 from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission
 from kafkad.spool import SpoolEntry, SpoolFull, SpoolUnavailable
 from kafkad.spool import State as _SpoolState
@@ -1869,10 +1869,10 @@ class IpcServer:
 
     def _shown(self, values: list, settings: SessionSettings | None) -> str:
         """The failed messages for the log: themselves only if both the daemon's
-        [logging] log_messages_on_error and the session's setting allow it."""
-        if self.log_messages_on_error and settings is not None and settings.log_messages_on_error:
-            return repr(values)
-        return "hashes " + ", ".join(hashlib.blake2b(v or b"", digest_size=8).hexdigest() for v in values)
+        [logging] log_messages_on_error and the session's setting allow it; bounded
+        as the engine's failure lines are (kafkad.engine.describe)."""
+        return describe_values(values, self.log_messages_on_error and settings is not None
+                               and settings.log_messages_on_error)
 
     def _log_failure(self, s: _Session, topic: str, partition: int, values: list, error: int) -> None:
         shown = self._shown(values, s.settings)

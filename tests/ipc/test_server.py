@@ -7,6 +7,7 @@ frames of client_shim.schema by hand, so every check is on the wire format.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -292,6 +293,33 @@ def test_partial_failure_is_reported_by_run(server, peer, caplog):
     assert reply == [schema.FAILED, peer.sid, [[0, [[2, 2, 7]]]]]
     assert "failed with error 7" in caplog.text and "hashes" in caplog.text
     assert "secret" not in caplog.text                      # log_messages_on_error=False
+
+
+
+@pytest.mark.parametrize("contents", [True, False])
+def test_failure_log_line_is_bounded_and_still_names_each_message(server, peer, caplog, contents):
+    # A failed 2 MiB message once made a 2-million-character line (journald cuts at 48 KiB).
+    server.producer.hold = True
+    peer.register(settings=dict(SETTINGS, log_messages_on_error=contents))
+    big = b"A" * (2 * 1024 * 1024)
+    values = [big] + [b"m%d" % i for i in range(30)]
+    peer.send([schema.SEND, peer.sid, [[0, "t", 0, 1_700_000_000_000, None, values]]])
+    assert peer.quiet(0.1)
+    sub = server.producer.held.pop()
+    with caplog.at_level("ERROR", logger="kafkad.ipc"):
+        server.call(server.server.on_outcomes, [Outcome(sub.token, "t", 0, 10, -1, 0, len(values))])
+        assert peer.recv()[0] == schema.FAILED
+    (line,) = [r.getMessage() for r in caplog.records if "failed with error 10" in r.getMessage()]
+    assert len(line) < 4096
+    big_hash = hashlib.blake2b(big, digest_size=8).hexdigest()
+    m0_hash = hashlib.blake2b(b"m0", digest_size=8).hexdigest()
+    if contents:   # a prefix of each shown value, its length and its hash (the one the shim logs)
+        assert "b'AAAAAAAA" in line and f"({len(big)} B, blake2b {big_hash})" in line
+        assert f"b'm0' (2 B, blake2b {m0_hash})" in line
+    else:
+        assert "AAAA" not in line and "m0" not in line and f"hashes {big_hash}, {m0_hash}," in line
+    assert "(+11 more)" in line                 # how many were left out
+    assert "b'm19'" not in line and hashlib.blake2b(b"m19", digest_size=8).hexdigest() not in line
 
 
 HOSTILE = [
