@@ -2,6 +2,9 @@
 
 import sys
 
-from kafkad.cli import main
+try:
+    from kafkad.cli import main
+except KeyboardInterrupt:   # Ctrl-C before the command line could take it: no traceback
+    sys.exit(130)
 
 sys.exit(main())

@@ -7,16 +7,20 @@ internal error (logged with its traceback); 130 interrupted before the daemon
 took over signal handling. A user mistake never prints a
 traceback.
 
+`run` takes SIGTERM and SIGINT from its first moment: before the daemon's
+loop handles them, SIGTERM exits 0 (nothing was accepted yet) and SIGINT 130,
+with one line and no traceback.
+
 Only what a command needs is imported for it, so `check-config` and `stats`
-start fast and work without the daemon's dependencies.
+start fast and work without the daemon's dependencies, and the time before
+`main` can handle a signal stays short.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -29,6 +33,28 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
+
+
+def _stop_early(signum: int, frame) -> None:
+    """SIGTERM or SIGINT reached `kafkad run` before the daemon's loop took them over.
+
+    Exits at once rather than raising: an exception raised by a signal handler
+    can be lost (one that lands while Python compiles a module being imported
+    is), and the signal with it. Nothing exists yet that needs closing: the
+    daemon opens its spool and socket only after its own handlers replaced
+    this one, so nothing was accepted and there is nothing to drain.
+    """
+    name = signal.Signals(signum).name
+    os.write(2, f"kafkad: {name} before the daemon started; nothing was accepted, exiting\n".encode())
+    os._exit(EXIT_OK if signum == signal.SIGTERM else EXIT_INTERRUPTED)
+
+
+def _take_early_signals() -> None:
+    """Until Daemon.run installs its handlers (which replace these), a stop request
+    ends `run` where it is: config reading, imports, loop set-up."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_early)
+
 
 _DESCRIPTION = """\
 kafkad: a host-local producer sidecar for Apache Kafka.
@@ -135,6 +161,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(cfg.logging.level)
+    import asyncio
+
     from kafkad.daemon import Daemon, StartupError
 
     try:
@@ -178,6 +206,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         if close is not None:
             close()
     if args.json:
+        import json
+
         print(json.dumps(snap, indent=2, sort_keys=True))
     else:
         print(render_table(snap))
@@ -197,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `kafkad` script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "run":
+            _take_early_signals()
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

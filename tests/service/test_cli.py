@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 import kafkad
-from tests.service.conftest import ROOT, kafkad_cmd
+from tests.service.conftest import ROOT, daemon_env, kafkad_cmd
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -117,6 +120,63 @@ def test_run_with_a_bad_config_exits_2_before_starting(tmp_path):
     assert r.returncode == 2
     assert r.stderr == f"{path}:2: shutdown.drain_timeout_s: must be a number, not a string\n"
 
+
+def test_sigterm_before_the_daemon_runs_exits_0_without_a_traceback(tmp_path):
+    # The config file is a FIFO, so `kafkad run` waits in reading it until this test
+    # writes: the signal lands there, right after the start and before Daemon.run
+    # takes signals over. It used to kill the process (-15).
+    fifo = tmp_path / "k.toml"
+    os.mkfifo(fifo)
+    config = (f'[kafka]\nbootstrap_servers = ["127.0.0.1:1"]\n'
+              f'[ipc]\nendpoint = "ipc://{tmp_path}/k.sock"\n').encode()
+    p = subprocess.Popen(kafkad_cmd("run", "--config", str(fifo)), cwd=ROOT, env=daemon_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fd = None
+    try:
+        deadline = time.monotonic() + 30
+        while fd is None:     # opening the FIFO's write end succeeds once kafkad reads it
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                assert exc.errno == errno.ENXIO and p.poll() is None and time.monotonic() < deadline
+                time.sleep(0.005)
+        p.send_signal(signal.SIGTERM)
+        # Then the config: a signal that came just before the read began is handled
+        # once the read returns (Python runs handlers between bytecodes).
+        try:
+            os.write(fd, config)
+        except BrokenPipeError:    # it is gone already
+            pass
+        os.close(fd)
+        fd = None
+        out, err = p.communicate(timeout=30)
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert "Traceback" not in err and err.strip() == (
+        "kafkad: SIGTERM before the daemon started; nothing was accepted, exiting")
+
+
+def test_sigint_while_the_command_line_is_imported_exits_130_without_a_traceback(tmp_path):
+    # `python -m kafkad`: a Ctrl-C that lands while kafkad.cli is still being imported
+    # (before main() runs) printed a KeyboardInterrupt traceback and died by SIGINT.
+    code = (
+        "import importlib.abc, os, runpy, signal, sys\n"
+        "class Interrupt(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'kafkad.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        f"sys.argv = ['kafkad', 'run', '--config', {str(tmp_path / 'k.toml')!r}]\n"
+        "runpy.run_module('kafkad', run_name='__main__', alter_sys=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       cwd=ROOT, env=daemon_env())
+    assert r.returncode == 130, r.stderr
+    no_traceback(r)
 
 def test_stats_without_a_daemon_says_so(tmp_path):
     endpoint = f"ipc://{tmp_path}/nobody.sock"
