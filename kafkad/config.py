@@ -31,7 +31,8 @@ class SaslConfig:
     username: str = ""
     password: str = field(default="", repr=False)
     # Read at each authentication (a rotated password is used on the next
-    # connection); wins over password_env. Final line break removed.
+    # connection). Final line break removed. One of password, password_file,
+    # password_env at most (configfile.validate).
     password_file: str = ""
     password_env: str = ""     # name of an environment variable holding the password
 
