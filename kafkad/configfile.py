@@ -475,13 +475,23 @@ def _listen(value: str) -> str | None:
     return None
 
 
+# sockaddr_un.sun_path is 108 bytes on Linux, the last one the terminating NUL;
+# ZeroMQ counts an abstract name's "@" in it too.
+_IPC_PATH_MAX = 107
+
+
 def _endpoint(value: str) -> str | None:
     if value.startswith("ipc://"):
         path = value[len("ipc://"):]
         if path.startswith("@"):
-            return None if len(path) > 1 else "abstract ipc:// endpoint needs a name after '@'"
-        if not path.startswith("/"):
+            if len(path) == 1:
+                return "abstract ipc:// endpoint needs a name after '@'"
+        elif not path.startswith("/"):
             return f"{value!r}: an ipc:// endpoint needs an absolute path (ipc:///run/kafkad/kafkad.sock)"
+        size = len(os.fsencode(path))
+        if size > _IPC_PATH_MAX:
+            return (f"{value!r}: the socket path is {size} bytes long, more than the "
+                    f"{_IPC_PATH_MAX} a Unix socket address holds (use a shorter path)")
         return None
     if value.startswith("tcp://"):
         problem = _host_port(value[len("tcp://"):])

@@ -191,6 +191,18 @@ def test_each_error_path(text, expected):
         assert got == [expected]
 
 
+def test_an_ipc_path_must_fit_a_unix_socket_address():
+    # sun_path holds 108 bytes with the final NUL; `run` failed at start past that
+    fits = "/run/" + "k" * 102                      # 107 bytes
+    assert parse_config(f'[ipc]\nendpoint = "ipc://{fits}"\n').ipc.endpoint == f"ipc://{fits}"
+    long = fits + "k"
+    assert problems(f'[ipc]\nendpoint = "ipc://{long}"\n') == [
+        f"f.toml:2: ipc.endpoint: 'ipc://{long}': the socket path is 108 bytes long, more than "
+        "the 107 a Unix socket address holds (use a shorter path)"]
+    assert problems('[ipc]\nendpoint = "ipc://@' + "a" * 107 + '"\n')[0].startswith(
+        "f.toml:2: ipc.endpoint: 'ipc://@aaaa")
+    assert parse_config('[ipc]\nendpoint = "ipc://@' + "a" * 106 + '"\n')
+
 def test_cross_field_rules(tmp_path):
     got = problems("""\
         [kafka]
