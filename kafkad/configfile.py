@@ -584,7 +584,8 @@ def _check_fields(obj: Any, key: KeyPath, out: _Collector, given: Mapping[str, A
 
 
 def validate(cfg: Config, *, check_files: bool = True,
-             environ: Mapping[str, str] | None = None) -> list[tuple[KeyPath, str]]:
+             environ: Mapping[str, str] | None = None,
+             is_set: Callable[[KeyPath], bool] | None = None) -> list[tuple[KeyPath, str]]:
     """Every rule that relates two or more settings, in one place.
 
     Returns (key path, problem) pairs; empty when the config is consistent.
@@ -593,9 +594,17 @@ def validate(cfg: Config, *, check_files: bool = True,
     and the socket group. `environ`: when given,
     check that `kafka.sasl.password_env` names a variable that is set in it
     (`kafkad run` passes its own environment; `check-config` does not, since
-    the service's environment may differ from the shell's).
+    the service's environment may differ from the shell's). `is_set`: whether
+    the file sets a key (None: every key counts as set). A rule between two
+    keys is reported on the key it is about, unless the file left that one at
+    its default and set the other: then on the other, naming the default.
     """
     problems: list[tuple[KeyPath, str]] = []
+
+    def defaulted(key: KeyPath, *others: KeyPath) -> bool:
+        """`key` was left at its default while one of `others` was set."""
+        return is_set is not None and not is_set(key) and any(is_set(o) for o in others)
+
     k = cfg.kafka
     proto = k.security_protocol
     uses_tls = proto in ("SSL", "SASL_SSL")
@@ -650,16 +659,39 @@ def validate(cfg: Config, *, check_files: bool = True,
                              f"environment variable {sasl.password_env} is not set or empty"))
 
     if k.delivery_timeout_ms < k.request_timeout_ms + k.linger_ms:
-        problems.append((("kafka", "delivery_timeout_ms"),
-                         f"must be >= request_timeout_ms + linger_ms "
-                         f"({k.request_timeout_ms} + {k.linger_ms:g}), not {k.delivery_timeout_ms}"))
+        if defaulted(("kafka", "delivery_timeout_ms"), ("kafka", "request_timeout_ms"), ("kafka", "linger_ms")):
+            if is_set(("kafka", "request_timeout_ms")):
+                key, other, value = "request_timeout_ms", "linger_ms", k.request_timeout_ms
+                other_value = k.linger_ms
+            else:
+                key, other, value = "linger_ms", "request_timeout_ms", k.linger_ms
+                other_value = k.request_timeout_ms
+            problems.append((("kafka", key),
+                             f"with {other} {_num(other_value)}, must be <= "
+                             f"{_num(k.delivery_timeout_ms - other_value)} (delivery_timeout_ms is "
+                             f"{k.delivery_timeout_ms}, its default), not {_num(value)}; "
+                             "set delivery_timeout_ms as well"))
+        else:
+            problems.append((("kafka", "delivery_timeout_ms"),
+                             f"must be >= request_timeout_ms + linger_ms "
+                             f"({k.request_timeout_ms} + {k.linger_ms:g}), not {k.delivery_timeout_ms}"))
     if k.reconnect_backoff_max_ms < k.reconnect_backoff_ms:
-        problems.append((("kafka", "reconnect_backoff_max_ms"),
-                         f"must be >= reconnect_backoff_ms ({k.reconnect_backoff_ms}), "
-                         f"not {k.reconnect_backoff_max_ms}"))
+        if defaulted(("kafka", "reconnect_backoff_max_ms"), ("kafka", "reconnect_backoff_ms")):
+            problems.append((("kafka", "reconnect_backoff_ms"),
+                             f"must be <= reconnect_backoff_max_ms ({k.reconnect_backoff_max_ms}, its default), "
+                             f"not {k.reconnect_backoff_ms}; set reconnect_backoff_max_ms as well"))
+        else:
+            problems.append((("kafka", "reconnect_backoff_max_ms"),
+                             f"must be >= reconnect_backoff_ms ({k.reconnect_backoff_ms}), "
+                             f"not {k.reconnect_backoff_max_ms}"))
     if k.batch_max_bytes > k.request_max_bytes:
-        problems.append((("kafka", "batch_max_bytes"),
-                         f"must be <= request_max_bytes ({k.request_max_bytes}), not {k.batch_max_bytes}"))
+        if defaulted(("kafka", "batch_max_bytes"), ("kafka", "request_max_bytes")):
+            problems.append((("kafka", "request_max_bytes"),
+                             f"must be >= batch_max_bytes ({k.batch_max_bytes}, its default), "
+                             f"not {k.request_max_bytes}; set batch_max_bytes as well"))
+        else:
+            problems.append((("kafka", "batch_max_bytes"),
+                             f"must be <= request_max_bytes ({k.request_max_bytes}), not {k.batch_max_bytes}"))
     if k.idempotence and k.max_in_flight_per_connection > 5:
         problems.append((("kafka", "max_in_flight_per_connection"),
                          "must be <= 5 when idempotence is on (brokers keep the order of "
@@ -675,8 +707,13 @@ def validate(cfg: Config, *, check_files: bool = True,
 
     sp = cfg.spool
     if sp.max_bytes < sp.segment_bytes:
-        problems.append((("spool", "max_bytes"),
-                         f"must be >= segment_bytes ({sp.segment_bytes}), not {sp.max_bytes}"))
+        if defaulted(("spool", "max_bytes"), ("spool", "segment_bytes")):
+            problems.append((("spool", "segment_bytes"),
+                             f"must be <= max_bytes ({sp.max_bytes}, its default), "
+                             f"not {sp.segment_bytes}; set max_bytes as well"))
+        else:
+            problems.append((("spool", "max_bytes"),
+                             f"must be >= segment_bytes ({sp.segment_bytes}), not {sp.max_bytes}"))
     return problems
 
 
@@ -721,7 +758,8 @@ def parse_config(text: str, path: str = "<config>", *, check_files: bool = True,
     _check_fields(cfg, (), out, data)
     # A field already reported on its own is not reported again by a cross-field rule.
     reported = {p.key for p in out.problems}
-    for key, message in validate(cfg, check_files=check_files, environ=environ):
+    for key, message in validate(cfg, check_files=check_files, environ=environ,
+                                 is_set=lambda key: _is_given(data, key)):
         if _dotted(key) not in reported:
             out.add(key, message, at=(("kafka", "security_protocol"),))
     if out.problems:
@@ -730,6 +768,16 @@ def parse_config(text: str, path: str = "<config>", *, check_files: bool = True,
         cfg = dataclasses.replace(cfg, logging=dataclasses.replace(
             cfg.logging, level=cfg.logging.level.upper()))
     return cfg
+
+
+def _is_given(data: Mapping[str, Any], key: KeyPath) -> bool:
+    """Whether the parsed TOML `data` sets `key`."""
+    node: Any = data
+    for part in key:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

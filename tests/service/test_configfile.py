@@ -227,6 +227,26 @@ def test_cross_field_rules(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("text,expected", [
+    # out of range: reported once, on its own line, not also against a default at line 1
+    ("[kafka]\nrequest_timeout_ms = 9999999999999\n",
+     ["f.toml:2: kafka.request_timeout_ms: must be between 1 and 2147483647, not 9999999999999"]),
+    ("[kafka]\nrequest_timeout_ms = 200000\n",
+     ["f.toml:2: kafka.request_timeout_ms: with linger_ms 5, must be <= 119995 "
+      "(delivery_timeout_ms is 120000, its default), not 200000; set delivery_timeout_ms as well"]),
+    ("[kafka]\nreconnect_backoff_ms = 5000\n",
+     ["f.toml:2: kafka.reconnect_backoff_ms: must be <= reconnect_backoff_max_ms "
+      "(1000, its default), not 5000; set reconnect_backoff_max_ms as well"]),
+    ("[kafka]\nrequest_max_bytes = 100000\n",
+     ["f.toml:2: kafka.request_max_bytes: must be >= batch_max_bytes "
+      "(1048576, its default), not 100000; set batch_max_bytes as well"]),
+    ("[spool]\nsegment_bytes = 8589934592\n",
+     ["f.toml:2: spool.segment_bytes: must be <= max_bytes "
+      "(4294967296, its default), not 8589934592; set max_bytes as well"]),
+])
+def test_a_conflict_with_a_default_is_reported_on_the_key_that_was_set(text, expected):
+    assert problems(text) == expected
+
 def test_file_checks_can_be_skipped():
     text = '[kafka]\nsecurity_protocol = "SSL"\ntls.ca_file = "/nonexistent/ca.pem"\n'
     assert problems(text) == [
