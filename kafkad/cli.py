@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser(
         "stats", help="show the counters and gauges of a running daemon",
         description="Ask a running daemon for its counters and gauges: accepted, delivered,\n"
-                    "failed, dropped, retried, queued messages and bytes, in flight,\n"
-                    "per-broker request latency and per-topic rates.",
+                    "failed, dropped, sent, retried, queued messages and bytes, bytes sent\n"
+                    "and delivered, in flight, per-broker request latency and per-topic rates.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     where = stats.add_mutually_exclusive_group()
     where.add_argument("--endpoint", "-e", metavar="E",

@@ -15,6 +15,8 @@ Snapshot shape (every key always present; sub-dicts may be empty)::
     accepted, delivered, failed, dropped, handed_back, retried,   # counters (messages)
     queued_messages, queued_bytes, in_flight,            # gauges (messages, bytes)
     requests,                                            # Produce requests sent
+    sent, sent_bytes,     # records written in Produce requests (retries too), their batch bytes
+    delivered_bytes,                                     # keys and values delivered
     unaccounted,          # accepted - (delivered + failed + dropped + handed_back + queued + in_flight): 0
     delivered_per_s, accepted_per_s,                     # over the last ~10 s
     brokers: {broker: {...}},     # as the producer reports them (latency p50/p99, ...)
@@ -44,8 +46,10 @@ __all__ = ["COUNTERS", "GAUGES", "PrometheusServer", "RateTracker", "StatsCollec
 
 log = logging.getLogger("kafkad.stats")
 
-# Message counters (monotonic) and gauges that every snapshot carries at the top level.
-COUNTERS = ("accepted", "delivered", "failed", "dropped", "handed_back", "retried", "requests")
+# Counters (monotonic; messages unless named bytes, and requests) and gauges that
+# every snapshot carries at the top level.
+COUNTERS = ("accepted", "delivered", "failed", "dropped", "handed_back", "retried", "requests",
+            "sent", "sent_bytes", "delivered_bytes")
 GAUGES = ("queued_messages", "queued_bytes", "in_flight")
 # Terms of the accounting identity: accepted = sum of these.
 BALANCE_TERMS = ("delivered", "failed", "dropped", "handed_back", "queued_messages", "in_flight")
@@ -213,12 +217,14 @@ def render_table(snap: Mapping[str, Any]) -> str:
              f"{snap.get('state', '?')}  up {_human_duration(snap.get('uptime_s', 0))}", ""]
     msg_rows = [
         ("accepted", snap.get("accepted", 0), _rate(snap.get("accepted_per_s", 0))),
-        ("delivered", snap.get("delivered", 0), _rate(snap.get("delivered_per_s", 0))),
+        ("delivered", snap.get("delivered", 0),
+         f"{_rate(snap.get('delivered_per_s', 0))}  {_human_bytes(snap.get('delivered_bytes', 0))}"),
         ("failed", snap.get("failed", 0), _rate(snap.get("failed_per_s", 0))),
         ("dropped", snap.get("dropped", 0), ""),
         ("handed back", snap.get("handed_back", 0), ""),
         ("queued", snap.get("queued_messages", 0), _human_bytes(snap.get("queued_bytes", 0))),
         ("in flight", snap.get("in_flight", 0), ""),
+        ("sent", snap.get("sent", 0), f"{_human_bytes(snap.get('sent_bytes', 0))} written"),
         ("retried", snap.get("retried", 0), ""),
         ("requests", snap.get("requests", 0), ""),
     ]
@@ -271,6 +277,11 @@ _HELP = {
                     "Messages not delivered at stop, handed back to their shims to replay to the next daemon."),
     "retried": ("counter", "messages_retried_total", "Message sends retried."),
     "requests": ("counter", "produce_requests_total", "Produce requests sent to brokers."),
+    "sent": ("counter", "messages_sent_total",
+             "Records written to brokers in Produce requests, each retry counted again."),
+    "sent_bytes": ("counter", "sent_bytes_total",
+                   "RecordBatch bytes written to brokers (compressed, batch headers included, retries too)."),
+    "delivered_bytes": ("counter", "delivered_bytes_total", "Bytes of keys and values acknowledged by Kafka."),
     "topics_forgotten": ("counter", "topics_forgotten_total",
                          "Topics forgotten after [kafka] metadata_max_idle_ms without a send."),
     "queued_messages": ("gauge", "queued_messages", "Messages accepted and waiting to be sent."),

@@ -179,6 +179,9 @@ class Engine:
         self.dropped = 0
         self.handed_back = 0       # undelivered at stop, kept by their shims for the next daemon
         self.requests = 0
+        self.sent = 0              # records written in Produce requests, each retry again
+        self.sent_bytes = 0        # their RecordBatch bytes as written (compressed, headers included)
+        self.delivered_bytes = 0   # keys and values of delivered records (as per topic)
         self.queued = 0            # held + in lanes, not on the wire
         self.queued_bytes = 0      # size bound of everything accepted and not finished
         self.held = 0
@@ -908,8 +911,10 @@ class Engine:
         nbytes = b.nbytes - BATCH_OVERHEAD   # the chunks' size bounds (Batch keeps the sum)
         self.queued_bytes -= nbytes
         ts[0] += b.count
-        ts[1] += nbytes - b.count * _RECORD_OVERHEAD
+        payload = nbytes - b.count * _RECORD_OVERHEAD
+        ts[1] += payload
         self.delivered += b.count
+        self.delivered_bytes += payload
 
     def _finish(self, b: Batch) -> None:
         lane = b.lane
@@ -1670,6 +1675,8 @@ class Engine:
             lane.queued -= b.count
             self.queued -= b.count
             self.in_flight += b.count
+            self.sent += b.count
+            self.sent_bytes += len(b.wire)
             if acks != 0:
                 lane.inflight += 1
                 lane.node = conn.node
@@ -1771,7 +1778,13 @@ class Engine:
     def stats(self) -> dict:
         """A plain-dict snapshot (all counts are messages unless named bytes)."""
         brokers = {}
+        # A bootstrap address is a stand-in (node -1, -2, ...) until metadata names the
+        # brokers; then, closed and idle, it would only show as "down" beside the real
+        # broker at the same address. It shows again while it is used or retried.
+        known = any(not c.bootstrap for c in self.conns.values())
         for node, conn in self.conns.items():
+            if known and conn.bootstrap and conn.state is ConnState.DOWN and not conn.inflight:
+                continue
             xs = sorted(self._latency.get(node, ()))
             brokers[str(node)] = {
                 "address": f"{conn.host}:{conn.port}",
@@ -1794,6 +1807,9 @@ class Engine:
             "dropped": self.dropped,
             "handed_back": self.handed_back,
             "requests": self.requests,
+            "sent": self.sent,
+            "sent_bytes": self.sent_bytes,
+            "delivered_bytes": self.delivered_bytes,
             "topics_forgotten": self.topics_forgotten,
             "errors": {_err_name(k): v for k, v in self._errors.items()},
             "brokers": brokers,

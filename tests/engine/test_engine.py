@@ -735,6 +735,33 @@ def test_stats_balance_and_report_latency_and_topics():
     assert st["errors"] == {"INVALID_RECORD (87)": 10}
 
 
+def test_stats_total_records_and_bytes_sent_and_delivered():
+    # `kafkad stats` promises "sent" and "bytes": totals beside the per-topic counts
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    before = h.engine.stats()
+    c.produce_errors[("t", 0)].append(19)      # NOT_ENOUGH_REPLICAS: retried
+    h.submit("t", 0, [b"x" * 10, b"y" * 10], token="a")
+    h.run()
+    assert [(o.error, o.delivered) for o in h.by_token()["a"]] == [(0, 2)]
+    st = h.engine.stats()
+    written = [p.records for r in h.sent if r.api_key == 0
+               for t in r.msg.topic_data for p in t.partition_data]
+    assert len(written) == 2                       # the batch went out twice
+    assert st["retried"] - before["retried"] == 2
+    assert st["sent"] - before["sent"] == 4        # records written, the retry included
+    assert st["sent_bytes"] - before["sent_bytes"] == sum(map(len, written))
+    assert st["delivered_bytes"] - before["delivered_bytes"] == 20   # keys and values
+    assert st["delivered_bytes"] == sum(t["delivered_bytes"] for t in st["topics"].values())
+
+def test_stats_leave_out_the_idle_bootstrap_address_once_brokers_are_known():
+    h = Harness(cluster("t"))
+    assert list(h.engine.stats()["brokers"]) == ["-1"]       # nothing else known yet
+    connect(h)
+    brokers = h.engine.stats()["brokers"]
+    assert "-1" not in brokers and brokers["1"]["state"] == "ready"
+
 def test_state_machines_show_in_repr_and_refuse_illegal_moves():
     h = Harness(cluster("t"))
     connect(h)

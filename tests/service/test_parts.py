@@ -234,6 +234,20 @@ def test_prometheus_text():
     assert len(names) == len(set(names)), "a metric family appears twice"
 
 
+def test_sent_and_byte_totals_in_every_rendering():
+    c, _ = _collector(dict(PRODUCER, sent=95, sent_bytes=3 * 1024 * 1024, delivered_bytes=5500))
+    snap = c.snapshot()
+    assert (snap["sent"], snap["sent_bytes"], snap["delivered_bytes"]) == (95, 3 * 1024 * 1024, 5500)
+    lines = render_table(snap).splitlines()
+    assert "  delivered    90  0.0/s  5.4 KiB" in lines
+    assert "  sent         95  3.0 MiB written" in lines
+    prom = render_prometheus(snap).splitlines()
+    assert "# TYPE kafkad_messages_sent_total counter" in prom and "kafkad_messages_sent_total 95" in prom
+    assert f"kafkad_sent_bytes_total {3 * 1024 * 1024}" in prom
+    assert "kafkad_delivered_bytes_total 5500" in prom
+    # a producer that does not count them (an older one) still gives every key
+    assert {"sent", "sent_bytes", "delivered_bytes"} <= set(_collector()[0].snapshot())
+
 def test_prometheus_server_serves_metrics_only():
     async def main():
         c, _ = _collector()
