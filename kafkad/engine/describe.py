@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 
 VALUE_CHARS = 100   # of each value's repr
-MAX_SHOWN = 20      # values per line
+MAX_SHOWN = 20      # values per line, with contents
+MAX_HASHES = 200    # values per line, hashes only
 
 
 def digest(value: bytes | None) -> str:
@@ -31,10 +32,10 @@ def describe_values(values, contents: bool) -> str:
 
     With contents, each value is its repr (cut at VALUE_CHARS characters, then
     "..."), its length in bytes and its hash; without, only its hash. At most
-    MAX_SHOWN values, then "(+N more)".
+    MAX_SHOWN values (or MAX_HASHES hashes), then "(+N more)".
     """
     shown = []
-    for v in values[:MAX_SHOWN]:
+    for v in values[:MAX_SHOWN if contents else MAX_HASHES]:
         if v is None:
             shown.append("None")
         elif not contents:
@@ -47,3 +48,12 @@ def describe_values(values, contents: bool) -> str:
     more = len(values) - len(shown)
     text = ("messages: " if contents else "hashes ") + ", ".join(shown)
     return text + (f" (+{more} more)" if more > 0 else "")
+
+
+def describe_all(values, contents: bool) -> list[str]:
+    """Every one of `values`, as `describe_values` shows them, over as many bounded
+    parts as it takes (MAX_SHOWN values a part with contents, MAX_HASHES without):
+    for the lines that are the record of each failed message."""
+    per = MAX_SHOWN if contents else MAX_HASHES
+    return [describe_values(values[i:i + per], contents) for i in range(0, len(values), per)] \
+        or [describe_values([], contents)]

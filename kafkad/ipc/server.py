@@ -49,7 +49,7 @@ from zmq.utils import monitor as zmq_monitor
 
 from client_shim import schema
 from kafkad.config import IpcConfig
-from kafkad.engine.describe import describe_values
+from kafkad.engine.describe import describe_all
 from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission
 from kafkad.spool import SpoolEntry, SpoolFull, SpoolUnavailable
 from kafkad.spool import State as _SpoolState
@@ -234,6 +234,11 @@ class _Session:
 
 
 _SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(SessionSettings) if f.init)
+
+
+def _part_of(i: int, parts: list) -> str:
+    """" (line i+1 of n)" for a failure logged over several lines, else nothing."""
+    return f" (line {i + 1} of {len(parts)})" if len(parts) > 1 else ""
 
 
 def _settings_map(ss: SessionSettings) -> dict:
@@ -1769,9 +1774,11 @@ class IpcServer:
             self._spool_c["replay_failed"] += o.failed
             values = token.values[token.done:token.done + count]
             s = self._sessions.get(token.session_id)
-            log.error("ipc: %d spooled message(s) of session %s to %s[%d] failed with error %d on replay; %s",
-                      len(values), token.session_id.hex()[:12], o.topic, o.partition, o.error,
-                      self._shown(values, s.settings if s is not None and s.settings else None))
+            parts = self._shown(values, s.settings if s is not None and s.settings else None)
+            for i, shown in enumerate(parts):
+                log.error("ipc: %d spooled message(s) of session %s to %s[%d] failed with error %d on replay; %s%s",
+                          len(values), token.session_id.hex()[:12], o.topic, o.partition, o.error, shown,
+                          _part_of(i, parts))
         token.done += count
         if token.done >= len(token.values):
             self._release.append(token.entry_id)
@@ -1867,14 +1874,16 @@ class IpcServer:
         else:
             acks.append(first)
 
-    def _shown(self, values: list, settings: SessionSettings | None) -> str:
-        """The failed messages for the log: themselves only if both the daemon's
-        [logging] log_messages_on_error and the session's setting allow it; bounded
-        as the engine's failure lines are (kafkad.engine.describe)."""
-        return describe_values(values, self.log_messages_on_error and settings is not None
-                               and settings.log_messages_on_error)
+    def _shown(self, values: list, settings: SessionSettings | None) -> list[str]:
+        """The failed messages for the log, every one of them over as many bounded
+        parts as it takes (kafkad.engine.describe): this is each message's record.
+        Their contents only if both the daemon's [logging] log_messages_on_error and
+        the session's setting allow it, else their hashes."""
+        return describe_all(values, self.log_messages_on_error and settings is not None
+                            and settings.log_messages_on_error)
 
     def _log_failure(self, s: _Session, topic: str, partition: int, values: list, error: int) -> None:
-        shown = self._shown(values, s.settings)
-        log.error("ipc: %d message(s) of session %s (pid %d) to %s[%d] failed with error %d; %s",
-                  len(values), s.sid.hex()[:12], s.pid, topic, partition, error, shown)
+        parts = self._shown(values, s.settings)
+        for i, shown in enumerate(parts):
+            log.error("ipc: %d message(s) of session %s (pid %d) to %s[%d] failed with error %d; %s%s",
+                      len(values), s.sid.hex()[:12], s.pid, topic, partition, error, shown, _part_of(i, parts))
