@@ -187,7 +187,8 @@ def test_stats_without_a_daemon_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--endpoint", "localhost:9"], "kafkad stats: endpoint must be a ZeroMQ endpoint"),
+    (["--endpoint", "localhost:9"], "kafkad stats: endpoint 'localhost:9': kafkad serves ipc:// or tcp://"),
+    (["--endpoint", "ipc://"], "kafkad stats: endpoint 'ipc://': an ipc:// endpoint needs a socket path"),
     (["--timeout", "0"], "argument --timeout/-t: must be more than 0 seconds, not 0"),
     (["--timeout", "soon"], "argument --timeout/-t: 'soon' is not a number of seconds"),
 ])
