@@ -31,8 +31,7 @@ class SaslConfig:
     username: str = ""
     password: str = field(default="", repr=False)
     # Read at each authentication (a rotated password is used on the next
-    # connection). Final line break removed. One of password, password_file,
-    # password_env at most (configfile.validate).
+    # connection); wins over password_env. Final line break removed.
     password_file: str = ""
     password_env: str = ""     # name of an environment variable holding the password
 

@@ -645,10 +645,10 @@ def validate(cfg: Config, *, check_files: bool = True,
             problems.append((("kafka", "sasl", "password"),
                              f"a password is required when security_protocol is {proto!r}: "
                              "set one of password, password_file, password_env"))
-        if len(sources) > 1:   # reported on the second, so the first one named stays
-            named = (f"{sources[0]} and {sources[1]} are both set" if len(sources) == 2
-                     else f"{', '.join(sources[:-1])} and {sources[-1]} are all set")
-            problems.append((("kafka", "sasl", sources[1]), f"give the password one way only: {named}"))
+        if sasl.password and len(sources) > 1:
+            other = next(n for n in sources if n != "password")
+            problems.append((("kafka", "sasl", other),
+                             f"give the password one way only: password and {other} are both set"))
         if check_files and sasl.password_file:
             problem = _unreadable(sasl.password_file)
             if problem:

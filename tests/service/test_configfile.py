@@ -275,17 +275,6 @@ def test_sasl_needs_a_password_source_and_the_env_var_when_running():
     assert parse_config(with_env, environ={"KAFKAD_TEST_PW": "s"}).kafka.sasl.username == "u"
 
 
-def test_sasl_takes_the_password_from_one_source_only():
-    base = '[kafka]\nsecurity_protocol = "SASL_PLAINTEXT"\n[kafka.sasl]\nusername = "u"\n'
-    both = base + 'password_file = "/etc/hostname"\npassword_env = "KAFKAD_TEST_PW"\n'
-    assert problems(both) == [
-        "f.toml:6: kafka.sasl.password_env: give the password one way only: "
-        "password_file and password_env are both set"]
-    every = base + 'password = "p"\npassword_file = "/etc/hostname"\npassword_env = "KAFKAD_TEST_PW"\n'
-    assert problems(every) == [
-        "f.toml:6: kafka.sasl.password_file: give the password one way only: "
-        "password, password_file and password_env are all set"]
-
 def test_idempotence_limits_in_flight_requests():
     assert problems("[kafka]\nmax_in_flight_per_connection = 6\n") == [
         "f.toml:2: kafka.max_in_flight_per_connection: must be <= 5 when idempotence is on "
