@@ -44,6 +44,7 @@ import itertools
 import logging
 import os
 import re
+import select
 import threading
 import time
 import weakref
@@ -100,12 +101,18 @@ _ROOM_WAIT_MAX_S = 1.0
 MAX_CACHED_TOPICS = 4096
 _MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: how an entry the daemon can never take fails
 _NOBLOCK = int(zmq.NOBLOCK)       # a plain int: pyzmq's enum flags cost Python calls per use
+_CONNECT_RETRY_MIN_S = 0.1        # the I/O thread's retries while ZeroMQ refuses to connect
+_CONNECT_RETRY_MAX_S = 1.0
 
 
 # A Unix socket path holds 107 bytes (sun_path is 108 with its NUL; an abstract
 # name's '@' counts as one); ZeroMQ refuses a longer one with ENAMETOOLONG.
 _IPC_PATH_MAX = 107
-_TCP_ADDRESS = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)):([0-9]+)")
+# host:port. The host is checked only for what cannot be one to connect to
+# (empty, blanks, a colon outside brackets, the bind-only '*'): names with '_',
+# a trailing dot or an IPv6 zone are ZeroMQ's to resolve, and worked before
+# this check existed.
+_TCP_ADDRESS = re.compile(r"(?:\[([^\]\s]+)\]|([^\s:/\[\]*]+)):([0-9]+)")
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
@@ -495,7 +502,7 @@ class _Link:
         self.stats = collections.Counter()
         self._thread: threading.Thread | None = None
         self._stop = False
-        self.broken: str | None = None     # why the I/O thread ended, if it did on its own
+        self.broken: str | None = None     # why the link cannot connect now, or why its I/O thread ended
         self._rfd, self._wfd = -1, -1
         self._ctx: zmq.Context | None = None
         self._direct = threading.local()                 # .sock: this thread's own _DirectSocket
@@ -637,13 +644,21 @@ class _Link:
         answer within `result_timeout` after taking it (default: `timeout`).
         """
         self.ensure_started()
+        broken = self.broken
+        if broken is not None:          # ZeroMQ refuses the endpoint now, or the I/O thread ended
+            raise KafkadUnavailableError(broken)
         req = _Request(next(self.req_ids), b"", session)
         req.frame = frame_fn(req.req_id)
         self.incoming.append(req)
         self.wake()
-        if self.broken is not None:     # the I/O thread ended: nobody would take it
-            req.cancelled = True
-            raise KafkadUnavailableError(self.broken)
+        if self.broken is not None and req in self.incoming:
+            # Broke meanwhile, after the I/O thread's last look at `incoming`: take it back.
+            try:
+                self.incoming.remove(req)
+            except ValueError:
+                pass                    # the I/O thread took it after all: its answer decides
+            else:
+                raise KafkadUnavailableError(self.broken)
         start = time.monotonic()
         if not req.event.wait(timeout):
             if not req.sent:
@@ -663,14 +678,10 @@ class _Link:
     # --- I/O thread --------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            sock, mon = self._open()
-        except zmq.ZMQError as exc:
-            # resolve_endpoint refuses the endpoints ZeroMQ is known to refuse; this is
-            # for the rest (another libzmq's rules, no file descriptors left). No
-            # traceback: the reason goes to every caller instead.
-            self._give_up(f"cannot connect to kafkad at {self.endpoint}: {exc}")
-            return
+        opened = self._open_retrying()
+        if opened is None:
+            return                      # stopped while ZeroMQ kept refusing
+        sock, mon = opened
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(mon, zmq.POLLIN)
@@ -729,16 +740,51 @@ class _Link:
             raise
         return sock, mon
 
+    def _open_retrying(self) -> tuple | None:
+        """`_open`, tried again until it works or the link stops.
+
+        resolve_endpoint refuses the endpoints ZeroMQ is known to refuse; this is
+        for the rest, above all no file descriptors left (EMFILE), which passes.
+        No traceback: the reason is logged once, kept in `broken` and given to
+        every request meanwhile (request() refuses new ones at once with it); async
+        entries wait in their sessions as for a daemon that is down.
+        """
+        delay = _CONNECT_RETRY_MIN_S
+        while True:
+            try:
+                opened = self._open()
+            except zmq.ZMQError as exc:
+                reason = f"cannot connect to kafkad at {self.endpoint}: {exc}"
+                if reason != self.broken:
+                    log.error("%s; trying again every %gs at most", reason, _CONNECT_RETRY_MAX_S)
+                self.broken = reason
+                self._fail_incoming(KafkadUnavailableError(reason))
+            else:
+                if self.broken is not None:
+                    log.info("connected to kafkad at %s after all", self.endpoint)
+                self.broken = None
+                return opened
+            if self._stop:
+                return None
+            select.select([self._rfd], [], [], delay)
+            self._drain_wake_pipe()
+            if self._stop:
+                return None
+            delay = min(delay * 2, _CONNECT_RETRY_MAX_S)
+
+    def _fail_incoming(self, error: BaseException) -> None:
+        while self.incoming:
+            req = self.incoming.popleft()
+            req.error = error
+            req.event.set()
+
     def _give_up(self, reason: str, *, logged: bool = False) -> None:
         """The I/O thread ends: every request, waiting or still to come, fails with `reason`."""
         if not logged:
             log.error("%s; requests to it fail, and stop() reports what async producers queued", reason)
         self.broken = reason
         error = KafkadUnavailableError(reason)
-        while self.incoming:            # (request() checks `broken` after queueing its own)
-            req = self.incoming.popleft()
-            req.error = error
-            req.event.set()
+        self._fail_incoming(error)      # (request() checks `broken` after queueing its own)
         self._fail_all(error)
 
     def _orphans_possible(self) -> bool:
@@ -756,7 +802,8 @@ class _Link:
             return False
         now = time.monotonic()
         for s in self.sessions.values():
-            if s.unsent and s.registered and not s.paused and s.hold_until <= now:
+            # (as _send_entries: a closed session's unsent entries never go out)
+            if s.unsent and s.registered and not s.paused and not s.closed and s.hold_until <= now:
                 return True
         return False
 
@@ -1337,17 +1384,44 @@ def report_failures(session: _Session, failures: list[tuple[tuple, int, int, int
     for (topic, partition, code), parts in grouped.items():
         values = [v for entry, index, count in parts for v in entry[_V + index:_V + index + count]]
         first = parts[0][0][0] + parts[0][1]
-        if session.log_messages:
-            shown = repr(values)
-        else:
-            shown = "hashes " + ", ".join(_digest(v) for v in values)
         if code == getattr(schema, "OUTCOME_FORGOTTEN", None):
             name = "outcome unknown (replayed after kafkad forgot how it ended: maybe delivered)"
         else:
             name = for_code(code).__name__
-        log.error("kafkad could not deliver %d message(s) of %s to %s[%d] (first seq %d)%s: "
-                  "[Error %d] %s; %s", len(values), session.label, topic, partition, first, why, code,
-                  name, shown)
+        shown = _shown_parts(values, session.log_messages)
+        for i, text in enumerate(shown):
+            log.error("kafkad could not deliver %d message(s) of %s to %s[%d] (first seq %d)%s: "
+                      "[Error %d] %s; %s%s", len(values), session.label, topic, partition, first, why, code,
+                      name, text, f" (line {i + 1} of {len(shown)})" if len(shown) > 1 else "")
+
+
+# How a failure record shows the messages: the daemon's rendering
+# (kafkad.engine.describe, which this package cannot import; a test holds the
+# two alike), so a worker's line and the daemon's can be matched. Every message
+# is shown, over as many lines as it takes, each line a few KiB at most
+# whatever the messages' size.
+_SHOWN_CHARS = 100      # of each value's repr
+_SHOWN_PER_LINE = 20    # values a line, with contents
+_HASHES_PER_LINE = 200  # values a line, hashes only
+
+
+def _shown_parts(values: list, contents: bool) -> list[str]:
+    per = _SHOWN_PER_LINE if contents else _HASHES_PER_LINE
+    parts = []
+    for i in range(0, max(len(values), 1), per):
+        shown = []
+        for v in values[i:i + per]:
+            if v is None:
+                shown.append("None")
+            elif not contents:
+                shown.append(_digest(v))
+            else:
+                r = repr(v)
+                if len(r) > _SHOWN_CHARS:
+                    r = r[:_SHOWN_CHARS] + "..."
+                shown.append(f"{r} ({len(v)} B, blake2b {_digest(v)})")
+        parts.append(("messages: " if contents else "hashes ") + ", ".join(shown))
+    return parts
 
 
 def _digest(value: bytes | None) -> str:

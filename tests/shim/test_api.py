@@ -203,7 +203,8 @@ def test_an_endpoint_that_cannot_work_is_refused_at_construction(endpoint, word,
 @pytest.mark.parametrize("endpoint", [
     "ipc:///run/kafkad/kafkad.sock", "ipc:///" + "a" * 106, "ipc://@kafkad", "ipc://@" + "b" * 106,
     "ipc://kafkad.sock", "tcp://127.0.0.1:9100", "tcp://[::1]:1", "tcp://localhost:65535",
-    "tcp://kafkad.example:9100",
+    "tcp://kafkad.example:9100", "tcp://kafka_d:9100", "tcp://kafkad.example.:9100",
+    "tcp://[fe80::1%eth0]:9100",
 ])
 def test_endpoints_zeromq_can_connect_to_are_taken(endpoint):
     assert client_shim.DaemonClient(endpoint).endpoint == endpoint
@@ -414,6 +415,31 @@ def test_a_failed_run_inside_a_multi_message_call_reports_exactly_its_messages(c
         lk._h_failed([schema.FAILED, s.session_id, [[0, [[1, 2, 10]]]]])
     (line,) = [r.getMessage() for r in caplog.records]
     assert "2 message(s)" in line and "t[1]" in line and "(first seq 1)" in line
-    assert "[b'm1', b'm2']" in line and "m0" not in line and "m3" not in line and "other" not in line
+    assert "messages: b'm1' (2 B, blake2b " in line and ", b'm2' (2 B, blake2b " in line
+    assert "m0" not in line and "m3" not in line and "other" not in line
     assert s.failed_messages == 2
     assert list(s.pending) == [4] and s.unacked == 1
+
+
+@pytest.mark.parametrize("contents", [True, False])
+def test_a_failure_record_shows_every_message_bounded_as_the_daemon_does(caplog, contents):
+    """The worker's record of undelivered messages names every one, as the daemon's
+    log does (same rendering and hash, so the two can be matched), over lines that
+    stay small whatever the messages' size: a 2 MiB message once made a 2 MiB line."""
+    import logging
+
+    from client_shim import link
+    from kafkad.engine.describe import describe_all
+
+    values = [b"B" * (2 << 20), None] + [b"m%d" % i for i in range(250)]
+    assert link._shown_parts(values, contents) == describe_all(values, contents)
+    lk = link._Link("ipc:///nonexistent")
+    s = link._Session(lk, {}, maxsize=0, put_timeout=0, log_messages=contents, label="P")
+    entry = (0, "t", 0, 0, None) + tuple(values)
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        link.report_failures(s, [(entry, 0, len(values), 10)])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == (13 if contents else 2) and all(len(line) < 4096 for line in lines)
+    assert lines[-1].endswith(f"(line {len(lines)} of {len(lines)})")
+    text = "\n".join(lines)
+    assert all(link._digest(v) in text for v in values if v is not None)

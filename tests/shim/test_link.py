@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import os
 import subprocess
@@ -18,6 +19,7 @@ import threading
 import time
 
 import pytest
+import zmq
 
 import client_shim
 from client_shim import errors
@@ -1320,9 +1322,77 @@ def test_stop_of_an_async_producer_whose_link_could_not_connect_reports_at_once(
     c.endpoint = "ipc:///" + "c" * 120                      # past the check, as above
     p = client_shim.Producer(c, async_send=True, async_stop_timeout=30)
     assert p.send_messages("t", 0, b"queued") == []
-    _wait_for(lambda: not p._session.link._thread.is_alive(), "the I/O thread to give up")
+    _wait_for(lambda: p._session.link.broken is not None, "the I/O thread to meet the refusal")
     with caplog.at_level(logging.ERROR, logger="client_shim"):
         t0 = time.monotonic()
         p.stop()
         assert time.monotonic() - t0 < 1.0
     assert "b'queued'" in caplog.text and "too long" in caplog.text
+
+
+def test_a_link_zeromq_refused_for_a_while_connects_once_it_can(monkeypatch, tmp_path):
+    """A refusal that passes (no file descriptors left: EMFILE) must not leave the
+    process unable to reach the daemon until it exits, nor keep the requests it
+    refused: the I/O thread tries again, and requests work once it connects."""
+    from client_shim import link as shim_link
+    from client_shim import schema
+
+    refusals = [3]
+    real_open = shim_link._Link._open
+
+    def flaky_open(self):
+        if refusals[0] > 0:
+            refusals[0] -= 1
+            raise zmq.ZMQError(errno.EMFILE)
+        return real_open(self)
+
+    monkeypatch.setattr(shim_link._Link, "_open", flaky_open)
+    died = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    with ServerThread() as st:
+        lk = shim_link._Link(st.endpoint)
+        try:
+            with pytest.raises(errors.KafkadUnavailableError, match="Too many open files"):
+                lk.request(lambda rid: schema.encode([schema.STATS, rid]), None, 3.0)
+            for _ in range(20):         # refused at once while broken, and not kept
+                try:
+                    lk.request(lambda rid: schema.encode([schema.STATS, rid]), None, 3.0)
+                except errors.KafkadUnavailableError:
+                    pass
+            assert len(lk.incoming) <= 1
+            _wait_for(lambda: lk.broken is None and lk.connected, "the link to connect after the refusals")
+            reply = lk.request(lambda rid: schema.encode([schema.STATS, rid]), None, 5.0)
+            assert reply[0] == schema.STATS_REPLY
+            assert refusals == [0] and died == []
+        finally:
+            lk.shutdown()
+
+
+def test_a_stopped_sessions_unsent_entries_do_not_keep_the_io_thread_busy(monkeypatch):
+    """A session closed by stop(timeout=0) keeps its unsent entries until its
+    UNREGISTER is answered; they are never sent, so they must not count as work:
+    the I/O thread would go round without sleeping until then."""
+    from client_shim import link as shim_link
+
+    spins = []
+    has_unsent = shim_link._Link._has_unsent
+
+    def counting(self):
+        busy = has_unsent(self)
+        if busy and any(s.closed for s in self.sessions.values()):
+            spins.append(1)
+        return busy
+
+    monkeypatch.setattr(shim_link._Link, "_has_unsent", counting)
+    with ServerThread() as st:
+        p = client_shim.Producer(st.endpoint, async_send=True, batch_send_every_n=10**6,
+                                 batch_send_every_t=60)
+        p.send_messages("t", 0, b"warm")
+        _wait_for(lambda: p._session.registered, "the session to register")
+        p._session.link.call(lambda: time.sleep(0.2))   # hold the I/O thread: entries stay unsent
+        for _ in range(200):
+            p.send_messages("t", 0, b"x")
+        # The daemon answers the UNREGISTER late.
+        threading.Thread(target=st.call, args=(lambda: time.sleep(0.5),)).start()
+        p.stop(timeout=0)
+    assert spins == []
