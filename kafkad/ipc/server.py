@@ -48,6 +48,7 @@ import zmq
 from zmq.utils import monitor as zmq_monitor
 
 from client_shim import schema
+from client_shim.errors import for_code
 from kafkad.config import IpcConfig
 from kafkad.engine.describe import describe_all
 from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission
@@ -234,6 +235,12 @@ class _Session:
 
 
 _SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(SessionSettings) if f.init)
+
+
+def _error_text(code: int) -> str:
+    """"error 10 (MessageSizeTooLargeError)": the errno and the kafka-python class
+    the worker's shim raises or logs for it, so the two logs read alike."""
+    return f"error {code} ({for_code(code).__name__})"
 
 
 def _part_of(i: int, parts: list) -> str:
@@ -1776,8 +1783,8 @@ class IpcServer:
             s = self._sessions.get(token.session_id)
             parts = self._shown(values, s.settings if s is not None and s.settings else None)
             for i, shown in enumerate(parts):
-                log.error("ipc: %d spooled message(s) of session %s to %s[%d] failed with error %d on replay; %s%s",
-                          len(values), token.session_id.hex()[:12], o.topic, o.partition, o.error, shown,
+                log.error("ipc: %d spooled message(s) of session %s to %s[%d] failed with %s on replay; %s%s",
+                          len(values), token.session_id.hex()[:12], o.topic, o.partition, _error_text(o.error), shown,
                           _part_of(i, parts))
         token.done += count
         if token.done >= len(token.values):
@@ -1885,5 +1892,6 @@ class IpcServer:
     def _log_failure(self, s: _Session, topic: str, partition: int, values: list, error: int) -> None:
         parts = self._shown(values, s.settings)
         for i, shown in enumerate(parts):
-            log.error("ipc: %d message(s) of session %s (pid %d) to %s[%d] failed with error %d; %s%s",
-                      len(values), s.sid.hex()[:12], s.pid, topic, partition, error, shown, _part_of(i, parts))
+            log.error("ipc: %d message(s) of session %s (pid %d) to %s[%d] failed with %s; %s%s",
+                      len(values), s.sid.hex()[:12], s.pid, topic, partition, _error_text(error), shown,
+                      _part_of(i, parts))

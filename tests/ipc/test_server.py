@@ -310,6 +310,7 @@ def test_failure_log_line_is_bounded_and_still_names_each_message(server, peer, 
         server.call(server.server.on_outcomes, [Outcome(sub.token, "t", 0, 10, -1, 0, len(values))])
         assert peer.recv()[0] == schema.FAILED
     lines = [r.getMessage() for r in caplog.records if "failed with error 10" in r.getMessage()]
+    assert lines and all("failed with error 10 (MessageSizeTooLargeError);" in line for line in lines)
     assert all(len(line) < 4096 for line in lines)
     big_hash = hashlib.blake2b(big, digest_size=8).hexdigest()
     m0_hash = hashlib.blake2b(b"m0", digest_size=8).hexdigest()
