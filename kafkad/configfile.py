@@ -605,6 +605,24 @@ def validate(cfg: Config, *, check_files: bool = True,
         """`key` was left at its default while one of `others` was set."""
         return is_set is not None and not is_set(key) and any(is_set(o) for o in others)
 
+    def ordered(section: str, low: str, high: str, low_value, high_value, about: str) -> None:
+        """The rule `low <= high`, about the key `about` (low or high): reported on it,
+        or on the other key when the file left `about` at its default and set that one."""
+        if low_value <= high_value:
+            return
+        other = low if about == high else high
+        if defaulted((section, about), (section, other)):
+            value = high_value if about == high else low_value
+            if about == high:
+                text = f"must be <= {high} ({value}, its default), not {low_value}"
+            else:
+                text = f"must be >= {low} ({value}, its default), not {high_value}"
+            problems.append(((section, other), f"{text}; set {about} as well"))
+        elif about == high:
+            problems.append(((section, high), f"must be >= {low} ({low_value}), not {high_value}"))
+        else:
+            problems.append(((section, low), f"must be <= {high} ({high_value}), not {low_value}"))
+
     k = cfg.kafka
     proto = k.security_protocol
     uses_tls = proto in ("SSL", "SASL_SSL")
@@ -675,23 +693,10 @@ def validate(cfg: Config, *, check_files: bool = True,
             problems.append((("kafka", "delivery_timeout_ms"),
                              f"must be >= request_timeout_ms + linger_ms "
                              f"({k.request_timeout_ms} + {k.linger_ms:g}), not {k.delivery_timeout_ms}"))
-    if k.reconnect_backoff_max_ms < k.reconnect_backoff_ms:
-        if defaulted(("kafka", "reconnect_backoff_max_ms"), ("kafka", "reconnect_backoff_ms")):
-            problems.append((("kafka", "reconnect_backoff_ms"),
-                             f"must be <= reconnect_backoff_max_ms ({k.reconnect_backoff_max_ms}, its default), "
-                             f"not {k.reconnect_backoff_ms}; set reconnect_backoff_max_ms as well"))
-        else:
-            problems.append((("kafka", "reconnect_backoff_max_ms"),
-                             f"must be >= reconnect_backoff_ms ({k.reconnect_backoff_ms}), "
-                             f"not {k.reconnect_backoff_max_ms}"))
-    if k.batch_max_bytes > k.request_max_bytes:
-        if defaulted(("kafka", "batch_max_bytes"), ("kafka", "request_max_bytes")):
-            problems.append((("kafka", "request_max_bytes"),
-                             f"must be >= batch_max_bytes ({k.batch_max_bytes}, its default), "
-                             f"not {k.request_max_bytes}; set batch_max_bytes as well"))
-        else:
-            problems.append((("kafka", "batch_max_bytes"),
-                             f"must be <= request_max_bytes ({k.request_max_bytes}), not {k.batch_max_bytes}"))
+    ordered("kafka", "reconnect_backoff_ms", "reconnect_backoff_max_ms",
+            k.reconnect_backoff_ms, k.reconnect_backoff_max_ms, about="reconnect_backoff_max_ms")
+    ordered("kafka", "batch_max_bytes", "request_max_bytes", k.batch_max_bytes, k.request_max_bytes,
+            about="batch_max_bytes")
     if k.idempotence and k.max_in_flight_per_connection > 5:
         problems.append((("kafka", "max_in_flight_per_connection"),
                          "must be <= 5 when idempotence is on (brokers keep the order of "
@@ -706,14 +711,7 @@ def validate(cfg: Config, *, check_files: bool = True,
                              "(create it, e.g. with systemd/kafkad.sysusers)"))
 
     sp = cfg.spool
-    if sp.max_bytes < sp.segment_bytes:
-        if defaulted(("spool", "max_bytes"), ("spool", "segment_bytes")):
-            problems.append((("spool", "segment_bytes"),
-                             f"must be <= max_bytes ({sp.max_bytes}, its default), "
-                             f"not {sp.segment_bytes}; set max_bytes as well"))
-        else:
-            problems.append((("spool", "max_bytes"),
-                             f"must be >= segment_bytes ({sp.segment_bytes}), not {sp.max_bytes}"))
+    ordered("spool", "segment_bytes", "max_bytes", sp.segment_bytes, sp.max_bytes, about="max_bytes")
     return problems
 
 
