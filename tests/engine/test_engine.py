@@ -310,45 +310,38 @@ def test_permanent_error_fails_only_that_partition_once(caplog):
     assert h.values("t", 1)[-1] == b"after"
 
 
-def test_failure_log_carries_only_a_hash_when_message_logging_is_off(caplog):
+def _failure_line(caplog, value: bytes, sender_logs: bool, **harness) -> str:
+    """The engine's one log line for `value`, failed by the broker (error 87), sent
+    with the sender's async_log_messages_on_error = `sender_logs`."""
     c = cluster("t")
-    h = Harness(c)
+    h = Harness(c, **harness)
     connect(h)
     c.produce_errors[("t", 0)].append(87)
     with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
-        h.submit("t", 0, [b"secret-payload"], settings=settings(log_messages_on_error=False))
+        h.submit("t", 0, [value], settings=settings(log_messages_on_error=sender_logs))
         h.run()
     (rec,) = [r for r in caplog.records if "failed to deliver" in r.getMessage()]
-    assert "secret-payload" not in rec.getMessage() and "hashes " in rec.getMessage()
+    return rec.getMessage()
+
+
+def test_failure_log_carries_only_a_hash_when_message_logging_is_off(caplog):
+    line = _failure_line(caplog, b"secret-payload", False)
+    assert "secret-payload" not in line and "hashes " in line
 
 
 def test_failure_log_shows_a_prefix_length_and_hash_of_a_large_message(caplog):
     # the same rendering as the IPC server's lines (kafkad.engine.describe), so the
     # message can be matched with the shim's log by its hash
-    c = cluster("t")
-    h = Harness(c)
-    connect(h)
-    c.produce_errors[("t", 0)].append(87)
     big = b"S" * 300_000
-    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
-        h.submit("t", 0, [big], settings=settings(log_messages_on_error=True))
-        h.run()
-    (rec,) = [r for r in caplog.records if "failed to deliver" in r.getMessage()]
-    line = rec.getMessage()
+    line = _failure_line(caplog, big, True)
     assert len(line) < 1000 and "b'SSSS" in line
     assert f"(300000 B, blake2b {hashlib.blake2b(big, digest_size=8).hexdigest()})" in line
 
+
 def test_failure_log_obeys_the_daemons_message_logging_setting(caplog):
     # [logging] log_messages_on_error = false wins over a sender that allows it
-    c = cluster("t")
-    h = Harness(c, log_messages_on_error=False)
-    connect(h)
-    c.produce_errors[("t", 0)].append(87)
-    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
-        h.submit("t", 0, [b"secret-payload"], settings=settings(log_messages_on_error=True))
-        h.run()
-    (rec,) = [r for r in caplog.records if "failed to deliver" in r.getMessage()]
-    assert "secret-payload" not in rec.getMessage()
+    line = _failure_line(caplog, b"secret-payload", True, log_messages_on_error=False)
+    assert "secret-payload" not in line
 
 
 def test_retry_limit_bounds_async_retries():
