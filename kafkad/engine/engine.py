@@ -44,7 +44,7 @@ from kafkad.engine.connections import Actions, Conn, Request
 from kafkad.engine.describe import describe_values
 from kafkad.engine.metadata import MetadataCache
 from kafkad.engine.states import BatchState, ConnState, PidState, advance
-from kafkad.engine.types import Outcome, ProducerDrained, QueueFull, Submission
+from kafkad.engine.types import Outcome, ProducerDrained, QueueFull, Submission, pick_partition, where
 from kafkad.protocol import (
     BATCH_OVERHEAD,
     UNSUPPORTED_VERSION,
@@ -99,6 +99,7 @@ _CONN_READY = ConnState.READY
 _PID_READY, _PID_DISABLED = PidState.READY, PidState.DISABLED
 # Connection states in which requests may be written (ApiVersions before READY).
 _OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
+_DOWN_STATES = frozenset({ConnState.DOWN, ConnState.BACKOFF})
 _LATENCY_SAMPLES = 1024
 # Builds an Outcome from a tuple of its fields without the NamedTuple's Python-level
 # __new__ (one frame less per delivered submission on the hottest path).
@@ -164,6 +165,11 @@ class Engine:
         self._meta_retries = 0      # refreshes in a row asked for by a missing leader
         self._leader_wait = False   # a lane visited by this poll waits for a leader
         self._topic_wait: dict[str, float] = {}   # topic -> since when the cluster says unknown
+        # topic -> chunks waiting for the topic's partition list, in arrival order: those
+        # whose partition the engine picks (Submission.partition < 0) and every later
+        # chunk of the topic, so that none overtakes another (see _park)
+        self._unplaced: dict[str, deque[Chunk]] = {}
+        self.unplaced = 0          # messages in _unplaced (counted in queued too)
         # topic -> (error, partitions): layouts of known topics that changed, until poll reports them
         self._partition_changes: dict[str, tuple[int, list[int]]] = {}
         # the last connection failure with a Kafka code (see _expiry_cause), any broker
@@ -249,12 +255,22 @@ class Engine:
             return
         topic = sub.topic
         self._topic_used[topic] = now
+        if sub.partition < 0 or (self._unplaced and topic in self._unplaced):
+            self._park(chunk, now)
+            return
+        self._place(chunk, now)
+
+    def _place(self, chunk: Chunk, now: float) -> SessionHold | None:
+        """The rest of `submit` for a chunk with its partition: a sync chunk to its lane,
+        an async one to its session's hold (returned, None when released at once)."""
+        sub = chunk.sub
+        topic = sub.topic
         info = self.metadata.topics.get(topic)
         if info is not None and not info.error and not 0 <= sub.partition < len(info.partitions):
             # Kafka numbers a topic's partitions 0..n-1
             self._fail_chunk(chunk, UNKNOWN_TOPIC_OR_PARTITION,
                              f"topic {topic!r} has {len(info.partitions)} partitions")
-            return
+            return None
         if topic not in self._wanted:
             self._wanted.add(topic)
             self._meta_needed = True
@@ -262,22 +278,107 @@ class Engine:
                 self._forget_at = now + self._forget_every
         if chunk.sync:
             self._sync_lanes.append(self._enqueue(chunk, now))
-            return
+            return None
         s = sub.settings
         key = (sub.session_id, s)
         hold = self.holds.get(key)
         if hold is None:
             hold = self.holds[key] = SessionHold(key, s.batch_n, s.batch_t)
         hold.add(chunk)
-        self.held += n
+        self.held += chunk.hi - chunk.lo
         if hold.count >= hold.batch_n:
             self._release(hold, now, everything=False)
             if not hold.count:
                 del self.holds[key]
-                return
+                return None
         due = hold.due
         if due < self._hold_due:
             self._hold_due = due
+        return hold
+
+    # ------------------------------------------------------------------ picked partitions
+
+    def _park(self, chunk: Chunk, now: float) -> None:
+        """Place `chunk` now if its topic's partitions are known, else keep it until they are.
+
+        A submission with a negative partition leaves the choice to the engine:
+        partition `pick_partition(code, partitions)` of the topic's sorted
+        partition ids, once they are known (the shim sends this when it has no
+        partition list itself: a cold start while no broker is reachable). While
+        any chunk of a topic waits, every later chunk of that topic waits behind
+        it, explicit partition or not, so that the records of one partition keep
+        their arrival order.
+        """
+        topic = chunk.sub.topic
+        waiting = self._unplaced.get(topic)
+        if waiting is None:
+            parts = self.metadata.partitions(topic)
+            if parts:
+                if chunk.sub.partition < 0:
+                    chunk.sub = replace(chunk.sub, partition=pick_partition(chunk.sub.partition, parts))
+                self._place(chunk, now)
+                return
+            waiting = self._unplaced[topic] = deque()
+        waiting.append(chunk)
+        self.unplaced += chunk.hi - chunk.lo
+        if topic not in self._wanted or not self._meta_needed:
+            self._wanted.add(topic)
+            self._meta_needed = True
+            if self._forget_at == _INF:
+                self._forget_at = now + self._forget_every
+
+    def _place_waiting(self, topic: str, now: float) -> None:
+        """`topic`'s partitions became known: place its waiting chunks, in arrival order.
+
+        An async chunk goes through its session's hold like any other, and the
+        holds it joined are then released whole: it has waited already, and its
+        producer may have asked for a flush meanwhile (`flush_session`).
+        """
+        waiting = self._unplaced.pop(topic, None)
+        if not waiting:
+            return
+        parts = self.metadata.partitions(topic) or []
+        holds: dict[tuple, SessionHold] = {}
+        for chunk in waiting:
+            self.unplaced -= chunk.hi - chunk.lo
+            if chunk.sub.partition < 0:
+                chunk.sub = replace(chunk.sub, partition=pick_partition(chunk.sub.partition, parts))
+            hold = self._place(chunk, now)
+            if hold is not None:
+                holds[hold.key] = hold
+        for key, hold in holds.items():
+            self._release(hold, now, everything=True)
+            if not hold.count and self.holds.get(key) is hold:
+                del self.holds[key]
+
+    def _fail_waiting(self, topic: str, code: int, why: str) -> None:
+        """Fail every chunk of `topic` still waiting for its partitions."""
+        for chunk in self._unplaced.pop(topic, ()):
+            self.unplaced -= chunk.hi - chunk.lo
+            self._fail_chunk(chunk, code, why)
+
+    def _expire_waiting(self, now: float) -> float:
+        """Fail waiting chunks whose delivery timeout passed; return the next such time.
+
+        Looks at each topic's oldest chunk only: chunks wait in arrival order, so
+        their deadlines only grow (after a reload that shortened
+        `delivery_timeout_ms`, a newer chunk fails once the ones before it did).
+        """
+        deadline = _INF
+        for topic, waiting in list(self._unplaced.items()):
+            while waiting and now >= waiting[0].deadline:
+                c = waiting.popleft()
+                self.unplaced -= c.hi - c.lo
+                if self.connection_error():
+                    code, why = self._cause, f"delivery timeout; no broker reachable: {self._cause_text}"
+                else:
+                    code, why = REQUEST_TIMED_OUT, f"delivery timeout; the partitions of {topic!r} are not known"
+                self._fail_chunk(c, code, why)
+            if waiting:
+                deadline = min(deadline, waiting[0].deadline)
+            else:
+                del self._unplaced[topic]
+        return deadline
 
     def flush_session(self, session_id: bytes, now: float) -> None:
         """Release everything `session_id` holds for batching, at once (its producer is stopping).
@@ -380,8 +481,9 @@ class Engine:
         self._meta_next = 0.0
         info = self.metadata.topics.get(topic)
         if info is not None and info.error:
+            # asked again, not settled: the wait for it to exist (_topic_wait) goes on
+            # from when it began, or askers every second would keep it from ever ending
             del self.metadata.topics[topic]
-            self._topic_wait.pop(topic, None)
 
     def touch_topic(self, topic: str, now: float) -> None:
         """`topic` is in use at `now` (someone waits for its metadata): not idle."""
@@ -407,6 +509,7 @@ class Engine:
             live = {lane.topic for lane in self._active if lane.batches}
             for hold in self.holds.values():
                 live.update(c.sub.topic for c in hold.chunks)
+            live.update(self._unplaced)
             stale -= live
         if stale:
             self._forget(stale, now)
@@ -558,6 +661,16 @@ class Engine:
         if self._cause and not any(c.state is ConnState.READY for c in self.conns.values()):
             return self._cause
         return 0
+
+    def unreachable(self) -> bool:
+        """Every broker known failed its last connection attempt, and none is being tried now.
+
+        False until each has been tried once since it was last ready (a daemon
+        just started, or a connection that just dropped and is about to be
+        tried again, has not failed yet). The IPC side answers a topic's
+        METADATA at once then, instead of after `[ipc] metadata_timeout_s`.
+        """
+        return all(c.fail_count and c.state in _DOWN_STATES for c in self.conns.values())
 
     def _expiry_cause(self, lane: Lane) -> tuple[int, str]:
         """The error and log text for records of `lane` whose delivery timeout passed.
@@ -799,6 +912,8 @@ class Engine:
                 self._fail_missing_partitions(name, set(parts), now)
                 if any(self.metadata.leader(name, p) < 0 for p in parts):
                     self._meta_needed = True
+                if parts and name in self._unplaced:
+                    self._place_waiting(name, now)
             elif name is not None:
                 self._meta_needed = True
                 self._topic_wait.setdefault(name, now)
@@ -1081,8 +1196,8 @@ class Engine:
             ts = self._topic_stats[sub.topic] = [0, 0, 0]
         ts[2] += n
         self._outcomes.append(Outcome(sub.token, sub.topic, sub.partition, code, -1, 0, n))
-        log.warning("failed to deliver %d message(s) to %s[%d]: %s%s; %s", n, sub.topic,
-                    sub.partition, _err_name(code), f" ({why})" if why else "",
+        log.warning("failed to deliver %d message(s) to %s: %s%s; %s", n, where(sub.topic, sub.partition),
+                    _err_name(code), f" ({why})" if why else "",
                     _describe(sub, c.lo, c.hi, self.log_messages_on_error))
 
     def _backoff(self, b: Batch) -> float:
@@ -1273,8 +1388,11 @@ class Engine:
         # 4. producer ids
         for group in self.groups.values():
             deadline = min(deadline, self._poll_group(group, now, act))
-        # 5. lanes: expiry, readiness, what can be sent where
+        # 5. lanes: expiry, readiness, what can be sent where; records waiting for
+        # their topic's partitions: expiry
         deadline = min(deadline, self._poll_lanes(now, act))
+        if self._unplaced:
+            deadline = min(deadline, self._expire_waiting(now))
         if self._meta_needed and not self._meta_inflight:
             # a lane found its leader unknown or unreachable: refresh now or at the backoff
             deadline = min(deadline, self._poll_metadata(now, act))
@@ -1373,6 +1491,8 @@ class Engine:
                 for lane in list(self._active):
                     if lane.topic == name:
                         self._fail_lane(lane, info.error, now, "")
+                if name in self._unplaced:
+                    self._fail_waiting(name, info.error, "")
                 # stop asking about it until someone sends to it again
                 self._wanted.discard(name)
                 del self._topic_wait[name]
@@ -1731,6 +1851,11 @@ class Engine:
             hold.chunks.clear()
             hold.count = 0
         self.holds.clear()
+        # Then what waits for its topic's partitions: it arrived after all of the above.
+        for waiting in self._unplaced.values():
+            out.extend(part(c) for c in waiting)
+        self._unplaced.clear()
+        self.unplaced = 0
         for group in self.groups.values():
             group.inflight = 0
         for conn in self.conns.values():
@@ -1800,6 +1925,7 @@ class Engine:
             "queued": self.queued,
             "queued_bytes": self.queued_bytes,
             "held": self.held,
+            "unplaced": self.unplaced,
             "in_flight": self.in_flight,
             "delivered": self.delivered,
             "failed": self.failed,

@@ -78,6 +78,10 @@ class SessionSettings:
 class Submission:
     """Messages for one (topic, partition) from one session, in order.
 
+    A negative `partition` leaves the choice to the engine: it picks
+    `pick_partition(partition, ids)` once the topic's partition ids are known
+    (and reports the partition it picked in the outcomes).
+
     `keys` and `values` have the same length; an entry is bytes or None.
     `token` is opaque to the engine and comes back in every `Outcome`.
     """
@@ -130,3 +134,19 @@ class ProducerDrained(QueueFull):
     too instead of handing it to an engine nobody will empty again. Nothing
     of the refused submission was taken.
     """
+
+
+def pick_partition(code: int, partitions: list[int]) -> int:
+    """The partition a negative `Submission.partition` stands for, from the sorted ids.
+
+    `code` is -1 - i: partition `partitions[i % len(partitions)]`. The shim
+    sends i = murmur2(key) & 0x7fffffff for a hashed key (the partition the
+    Java client would pick) or a round-robin counter, so the daemon picks what
+    the shim would have picked had it known the list.
+    """
+    return partitions[(-1 - code) % len(partitions)]
+
+
+def where(topic: str, partition: int) -> str:
+    """`topic[partition]` for logs; a partition still to be picked (negative) says so."""
+    return f"{topic}[{partition}]" if partition >= 0 else f"{topic} (partition not picked yet)"
