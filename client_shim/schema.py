@@ -48,7 +48,7 @@ RESULT = 66       # [RESULT, req_id, partition, error, base_offset]
 ACK = 67          # [ACK, session_id, [first_seq, ...]]  (whole SEND entries delivered)
 FAILED = 68       # [FAILED, session_id, [[first_seq, [[index, count, error], ...]], ...]]
 REJECTED = 69     # [REJECTED, session_id, from_seq, code, message]  (async entries from from_seq not taken)
-PARTITIONS = 70   # [PARTITIONS, req_id, error, [partition ids]]
+PARTITIONS = 70   # [PARTITIONS, req_id, error, [partition ids], pick]; pick: see PICK_PARTITION_MIN
 STATS_REPLY = 71  # [STATS_REPLY, req_id, {stats}]
 ERROR = 72        # [ERROR, req_id|None, code, message, session_id|None]
 UNREGISTERED = 73  # [UNREGISTERED, req_id, undelivered_count]
@@ -89,6 +89,36 @@ SESSION_ID_LEN = 16
 MAX_REQ_ID = 2**63 - 1
 MAX_SEQ = 2**63 - 1
 MAX_PARTITION = 2**31 - 1
+# A negative partition p asks the daemon to pick: partition i % n of the topic's
+# n sorted partition ids, i = -1 - p (PICK_PARTITION_MIN <= p <= -1). The shim
+# sends one only while it knows no partition list for the topic and the daemon
+# it is connected to answered that topic's METADATA with `pick` (a daemon that
+# predates this never does; it also lists "pick_partition" in REGISTERED).
+# docs/ipc-schema.md "Partitions the daemon picks".
+PICK_PARTITION_MIN = -2**31
+
+
+def group_key(latest: dict, topic: str, partition: int, fresh: int) -> tuple:
+    """The key under which an item of a frame may be merged with others, order kept.
+
+    Whoever merges a frame's entries per (topic, partition) (the shim's
+    SEND_GROUPS, the daemon's submissions and spool entries) asks this for
+    each item in seq order. It is (topic, partition) while the topic had no
+    negative partition in the frame. From a topic's first negative one on,
+    an item joins only the topic's latest group, and only with the same
+    partition value; anything else starts a group of its own: two negative
+    values can stand for the same partition, and merging past one would let a
+    later record overtake an earlier one of that partition. `latest` is the
+    caller's dict for this frame (empty at its start); `fresh` a number no
+    other group of the frame has (the group count, say).
+    """
+    if partition >= 0 and topic not in latest:
+        return (topic, partition)
+    key = latest.get(topic)
+    if key is None or key[1] != partition:
+        key = (topic, partition, fresh)
+    latest[topic] = key
+    return key
 # One send_messages call (its payloads and keys) must stay below this, so an
 # entry always fits a frame under the daemon's default max_frame_bytes (16 MiB).
 MAX_CALL_BYTES = 8 * 1024 * 1024
@@ -225,7 +255,7 @@ def _entries(v, name):
         first, topic, partition, ts, keys, values = e if len(e) == 6 else e[:6]
         if type(first) is not int or type(partition) is not int or type(ts) is not int:
             raise SchemaError(E_MALFORMED, "first_seq, partition and timestamp_ms must be ints")
-        if not (0 <= first <= MAX_SEQ and 0 <= partition <= MAX_PARTITION and -1 <= ts < 2**63):
+        if not (0 <= first <= MAX_SEQ and PICK_PARTITION_MIN <= partition <= MAX_PARTITION and -1 <= ts < 2**63):
             raise SchemaError(E_MALFORMED, f"first_seq, partition or timestamp_ms out of range in entry {first}")
         if type(topic) is not str or topic not in good_topics:   # (a list or map is unhashable)
             _topic(topic, "topic")
@@ -267,7 +297,7 @@ def _groups(v, name):
         topic, partition, ts, firsts, counts, keys, values = g if len(g) == 7 else g[:7]
         if type(partition) is not int or type(ts) is not int:
             raise SchemaError(E_MALFORMED, "partition and timestamp_ms must be ints")
-        if not (0 <= partition <= MAX_PARTITION and -1 <= ts < 2**63):
+        if not (PICK_PARTITION_MIN <= partition <= MAX_PARTITION and -1 <= ts < 2**63):
             raise SchemaError(E_MALFORMED, "partition or timestamp_ms out of range")
         if type(topic) is not str or topic not in good_topics:   # (a list or map is unhashable)
             _topic(topic, "topic")
@@ -320,7 +350,7 @@ FIELDS = {
                ("first_seq", _int(0, MAX_SEQ)), ("settings", _settings)),
     SEND: (("session_id", _session_id), ("entries", _entries)),
     SEND_SYNC: (("session_id", _session_id), ("req_id", _req), ("topic", _topic),
-                ("partition", _int(0, MAX_PARTITION)), ("timestamp_ms", _int(-1, 2**63 - 1)),
+                ("partition", _int(PICK_PARTITION_MIN, MAX_PARTITION)), ("timestamp_ms", _int(-1, 2**63 - 1)),
                 ("keys", _keys), ("values", _values)),
     METADATA: (("req_id", _req), ("topic", _topic)),
     UNREGISTER: (("req_id", _req), ("session_id", _session_id)),
@@ -347,7 +377,7 @@ def _sync_fields_ok(msg: list) -> bool:
         return False
     if type(topic) is not str or topic in (".", "..") or not _topic_match(topic):
         return False
-    if type(partition) is not int or not 0 <= partition <= MAX_PARTITION:
+    if type(partition) is not int or not PICK_PARTITION_MIN <= partition <= MAX_PARTITION:
         return False
     if type(ts) is not int or not -1 <= ts <= 2**63 - 1:
         return False

@@ -427,9 +427,9 @@ class Daemon:
         total = sum(handed.values())
         if total:
             self._producer.note_handed_back(total)
-        for (topic, partition), n in sorted(handed.items()):
-            event(log, logging.WARNING, "handed_back", topic=topic, partition=partition, messages=n,
-                  to="their shims, which replay them to the next daemon")
+        for (topic, partition), n in sorted(_by_partition(handed.items()).items()):
+            event(log, logging.WARNING, "handed_back", topic=topic, partition=_shown_partition(partition),
+                  messages=n, to="their shims, which replay them to the next daemon")
         return total, rest
 
     def _report_undelivered(self, undelivered: Iterable[Submission]) -> None:
@@ -437,12 +437,13 @@ class Daemon:
         per_partition: Counter[tuple[str, int]] = Counter()
         outcomes = []
         for sub in undelivered:
-            per_partition[(sub.topic, sub.partition)] += len(sub)
+            per_partition[(sub.topic, max(sub.partition, -1))] += len(sub)
             outcomes.append(Outcome(token=sub.token, topic=sub.topic, partition=sub.partition,
                                     error=UNDELIVERED_AT_STOP_ERROR, base_offset=-1,
                                     delivered=0, failed=len(sub)))
         for (topic, partition), n in sorted(per_partition.items()):
-            event(log, logging.WARNING, "undelivered", topic=topic, partition=partition, messages=n)
+            event(log, logging.WARNING, "undelivered", topic=topic, partition=_shown_partition(partition),
+                  messages=n)
         if outcomes:
             self._route_outcomes(outcomes)
 
@@ -472,3 +473,16 @@ class Daemon:
 def _qualify(name: str) -> str:
     """Producer-reported setting names as dotted config keys."""
     return name if "." in name else f"kafka.{name}"
+
+
+def _by_partition(counts) -> Counter:
+    """((topic, partition), n) pairs summed per topic and partition, every partition
+    still to be picked (negative: one per call of a SimpleProducer) counted as -1."""
+    out: Counter = Counter()
+    for (topic, partition), n in counts:
+        out[(topic, max(partition, -1))] += n
+    return out
+
+
+def _shown_partition(partition: int):
+    return partition if partition >= 0 else "not picked yet"

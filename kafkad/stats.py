@@ -14,6 +14,7 @@ Snapshot shape (every key always present; sub-dicts may be empty)::
     version, pid, state, uptime_s,
     accepted, delivered, failed, dropped, handed_back, retried,   # counters (messages)
     queued_messages, queued_bytes, in_flight,            # gauges (messages, bytes)
+    unplaced,             # of the queued: waiting for their topic's partitions (kafkad picks)
     requests,                                            # Produce requests sent
     sent, sent_bytes,     # records written in Produce requests (retries too), their batch bytes
     delivered_bytes,                                     # keys and values delivered
@@ -50,7 +51,7 @@ log = logging.getLogger("kafkad.stats")
 # every snapshot carries at the top level.
 COUNTERS = ("accepted", "delivered", "failed", "dropped", "handed_back", "retried", "requests",
             "sent", "sent_bytes", "delivered_bytes")
-GAUGES = ("queued_messages", "queued_bytes", "in_flight")
+GAUGES = ("queued_messages", "queued_bytes", "in_flight", "unplaced")
 # Terms of the accounting identity: accepted = sum of these.
 BALANCE_TERMS = ("delivered", "failed", "dropped", "handed_back", "queued_messages", "in_flight")
 # Counters that get a per-second rate, overall and per topic.
@@ -224,6 +225,7 @@ def render_table(snap: Mapping[str, Any]) -> str:
         ("handed back", snap.get("handed_back", 0), ""),
         ("queued", snap.get("queued_messages", 0), _human_bytes(snap.get("queued_bytes", 0))),
         ("in flight", snap.get("in_flight", 0), ""),
+        ("unplaced", snap.get("unplaced", 0), "(of the queued: no partition list yet)"),
         ("sent", snap.get("sent", 0), f"{_human_bytes(snap.get('sent_bytes', 0))} written"),
         ("retried", snap.get("retried", 0), ""),
         ("requests", snap.get("requests", 0), ""),
@@ -287,6 +289,8 @@ _HELP = {
     "queued_messages": ("gauge", "queued_messages", "Messages accepted and waiting to be sent."),
     "queued_bytes": ("gauge", "queued_bytes", "Bytes of keys and values waiting to be sent."),
     "in_flight": ("gauge", "in_flight_messages", "Messages in requests awaiting a broker's answer."),
+    "unplaced": ("gauge", "unplaced_messages",
+                 "Queued messages waiting for their topic's partition list (kafkad picks the partition)."),
     "unaccounted": ("gauge", "unaccounted_messages", "Accepted messages in no state (always 0)."),
     "uptime_s": ("gauge", "uptime_seconds", "Seconds since the daemon started."),
 }

@@ -43,6 +43,7 @@ __all__ = ["BrokerProducer", "Outcome", "ProducerDrained", "QueueFull", "Session
 log = logging.getLogger("kafkad.broker")
 
 REQUEST_TIMED_OUT = 7
+BROKER_NOT_AVAILABLE = 8
 SASL_AUTHENTICATION_FAILED = 58
 # Never re-arm the timer closer than this: a deadline already past is served
 # by the poll that is about to run, not by a spinning timer.
@@ -175,12 +176,20 @@ class BrokerProducer:
         """Partition ids of `topic` from the metadata cache, or None when not known yet."""
         return self.engine.partitions_for(topic)
 
+    def topic_failed(self, topic: str) -> bool:
+        """Whether the cluster's answer for `topic` is a lasting error (it does not exist,
+        access denied): records for it fail, so none should wait for its partitions."""
+        result = self.engine.topic_result(topic, self.loop.time())
+        return result is not None and result[0] != 0
+
     async def fetch_partitions(self, topic: str, timeout: float) -> tuple[int, list[int]]:
         """(error_code, partition ids) of `topic`, asking the cluster when the cache has none.
 
         On timeout: the topic's last error if the cluster gave one, else the
         cause no broker could be reached (e.g. 58 for a refused login or TLS
-        handshake), else REQUEST_TIMED_OUT (7).
+        handshake), else REQUEST_TIMED_OUT (7). Before the timeout, as soon as
+        every broker failed its last connection attempt (`Engine.unreachable`):
+        that cause, else BROKER_NOT_AVAILABLE (8).
         """
         if not isinstance(topic, str) or not topic:
             raise ValueError(f"topic: expected a topic name, got {topic!r}")
@@ -369,8 +378,13 @@ class BrokerProducer:
                 self._timer = loop.call_at(deadline, self._on_timer)
                 self._timer_at = deadline
         if self._topic_waiters:
+            unreachable = self.engine.unreachable()
             for topic, waiters in list(self._topic_waiters.items()):
                 result = self.engine.topic_result(topic, now)
+                if result is None and unreachable:
+                    # No broker answers now: say so at once rather than after the
+                    # timeout (a shim then lets the daemon pick the partition later).
+                    result = (self.engine.connection_error() or BROKER_NOT_AVAILABLE, [])
                 if result is not None:
                     for fut in waiters:
                         if not fut.done():

@@ -51,7 +51,7 @@ from client_shim import schema
 from client_shim.errors import for_code
 from kafkad.config import IpcConfig
 from kafkad.engine.describe import describe_all
-from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission
+from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission, where
 from kafkad.spool import SpoolEntry, SpoolFull, SpoolUnavailable
 from kafkad.spool import State as _SpoolState
 
@@ -109,7 +109,7 @@ FLUSH = schema.FLUSH
 # Announced in every REGISTERED (a sixth, appended field): what this daemon
 # understands beyond schema version 1's base kinds. "room" (not with a spool):
 # after a QUEUE_FULL refusal it sends ROOM when there is room again.
-FEATURES = ["flush", "send_groups", "room"]
+FEATURES = ["flush", "send_groups", "room", "pick_partition"]
 # ROOM goes out once the queue and the session's share are back to this fraction
 # of their caps: each refusal then lets in at least a quarter of the caps, so a
 # full queue costs a refusal per quarter drained, not one per frame offered.
@@ -1012,7 +1012,8 @@ class IpcServer:
         acks: list[int] = []
         failed: list[list] = []
         # 1. In seq order: drop what was taken before, stop at a gap.
-        groups: dict[tuple[str, int], list] = {}
+        groups: dict[tuple, list] = {}
+        latest: dict = {}            # schema.group_key's, once a topic has a negative partition
         expected = s.next_seq
         chain_dups: list[int] = []      # entries taken earlier that the chain of this frame passes
         above = s.taken_above
@@ -1037,10 +1038,12 @@ class IpcServer:
                 self._refuse_gap(s, peer, first)
                 break
             expected = first + n
-            groups.setdefault((entry[1], entry[2]), []).append(entry)
+            p = entry[2]
+            gk = (entry[1], p) if p >= 0 and not latest else schema.group_key(latest, entry[1], p, len(groups))
+            groups.setdefault(gk, []).append(entry)
         # As columns per (topic, partition): [topic, partition, ts, firsts, counts, keys, values].
         cols = []
-        for (topic, partition), group in groups.items():
+        for (topic, partition, *_), group in groups.items():
             if len(group) == 1:
                 e = group[0]
                 cols.append((topic, partition, e[3], [e[0]], [len(e[5])], e[4], e[5]))
@@ -1067,7 +1070,7 @@ class IpcServer:
         for topic, partition, ts, firsts, counts, keys, values in cols:
             n = len(values)
             known = self.producer.partitions_for(topic)
-            if known and partition not in known:
+            if known and partition >= 0 and partition not in known:
                 i = 0
                 for first, count in zip(firsts, counts if counts is not None else itertools.repeat(1)):
                     runs = [[0, count, 3]]
@@ -1167,7 +1170,7 @@ class IpcServer:
                 break
             topic, partition = entry[1], entry[2]
             known = self.producer.partitions_for(topic)
-            if known and partition not in known:
+            if known and partition >= 0 and partition not in known:
                 unknown.append((first, entry[5], topic, partition, [[0, n, 3]]))
                 expected = first + n
                 continue
@@ -1196,9 +1199,11 @@ class IpcServer:
         # refusal packs a whole backlog into one frame, and one entry larger than
         # the spool could hold would be refused on every replay.
         if len(runs) > 1 and spool.state is _SPOOL_OPEN and spool.free_bytes >= sum(run_bytes):
-            by_partition: dict[tuple[str, int], list] = {}
+            by_partition: dict[tuple, list] = {}
+            latest: dict = {}
             for run, size in zip(runs, run_bytes):
-                units_of = by_partition.setdefault((run[0], run[1]), [])
+                units_of = by_partition.setdefault(
+                    schema.group_key(latest, run[0], run[1], len(by_partition)), [])
                 if units_of and units_of[-1][0] + size - _ENTRY_OVERHEAD <= entry_cap:
                     units_of[-1][0] += size - _ENTRY_OVERHEAD
                     units_of[-1][1].append(run)
@@ -1268,16 +1273,17 @@ class IpcServer:
                 self._remember_failed(s, first, fruns)
                 failed.append([first, fruns])
         # Durability FIFO in id order; one Submission per (topic, partition).
-        groups: dict[tuple[str, int], list] = {}
+        groups: dict[tuple, list] = {}
         durable_fifo = self._await_durable
         for run in sorted(runs, key=lambda r: r[4]):
             if durable_fifo and durable_fifo[-1][0] == run[4] and durable_fifo[-1][1] is s:
                 durable_fifo[-1][2].extend(e[0] for e in run[2])
             else:
                 durable_fifo.append((run[4], s, [e[0] for e in run[2]]))
+        latest: dict = {}
         for run in runs:
-            groups.setdefault((run[0], run[1]), []).append(run)
-        for (topic, partition), gruns in groups.items():
+            groups.setdefault(schema.group_key(latest, run[0], run[1], len(groups)), []).append(run)
+        for (topic, partition, *_), gruns in groups.items():
             firsts, counts, ids, values, keys_parts = [], [], [], [], []
             any_keys = False
             for run in gruns:
@@ -1567,7 +1573,7 @@ class IpcServer:
             return
         n = len(values)
         known = self.producer.partitions_for(topic)
-        if known and partition not in known:
+        if known and partition >= 0 and partition not in known:
             self._send(peer, schema.encode([schema.RESULT, req_id, partition, 3, -1]))
             return
         token = _SyncToken(peer, req_id, s, n, partition)
@@ -1598,12 +1604,16 @@ class IpcServer:
     async def _fetch_metadata(self, peer, req_id, topic) -> None:
         try:
             error, parts = await self.producer.fetch_partitions(topic, self.cfg.metadata_timeout_s)
+            # No list yet, but no final answer either (no broker reachable, a leader
+            # election, a topic being created): the shim may send with a negative
+            # partition and the engine picks one once it knows the list.
+            pick = bool(error) and not self.producer.topic_failed(topic)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("ipc: metadata for %r failed: %s", topic, exc)
-            error, parts = 5, []
-        self._send(peer, schema.encode([schema.PARTITIONS, req_id, error, sorted(parts)]))
+            error, parts, pick = 5, [], False
+        self._send(peer, schema.encode([schema.PARTITIONS, req_id, error, sorted(parts), pick]))
         self._check_events()
 
     def _watch(self, topic: str, peer: bytes) -> None:
@@ -1766,6 +1776,8 @@ class IpcServer:
             token.base_offset = o.base_offset
         if o.error and not token.error:
             token.error = o.error
+        if o.partition >= 0:
+            token.partition = o.partition    # the one the engine picked, for a negative one
         token.done += o.delivered + o.failed
         if token.done >= token.count:
             self._sync_inflight -= 1
@@ -1783,8 +1795,9 @@ class IpcServer:
             s = self._sessions.get(token.session_id)
             parts = self._shown(values, s.settings if s is not None and s.settings else None)
             for i, shown in enumerate(parts):
-                log.error("ipc: %d spooled message(s) of session %s to %s[%d] failed with %s on replay; %s%s",
-                          len(values), token.session_id.hex()[:12], o.topic, o.partition, _error_text(o.error), shown,
+                log.error("ipc: %d spooled message(s) of session %s to %s failed with %s on replay; %s%s",
+                          len(values), token.session_id.hex()[:12], where(o.topic, o.partition),
+                          _error_text(o.error), shown,
                           _part_of(i, parts))
         token.done += count
         if token.done >= len(token.values):
@@ -1892,6 +1905,6 @@ class IpcServer:
     def _log_failure(self, s: _Session, topic: str, partition: int, values: list, error: int) -> None:
         parts = self._shown(values, s.settings)
         for i, shown in enumerate(parts):
-            log.error("ipc: %d message(s) of session %s (pid %d) to %s[%d] failed with %s; %s%s",
-                      len(values), s.sid.hex()[:12], s.pid, topic, partition, _error_text(error), shown,
+            log.error("ipc: %d message(s) of session %s (pid %d) to %s failed with %s; %s%s",
+                      len(values), s.sid.hex()[:12], s.pid, where(topic, partition), _error_text(error), shown,
                       _part_of(i, parts))

@@ -128,8 +128,9 @@ def check_entry(e: SpoolEntry) -> None:
         raise ValueError(f"seq_first must be a non-negative int, not {e.seq_first!r}")
     if type(e.seq_last) is not int or e.seq_last < e.seq_first:
         raise ValueError(f"seq_last must be an int >= seq_first ({e.seq_first}), not {e.seq_last!r}")
-    if type(e.partition) is not int or e.partition < 0:
-        raise ValueError(f"partition must be a non-negative int, not {e.partition!r}")
+    if type(e.partition) is not int or not -2**31 <= e.partition < 2**31:
+        raise ValueError(f"partition must be an int in [-2**31, 2**31) (negative: the daemon "
+                         f"picks it), not {e.partition!r}")
     if type(e.timestamp_ms) is not int or e.timestamp_ms < 0:
         raise ValueError(f"timestamp_ms must be a non-negative int, not {e.timestamp_ms!r}")
     values, keys = e.values, e.keys

@@ -81,6 +81,9 @@ class FakeProducer:
     async def fetch_partitions(self, topic, timeout):
         return 0, list(self.partitions)
 
+    def topic_failed(self, topic):
+        return False
+
     def flush_session(self, session_id):
         self.flushed.append(session_id)
 

@@ -336,7 +336,7 @@ HOSTILE = [
     (msgpack.packb([schema.SEND, b"short", []]), schema.E_MALFORMED),
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, None, ["text, not bytes"]]]]), schema.E_MALFORMED),
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "bad topic!", 0, 0, None, [b"v"]]]]), schema.E_INVALID),
-    (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", -1, 0, None, [b"v"]]]]), schema.E_MALFORMED),
+    (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", schema.PICK_PARTITION_MIN - 1, 0, None, [b"v"]]]]), schema.E_MALFORMED),
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, [b"k"], [b"v", b"w"]]]]), schema.E_MALFORMED),
     (msgpack.packb([schema.SEND, b"x" * 16, [[0, "t", 0, 0, None, [b"v"]]]]), schema.E_UNKNOWN_SESSION),
     (msgpack.packb([schema.SEND_SYNC, b"x" * 16, 1, "t", 0, 0, [b"k"], [b"v", b"w"]]), schema.E_MALFORMED),

@@ -47,13 +47,25 @@ def test_round_trip_keeps_every_field_and_order(tmp_path):
         assert sp.stats(time.time())["replayed"] == 59
 
 
+def test_a_partition_left_to_the_daemon_survives_a_reopen(tmp_path):
+    """A negative partition (the daemon picks it once it knows the topic) is stored as is."""
+    cfg = config(tmp_path / "sp")
+    with spool_mod.open(cfg) as sp:
+        for p in (-1, -2**31, 7):
+            sp.append(SpoolEntry(b"s", 0, 0, "t", p, None, [b"v"], 1, {}))
+        sp.commit()
+    with spool_mod.open(cfg) as sp:
+        assert [e.partition for _, e in sp.pending()] == [-1, -2**31, 7]
+
+
 def test_entry_validation_names_the_field(tmp_path):
     with spool_mod.open(config(tmp_path / "sp")) as sp:
         for bad, kind, field in [
             (SpoolEntry("text", 0, 0, "t", 0, None, [b"v"], 1, {}), TypeError, "session_id"),
             (SpoolEntry(b"s", 5, 4, "t", 0, None, [b"v"], 1, {}), ValueError, "seq_last"),
             (SpoolEntry(b"s", 0, 1, "t", 0, [b"k"], [b"v", b"w"], 1, {}), TypeError, "keys"),
-            (SpoolEntry(b"s", 0, 0, "t", -1, None, [b"v"], 1, {}), ValueError, "partition"),
+            (SpoolEntry(b"s", 0, 0, "t", -2**31 - 1, None, [b"v"], 1, {}), ValueError, "partition"),
+            (SpoolEntry(b"s", 0, 0, "t", 2**31, None, [b"v"], 1, {}), ValueError, "partition"),
             (SpoolEntry(b"s", 0, 0, "t", 0, None, [], 1, {}), TypeError, "values"),
             (SpoolEntry(b"s", 0, 0, "t", 0, None, [b"v"], 1, []), TypeError, "settings"),
             ((b"s", 0, 0, "t", 0, None, [b"v"], 1, {}), TypeError, "SpoolEntry"),
