@@ -56,17 +56,37 @@ class DaemonClient:
 
     def partitions_for(self, topic: str, refresh: bool = False) -> list[int]:
         """The sorted partition ids of `topic` (cached per process; asked of the daemon)."""
+        return self.partitions_or_pick(topic, refresh, pick=False)    # never None unless pick
+
+    def partitions_or_pick(self, topic: str, refresh: bool = False, pick: bool = True) -> list[int] | None:
+        """`partitions_for`, or None when kafkad has no list yet but will pick the partition.
+
+        kafkad says so (PARTITIONS with `pick`) when no broker answers or the
+        topic is not settled yet (a leader election, a topic being created):
+        a producer then sends with a negative partition (client_shim.schema
+        PICK_PARTITION_MIN) and kafkad picks, once it knows the list, the
+        partition the producer's partitioner would have picked. For the next
+        PICK_RECHECK_S this process does not ask again (`_Link.picking`).
+        Raises the error kafkad gave when it does not offer that (`pick`
+        False, an older daemon, or a lasting error such as an unknown topic).
+        """
         link = self._link
         cache = _partition_cache(link)
         if not refresh:
             parts = cache.get(topic)
             if parts:
                 return parts
+            if pick and link.picking(topic):
+                return None
         reply = link.request(lambda rid: schema.encode([schema.METADATA, rid, topic]), None,
                              self.timeout, result_timeout=self.timeout * 2)
         error, parts = reply[2], sorted(reply[3])
         if error or not parts:
             link.on_unknown_partition(topic)
+            if error and len(reply) > 4 and reply[4] is True:
+                link.start_picking(topic)
+                if pick:
+                    return None
             err = for_code(error or 5)
             raise err(f"no partitions known for topic {topic!r}")
         link.cache_partitions(topic, parts)

@@ -99,6 +99,9 @@ _ROOM_WAIT_MAX_S = 1.0
 # writes to ever new topics keeps bounded memory and asks a bounded number of
 # refreshes on every reconnect (the daemon remembers 4096 topics' askers).
 MAX_CACHED_TOPICS = 4096
+# While kafkad picks a topic's partitions (it knows no list yet), a producer asks
+# it for the list again at most this often, without waiting for the answer.
+PICK_RECHECK_S = 1.0
 _MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: how an entry the daemon can never take fails
 _NOBLOCK = int(zmq.NOBLOCK)       # a plain int: pyzmq's enum flags cost Python calls per use
 _CONNECT_RETRY_MIN_S = 0.1        # the I/O thread's retries while ZeroMQ refuses to connect
@@ -403,6 +406,7 @@ def _groups_frame(session_id: bytes, unsent: collections.deque) -> tuple[bytes, 
     entry's (the daemon stamps a merged submission with one time either way).
     """
     groups: dict = {}
+    latest: dict = {}       # schema.group_key's, once a topic has a negative partition
     size = taken = 0
     target = schema.TARGET_FRAME_BYTES
     popleft = unsent.popleft
@@ -411,11 +415,12 @@ def _groups_frame(session_id: bytes, unsent: collections.deque) -> tuple[bytes, 
         taken += 1
         n = len(e) - _V
         key = e[4]
-        g = groups.get((e[1], e[2]))
+        gk = (e[1], e[2]) if e[2] >= 0 and not latest else schema.group_key(latest, e[1], e[2], len(groups))
+        g = groups.get(gk)
         if g is None:
             topic = e[1]
-            g = groups[(topic, e[2])] = [topic, e[2], e[3], [e[0]], None if n == 1 else [n],
-                                         None if key is None else [key] * n, list(e[_V:])]
+            g = groups[gk] = [topic, e[2], e[3], [e[0]], None if n == 1 else [n],
+                              None if key is None else [key] * n, list(e[_V:])]
             size += 32 + len(topic)
         else:
             g[3].append(e[0])
@@ -497,7 +502,10 @@ class _Link:
         # Replaced, never changed in place: a producer sees a new list object when it changed.
         self.partition_cache: dict[str, list[int]] = {}
         self._cache_lock = threading.Lock()      # cache_partitions runs in callers and the I/O thread
-        self._refreshes: dict[int, str] = {}     # req_id -> topic of a METADATA sent on reconnect
+        self._refreshes: dict[int, str] = {}     # req_id -> topic of a METADATA nobody waits for
+        # topic -> when to ask again: kafkad said it picks the topic's partitions
+        # (PARTITIONS with `pick`), so sends carry a negative partition meanwhile
+        self._picking: dict[str, float] = {}
         self._unknown_kinds: set = set()
         self.stats = collections.Counter()
         self._thread: threading.Thread | None = None
@@ -1134,9 +1142,48 @@ class _Link:
         s.settle(done)
 
     def on_unknown_partition(self, topic: str) -> None:
-        """A send failed for an unknown topic or partition: drop the cached partition list of `topic`."""
+        """A send failed for an unknown topic or partition: drop the cached partition list of `topic`.
+
+        And stop leaving its partitions to kafkad: the next send asks again and
+        waits for the answer (which raises when the topic does not exist).
+        """
         with self._cache_lock:
             self.partition_cache.pop(topic, None)
+            self._picking.pop(topic, None)
+
+    def start_picking(self, topic: str) -> None:
+        """kafkad answered `topic`'s METADATA with no list yet and `pick`: it picks for now."""
+        with self._cache_lock:
+            self._picking.pop(topic, None)
+            self._picking[topic] = time.monotonic() + PICK_RECHECK_S
+            while len(self._picking) > MAX_CACHED_TOPICS:
+                self._picking.pop(next(iter(self._picking)), None)
+
+    def picking(self, topic: str) -> bool:
+        """Whether sends to `topic` (no cached list) leave the partition to kafkad.
+
+        Once every PICK_RECHECK_S it also asks kafkad for the list again, in
+        the background: the answer, when it has one, fills the cache and the
+        next send uses it.
+        """
+        if topic not in self._picking:
+            return False
+        now = time.monotonic()
+        with self._cache_lock:      # against cache_partitions on the I/O thread, and other callers
+            until = self._picking.get(topic)
+            if until is None or self.partition_cache.get(topic):
+                return False
+            ask = now >= until
+            if ask:
+                self._picking[topic] = now + PICK_RECHECK_S
+        if ask:
+            self.call(lambda: self._ask_partitions(topic))
+        return True
+
+    def _ask_partitions(self, topic: str) -> None:
+        rid = next(self.req_ids)
+        self._refreshes[rid] = topic
+        self._queue(schema.encode([schema.METADATA, rid, topic]))
 
     def _set_partitions(self, topic: str, error: int, parts) -> None:
         if error or not parts:
@@ -1152,6 +1199,9 @@ class _Link:
         the longest-cached goes first.
         """
         cache = self.partition_cache
+        if self._picking:
+            with self._cache_lock:
+                self._picking.pop(topic, None)
         if cache.get(topic) == parts:
             return
         with self._cache_lock:
@@ -1172,11 +1222,17 @@ class _Link:
         if topic is None:
             self._h_reply(msg)
         elif msg[2] == 0 and msg[3]:
-            # The answer to a refresh sent on reconnect. An error keeps the list held:
-            # a daemon that restarted while the brokers are down answers one after its
-            # metadata timeout, and dropping the list would make the next send wait
-            # for the brokers instead of queueing.
+            # The answer to a refresh sent on reconnect, or to a background ask while
+            # kafkad picks this topic's partitions (both nobody waits for). An error
+            # keeps the list held: a daemon that restarted while the brokers are down
+            # answers one after its metadata timeout, and dropping the list would make
+            # the next send wait for the brokers instead of queueing.
             self._set_partitions(topic, 0, msg[3])
+        elif not (len(msg) > 4 and msg[4] is True) and topic in self._picking:
+            # kafkad no longer offers to pick (the topic does not exist, access is
+            # denied): the next send asks and waits, and raises what kafkad says.
+            with self._cache_lock:
+                self._picking.pop(topic, None)
 
     def _refresh_partitions(self) -> None:
         """After a (re)connect: ask again for every cached topic.
@@ -1187,10 +1243,12 @@ class _Link:
         answers: the cache keeps its list until they come.
         """
         self._refreshes.clear()
+        # A new connection may be a new daemon (one that does not pick, or that has
+        # the lists): the next send to each of these topics asks it again.
+        with self._cache_lock:
+            self._picking.clear()
         for topic in list(self.partition_cache):
-            rid = next(self.req_ids)
-            self._refreshes[rid] = topic
-            self._queue(schema.encode([schema.METADATA, rid, topic]))
+            self._ask_partitions(topic)
 
     def _h_rejected(self, msg) -> None:
         _, sid, from_seq, code, text = msg[:5]
@@ -1390,8 +1448,10 @@ def report_failures(session: _Session, failures: list[tuple[tuple, int, int, int
             name = for_code(code).__name__
         shown = _shown_parts(values, session.log_messages)
         for i, text in enumerate(shown):
-            log.error("kafkad could not deliver %d message(s) of %s to %s[%d] (first seq %d)%s: "
-                      "[Error %d] %s; %s%s", len(values), session.label, topic, partition, first, why, code,
+            log.error("kafkad could not deliver %d message(s) of %s to %s (first seq %d)%s: "
+                      "[Error %d] %s; %s%s", len(values), session.label,
+                      f"{topic}[{partition}]" if partition >= 0 else f"{topic} (partition left to kafkad)",
+                      first, why, code,
                       name, text, f" (line {i + 1} of {len(shown)})" if len(shown) > 1 else "")
 
 

@@ -92,6 +92,29 @@ HashedPartitioner = Murmur2Partitioner
 _murmur2_cached = functools.lru_cache(maxsize=8192)(murmur2)
 
 
+def pick_index(partitioner: Partitioner, key) -> int | None:
+    """The index `partitioner` would take from any sorted partition list, modulo its length.
+
+    For a producer that has no partition list yet (kafkad picks the partition
+    once it knows the list: client_shim.schema.PICK_PARTITION_MIN): the key's
+    murmur2 hash, or the round robin's next count, in [0, 2**31). None when
+    the choice needs the list (a partitioner of the application's own, or one
+    that overrides `partition`).
+    """
+    method = type(partitioner).partition
+    if method is Murmur2Partitioner.partition:
+        if key is None:
+            return random.randrange(2**31)
+        if not isinstance(key, (bytes, bytearray, memoryview)):
+            raise TypeError(f"key must be bytes to be hashed, not {type(key).__name__}")
+        return _murmur2_cached(bytes(key)) & 0x7FFFFFFF
+    if method is RoundRobinPartitioner.partition:
+        i = partitioner._next % 2**31
+        partitioner._next = i + 1
+        return i
+    return None
+
+
 class RoundRobinPartitioner(Partitioner):
     """Ignores the key: each call takes the next partition in turn."""
 

@@ -35,7 +35,13 @@ from client_shim.errors import (
     UnsupportedCodecError,
     for_code,
 )
-from client_shim.partitioner import HashedPartitioner, Partitioner
+from client_shim.partitioner import (
+    HashedPartitioner,
+    Murmur2Partitioner,
+    Partitioner,
+    RoundRobinPartitioner,
+    pick_index,
+)
 
 log = logging.getLogger("client_shim")
 
@@ -52,6 +58,9 @@ _CODEC_NAMES = {CODEC_NONE: "none", CODEC_GZIP: "gzip", CODEC_SNAPPY: "snappy", 
 # never refused there. A level given with none or snappy is ignored, as
 # kafka-python ignored it, and not sent.
 CODEC_LEVELS = {CODEC_GZIP: (0, 9), CODEC_LZ4: (0, 16), CODEC_ZSTD: (-131072, 22)}
+
+# Partitioners whose choice kafkad can make once it knows the partition count (pick_index).
+_PICKABLE = (Murmur2Partitioner.partition, RoundRobinPartitioner.partition)
 
 ProduceResponsePayload = collections.namedtuple(
     "ProduceResponsePayload", ["topic", "partition", "error", "offset"])
@@ -285,7 +294,8 @@ class Producer:
     @staticmethod
     def _too_large(topic: str, partition: int) -> list:
         # As the broker's refusal of a message too large would be returned: nothing was sent.
-        return [ProduceResponsePayload(topic, partition, MessageSizeTooLargeError.errno, -1)]
+        # (-1: no partition chosen, when kafkad was to pick it)
+        return [ProduceResponsePayload(topic, max(partition, -1), MessageSizeTooLargeError.errno, -1)]
 
     def _send_messages(self, session, topic, partition, values, key=None):
         """Send already validated `values` (and `key`) to `topic`/`partition`."""
@@ -308,8 +318,9 @@ class Producer:
             if error in (3, 6):
                 _linkmod.get_link(self.client.endpoint).on_unknown_partition(topic)
             if self.sync_fail_on_error:
-                raise for_code(error)(f"producing {len(values)} message(s) to {topic}[{part}] failed")
-            return [ProduceResponsePayload(topic, part, error, -1)]
+                where = f"{topic}[{part}]" if part >= 0 else f"{topic} (kafkad had not picked a partition yet)"
+                raise for_code(error)(f"producing {len(values)} message(s) to {where} failed")
+            return [ProduceResponsePayload(topic, max(part, -1), error, -1)]
         if self.req_acks == 0:
             return []
         return [ProduceResponsePayload(topic, part, 0, offset)]
@@ -357,11 +368,20 @@ class Producer:
         return f"<{type(self).__name__} {mode} client={self.client!r}>"
 
 
-def _cached_partitions(session, client: DaemonClient, topic: str) -> list[int]:
-    """The topic's partition list: from this process's cache, else asked of the daemon."""
+def _cached_partitions(session, client: DaemonClient, topic: str, pick: bool) -> list[int] | None:
+    """The topic's partition list: from this process's cache, else asked of the daemon.
+
+    None (only with `pick`): kafkad has no list yet and picks the partition
+    itself (DaemonClient.partitions_or_pick).
+    """
     cache = getattr(session.link, "partition_cache", None)
     parts = cache.get(topic) if cache is not None else None
-    return parts if parts else client.partitions_for(topic)
+    return parts if parts else client.partitions_or_pick(topic, pick=pick)
+
+
+def _picked(index: int) -> int:
+    """The partition field that has kafkad pick `index` modulo the partition count."""
+    return -1 - index
 
 
 class SimpleProducer(Producer):
@@ -375,13 +395,17 @@ class SimpleProducer(Producer):
         super().__init__(*args, **kwargs)
         self._cycles: dict[str, tuple[list, int]] = {}
         self._cycle_lock = threading.Lock()
+        # topic -> the round robin's count while kafkad picks the partitions (no list yet)
+        self._pick_counts: dict[str, itertools.count] = {}
 
     def _next_partition(self, session, topic: str) -> int:
         # _cached_partitions, inline: one call less on every send.
         cache = getattr(session.link, "partition_cache", None)
         parts = cache.get(topic) if cache is not None else None
         if not parts:
-            parts = self.client.partitions_for(topic)
+            parts = self.client.partitions_or_pick(topic)
+            if parts is None:
+                return self._pick_next(topic)
         known = self._cycles.get(topic)
         if known is None or known[0] is not parts:
             with self._cycle_lock:
@@ -394,6 +418,19 @@ class SimpleProducer(Producer):
                     while len(self._cycles) > _linkmod.MAX_CACHED_TOPICS:   # as bounded as the cache
                         self._cycles.pop(next(iter(self._cycles)), None)
         return next(known[1])      # atomic under the GIL: threads share the cycle safely
+
+    def _pick_next(self, topic: str) -> int:
+        """The next partition of the cycle as kafkad will pick it (no list known here yet)."""
+        counts = self._pick_counts.get(topic)
+        if counts is None:
+            with self._cycle_lock:
+                counts = self._pick_counts.get(topic)
+                if counts is None:
+                    start = random.randrange(2**31) if self.random_start else 0
+                    counts = self._pick_counts[topic] = itertools.count(start)
+                    while len(self._pick_counts) > _linkmod.MAX_CACHED_TOPICS:
+                        self._pick_counts.pop(next(iter(self._pick_counts)), None)
+        return _picked(next(counts) % 2**31)
 
     def send_messages(self, topic, *msg):
         # The steady state of an async producer in one call: one bytes payload under
@@ -430,13 +467,18 @@ class KeyedProducer(Producer):
             raise TypeError(f"partitioner must be a Partitioner subclass, not {partitioner!r}")
         self.partitioner_class = partitioner
         self.partitioners: dict[str, Partitioner] = {}
+        # kafkad can pick for the partitioners this package has (their choice needs
+        # only the partition count: pick_index), not for one of the application's own.
+        self._can_pick = partitioner.partition in _PICKABLE
         super().__init__(*args, **kwargs)
 
     def _next_partition(self, session, topic: str, key) -> int:
-        parts = _cached_partitions(session, self.client, topic)
+        parts = _cached_partitions(session, self.client, topic, self._can_pick)
         p = self.partitioners.get(topic)
         if p is None:
             p = self.partitioners[topic] = self.partitioner_class(parts)
+        if parts is None:
+            return _picked(pick_index(p, key))
         return p.partition(key, parts)
 
     def send_messages(self, topic, key, *msg):
