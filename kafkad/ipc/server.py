@@ -16,7 +16,10 @@ session's share exceeded, daemon stopping).
 
 The entries of one SEND frame are merged into one `Submission` per (topic,
 partition): the engine's cost is per submission, and a busy shim packs
-hundreds of one-message sends into a frame.
+hundreds of one-message sends into a frame. Once a topic has a partition
+the daemon picks (negative) in the frame, only runs merge
+(`schema.group_key`), and a refused group holds back the later groups of
+its topic: two negative values may be one partition.
 
 Robustness: a bad frame gets an ERROR reply (while the peer's error budget
 lasts) and a counter by reason, never an exception out of the reader; the
@@ -1067,8 +1070,17 @@ class IpcServer:
         # 2. One Submission per (topic, partition): the engine's cost is per submission.
         refused_from = None
         taken: list[tuple[list, list | None]] = []     # (firsts, counts) of each group taken
+        # A topic with a negative partition in the frame can have several groups that land
+        # in one partition (schema.group_key): once one of them is refused, so is every
+        # later group of the topic, or a later record would go ahead of the refused one.
+        picked = {c[0] for c in cols if c[1] < 0} if any(c[1] < 0 for c in cols) else None
+        stopped: set[str] = set()
         for topic, partition, ts, firsts, counts, keys, values in cols:
             n = len(values)
+            if stopped and topic in stopped:
+                low = firsts[0]
+                refused_from = low if refused_from is None else min(refused_from, low)
+                continue
             known = self.producer.partitions_for(topic)
             if known and partition >= 0 and partition not in known:
                 i = 0
@@ -1104,6 +1116,8 @@ class IpcServer:
             low = firsts[0]
             refused_from = low if refused_from is None else min(refused_from, low)
             refusal = why
+            if picked is not None and topic in picked:
+                stopped.add(topic)
         # 3. Advance next_seq over what was taken.
         if refused_from is None:
             if cols:
@@ -1724,16 +1738,22 @@ class IpcServer:
             return
         acks: dict[_Session, list[int]] = {}
         failed: dict[_Session, list[list]] = {}
+        # (session, topic, partition, error) -> the failed values, logged together below:
+        # one record per message still, but not a line per submission (a producer whose
+        # partitions kafkad picks makes one submission per call)
+        failures: dict[tuple, list] = {}
         for o in outcomes:
             token = o.token
             if isinstance(token, _AsyncToken):
-                self._async_outcome(token, o, acks, failed)
+                self._async_outcome(token, o, acks, failed, failures)
             elif isinstance(token, _ReplayToken):
                 self._replay_outcome(token, o)
             elif isinstance(token, _SyncToken):
                 self._sync_outcome(token, o)
             else:
                 log.error("ipc: an outcome with a foreign token %r", token)
+        for (s, topic, partition, error), values in failures.items():
+            self._log_failure(s, topic, partition, values, error)
         for s, seqs in acks.items():
             self._send(s.peer, schema.encode([schema.ACK, s.sid, seqs]), s)
         for s, entries in failed.items():
@@ -1803,12 +1823,15 @@ class IpcServer:
         if token.done >= len(token.values):
             self._release.append(token.entry_id)
 
-    def _async_outcome(self, token: _AsyncToken, o: Outcome, acks: dict, failed: dict) -> None:
-        """Map one run of a merged submission back onto its SEND entries."""
+    def _async_outcome(self, token: _AsyncToken, o: Outcome, acks: dict, failed: dict,
+                       failures: dict) -> None:
+        """Map one run of a merged submission back onto its SEND entries; its failed
+        values join `failures` for the log."""
         s = token.session
         count = o.delivered + o.failed
         if o.failed:
-            self._log_failure(s, o.topic, o.partition, token.values[token.done:token.done + count], o.error)
+            failures.setdefault((s, o.topic, max(o.partition, -1), o.error), []).extend(
+                token.values[token.done:token.done + count])
             if token.runs is None:
                 token.runs = {}
         token.done += count

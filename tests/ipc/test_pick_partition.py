@@ -125,3 +125,43 @@ def test_metadata_offers_to_pick_unless_the_error_is_lasting(lasting, pick):
     finally:
         peer.close()
         st.stop()
+
+
+def test_a_refused_group_holds_back_the_later_groups_of_its_topic(server, peer):
+    """Refused (a full queue), a1 must not be overtaken by b1 or a2 taken behind it:
+    either may land in a1's partition. A group of another topic is taken as before."""
+    peer.register()
+    server.producer.refuse = 1
+    frame = _frame()[:3] + [entry(3, b"other", topic="u", partition=0)]
+    peer.send([schema.SEND, peer.sid, frame])
+    replies = [peer.recv(), peer.recv()]
+    assert sorted(r[0] for r in replies) == [schema.ACK, schema.REJECTED]
+    rejected = next(r for r in replies if r[0] == schema.REJECTED)
+    assert rejected[2] == 0 and rejected[3] == schema.E_QUEUE_FULL
+    assert next(r for r in replies if r[0] == schema.ACK)[2] == [3]
+    peer.register(rid=2)
+    peer.send([schema.SEND, peer.sid, frame[:3]])      # the shim's replay
+    got = []
+    while len(got) < 3:
+        got += peer.recv()[2]
+    assert [s.values for s in server.producer.submissions] == [[b"other"], [b"a1"], [b"b1"], [b"a2"]]
+
+
+def test_failures_of_many_picked_submissions_are_logged_together(server, peer, caplog):
+    import logging
+
+    server.producer.hold = True
+    server.producer.fail_with = 7
+    peer.register()
+    peer.send([schema.SEND, peer.sid, [entry(i, b"m%d" % i, partition=-1 - i) for i in range(5)]])
+    server.producer.wait_messages(5)
+    with caplog.at_level(logging.ERROR, logger="kafkad.ipc"):
+        server.producer.release()
+        got = []
+        while len(got) < 5:
+            reply = peer.recv()
+            assert reply[0] == schema.FAILED
+            got += [e[0] for e in reply[2]]
+    lines = [r.getMessage() for r in caplog.records if "failed with" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "5 message(s)" in lines[0] and "t (partition not picked yet)" in lines[0]
