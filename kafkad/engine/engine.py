@@ -111,6 +111,8 @@ _FORGET_INTERVAL_MAX = 5.0
 # Forgotten lanes remembered per producer-id group for their sequence numbers;
 # past this many, any new lane of the group bumps its epoch.
 _FORGOTTEN_LANES_MAX = 10_000
+# A summary line for many failed submissions shows this many of their first messages.
+_SUMMARY_VALUES = 20
 
 
 class Engine:
@@ -353,9 +355,31 @@ class Engine:
 
     def _fail_waiting(self, topic: str, code: int, why: str) -> None:
         """Fail every chunk of `topic` still waiting for its partitions."""
-        for chunk in self._unplaced.pop(topic, ()):
+        self._fail_many(list(self._unplaced.pop(topic, ())), code, why)
+
+    def _fail_many(self, chunks: list[Chunk], code: int, why: str) -> None:
+        """Fail waiting chunks of one topic with one log line for them all.
+
+        A producer whose partitions the engine picks makes a submission per
+        call: a line each would flood the log in an outage. (The IPC side still
+        records every message.)
+        """
+        if not chunks:
+            return
+        n = 0
+        values: list = []
+        for chunk in chunks:
             self.unplaced -= chunk.hi - chunk.lo
-            self._fail_chunk(chunk, code, why)
+            n += chunk.hi - chunk.lo
+            if len(values) < _SUMMARY_VALUES:
+                sub = chunk.sub
+                values.append((sub.values[chunk.lo], self.log_messages_on_error
+                               and sub.settings.log_messages_on_error))
+            self._fail_chunk(chunk, code, why, quiet=True)
+        shown = describe_values([v for v, _ in values], all(ok for _, ok in values))
+        sub = chunks[0].sub
+        log.warning("failed to deliver %d message(s) in %d submission(s) to %s: %s%s; first ones: %s",
+                    n, len(chunks), where(sub.topic, -1), _err_name(code), f" ({why})" if why else "", shown)
 
     def _expire_waiting(self, now: float) -> float:
         """Fail waiting chunks whose delivery timeout passed; return the next such time.
@@ -366,14 +390,15 @@ class Engine:
         """
         deadline = _INF
         for topic, waiting in list(self._unplaced.items()):
+            expired = []
             while waiting and now >= waiting[0].deadline:
-                c = waiting.popleft()
-                self.unplaced -= c.hi - c.lo
+                expired.append(waiting.popleft())
+            if expired:
                 if self.connection_error():
                     code, why = self._cause, f"delivery timeout; no broker reachable: {self._cause_text}"
                 else:
                     code, why = REQUEST_TIMED_OUT, f"delivery timeout; the partitions of {topic!r} are not known"
-                self._fail_chunk(c, code, why)
+                self._fail_many(expired, code, why)
             if waiting:
                 deadline = min(deadline, waiting[0].deadline)
             else:
@@ -1182,8 +1207,9 @@ class Engine:
                 break
             self._drop_from_batch(b, [], [(c, code) for c in b.chunks], now, why or None)
 
-    def _fail_chunk(self, c: Chunk, code: int, why: str | None, lane: Lane | None = None) -> None:
-        """Report `c` failed with `code`: one outcome, one log line, counted."""
+    def _fail_chunk(self, c: Chunk, code: int, why: str | None, lane: Lane | None = None,
+                    quiet: bool = False) -> None:
+        """Report `c` failed with `code`: one outcome, one log line (unless `quiet`), counted."""
         sub = c.sub
         n = c.hi - c.lo
         if lane is None:      # failed before it joined a lane: still counted as queued
@@ -1196,6 +1222,8 @@ class Engine:
             ts = self._topic_stats[sub.topic] = [0, 0, 0]
         ts[2] += n
         self._outcomes.append(Outcome(sub.token, sub.topic, sub.partition, code, -1, 0, n))
+        if quiet:
+            return
         log.warning("failed to deliver %d message(s) to %s: %s%s; %s", n, where(sub.topic, sub.partition),
                     _err_name(code), f" ({why})" if why else "",
                     _describe(sub, c.lo, c.hi, self.log_messages_on_error))
@@ -1851,7 +1879,8 @@ class Engine:
             hold.chunks.clear()
             hold.count = 0
         self.holds.clear()
-        # Then what waits for its topic's partitions: it arrived after all of the above.
+        # Then what waits for its topic's partitions: each is a whole submission, and
+        # later than anything of its topic above (what came behind it waits too).
         for waiting in self._unplaced.values():
             out.extend(part(c) for c in waiting)
         self._unplaced.clear()

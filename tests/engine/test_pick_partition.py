@@ -195,3 +195,16 @@ def test_unreachable_only_once_a_reconnect_attempt_failed():
     h.submit("t", 1, [b"x"])
     h.run(until=h.now + 1)
     assert h.engine.unreachable()
+
+
+def test_many_waiting_submissions_failing_at_once_make_one_log_line(caplog):
+    h = cold("t", delivery_timeout_ms=1000)
+    for i in range(50):
+        h.submit("t", pick(i), [b"m%d" % i], token=i, settings=settings(async_send=True))
+    with caplog.at_level("WARNING", logger="kafkad.engine"):
+        h.run(until=h.now + 1.5)
+    assert sorted((o.token, o.error, o.failed) for o in h.outcomes) == [(i, 7, 1) for i in range(50)]
+    lines = [r.getMessage() for r in caplog.records if "failed to deliver" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "50 message(s) in 50 submission(s) to t (partition not picked yet)" in lines[0]
+    assert "b'm0'" in lines[0] and "b'm19'" in lines[0] and "b'm20'" not in lines[0]
