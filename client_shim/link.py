@@ -1438,7 +1438,8 @@ def report_failures(session: _Session, failures: list[tuple[tuple, int, int, int
 
     grouped: dict[tuple, list] = {}
     for entry, index, count, code in failures:
-        grouped.setdefault((entry[1], entry[2], code), []).append((entry, index, count))
+        # every partition left to kafkad (negative: one value per call) is one group
+        grouped.setdefault((entry[1], max(entry[2], -1), code), []).append((entry, index, count))
     for (topic, partition, code), parts in grouped.items():
         values = [v for entry, index, count in parts for v in entry[_V + index:_V + index + count]]
         first = parts[0][0][0] + parts[0][1]

@@ -443,3 +443,18 @@ def test_a_failure_record_shows_every_message_bounded_as_the_daemon_does(caplog,
     assert lines[-1].endswith(f"(line {len(lines)} of {len(lines)})")
     text = "\n".join(lines)
     assert all(link._digest(v) in text for v in values if v is not None)
+
+
+def test_failures_of_calls_whose_partition_kafkad_was_to_pick_make_one_record(caplog):
+    """Each such call has its own negative partition value: they are one group for the log."""
+    import logging
+
+    from client_shim import link
+
+    s = link._Session(link._Link("ipc:///nonexistent"), {}, maxsize=0, put_timeout=0, log_messages=True,
+                      label="P")
+    entries = [(i, "t", -1 - i, 0, None, b"m%d" % i) for i in range(5)]
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        link.report_failures(s, [(e, 0, 1, 7) for e in entries])
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "5 message(s)" in line and "t (partition left to kafkad)" in line and "m4" in line
