@@ -200,3 +200,29 @@ def test_records_queue_while_no_broker_listens_and_go_once_one_does(topic):
         check_read_back(run, got)
     finally:
         late.stop()
+
+
+def test_a_tansu_whose_port_was_taken_starts_again_on_another(monkeypatch):
+    """free_port's answer can be taken before the broker binds it: the broker exits,
+    and Tansu.start tries a new port; a port the caller chose is not changed."""
+    import socket
+
+    import tests.support.tansu as tansu_mod
+    from tests.support.net import free_port
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    try:
+        with pytest.raises(tansu_mod._Exited):
+            tansu_mod.Tansu(port=taken).start()
+        answers = iter([taken])
+        monkeypatch.setattr(tansu_mod, "free_port", lambda: next(answers, None) or free_port())
+        broker = tansu_mod.Tansu().start()
+        try:
+            assert broker.port != taken and broker.proc.poll() is None
+        finally:
+            broker.stop()
+    finally:
+        squatter.close()

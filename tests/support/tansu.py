@@ -10,9 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 
 from .net import free_port, wait_for_port
+
+
+class _Exited(RuntimeError):
+    """The broker process ended before it listened (e.g. its port was taken)."""
 
 
 def tansu_binary() -> str:
@@ -34,8 +39,31 @@ class Tansu:
         return f"{self.host}:{self.port}"
 
     def start(self) -> "Tansu":
-        if not self.port:
-            self.port = free_port()
+        """Start the broker and wait until it listens.
+
+        A port picked here (`free_port`) was free a moment before the broker
+        binds it; another process can take it in between. The broker then
+        exits at once, and it is started again on another port (twice at
+        most); a port given by the caller is not changed.
+        """
+        pick = not self.port
+        for attempt in range(3):
+            if pick:
+                self.port = free_port()
+            self._spawn()
+            try:
+                self._wait_listening(timeout=15)
+                return self
+            except _Exited:
+                self.stop()
+                if not pick or attempt == 2:
+                    raise
+            except TimeoutError:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
         adv = self.advertised_port or self.port
         fd, self.log_path = tempfile.mkstemp(prefix="tansu-", suffix=".log")
         os.close(fd)
@@ -52,12 +80,36 @@ class Tansu:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
+
+    def _wait_listening(self, timeout: float) -> None:
+        """Until the port answers while the broker runs; _Exited if the broker ended.
+
+        A connection can also reach another process that took the port: a
+        broker that could not bind ends within moments, so it is looked at
+        once more a little later.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise _Exited(f"tansu exited with {self.proc.returncode} before listening on "
+                              f"{self.bootstrap}: {self._log_tail()}")
+            try:
+                wait_for_port(self.host, self.port, timeout=0.2)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"tansu did not listen on {self.bootstrap} within {timeout}s: "
+                                       f"{self._log_tail()}") from None
+                continue
+            time.sleep(0.2)
+            if self.proc.poll() is None:
+                return
+
+    def _log_tail(self) -> str:
         try:
-            wait_for_port(self.host, self.port, timeout=15)
-        except TimeoutError:
-            self.stop()
-            raise
-        return self
+            with open(self.log_path, "rb") as f:
+                return f.read()[-500:].decode("utf-8", "replace").strip() or "(no output)"
+        except OSError:
+            return "(no log)"
 
     def create_topic(self, name: str, partitions: int = 3) -> None:
         subprocess.run(
