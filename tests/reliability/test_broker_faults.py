@@ -73,6 +73,52 @@ def test_broker_unreachable_long(proxied, ptopic, kafkad_factory):
             request_timeout_ms=2000, name="broker-unreachable-long")
 
 
+def _cold_start(proxied, ptopic, kafkad_factory, *, workers, count, rate, outage_s, spool, name):
+    """Daemon and workers start while no broker answers; the brokers come back later.
+
+    The workers' KeyedProducers get no partition list, so kafkad picks each
+    record's partition once the cluster answers (docs/ipc-schema.md
+    "Partitions the daemon picks"): every record must arrive, once, in its
+    key's murmur2 partition, in order.
+    """
+    from client_shim.partitioner import murmur2
+    from tests.support.audit import worker_key
+
+    proxied.proxy.refuse()
+    d = kafkad_factory(proxied.bootstrap, request_timeout_ms=2000, drain_timeout_s=10, spool=spool,
+                       extra={"kafka": {"reconnect_backoff_max_ms": 500}})
+    d.start()
+    t0 = time.monotonic()
+    ws = [start_worker(d.endpoint, ptopic, w, count, rate=rate) for w in range(workers)]
+    peak = 0
+    while time.monotonic() - t0 < outage_s:
+        s = d.stats()
+        peak = max(peak, s["unplaced"])
+        assert s["delivered"] == 0, s
+        time.sleep(0.2)
+    refused = proxied.proxy.stats().refused
+    proxied.proxy.heal()
+    results = _finish(ws)
+    assert sum(r["failed"] for r in results) == 0, results
+    rep = audit_topic(proxied.bootstrap, ptopic, {w: range(count) for w in range(workers)})
+    problems = check_accounting(_settled_stats(d))
+    report(name, rep, d, outage_s=outage_s, spool=spool, connects_refused=refused, peak_unplaced=peak)
+    assert peak > 0, "no record waited for kafkad to pick its partition"
+    assert rep.n_missing == 0 and rep.n_disorder == 0 and rep.foreign == 0, rep.details()
+    assert rep.n_duplicated == 0, rep.details()
+    assert rep.partitions_per_worker == {
+        w: {(murmur2(worker_key(w)) & 0x7FFFFFFF) % 3} for w in range(workers)}
+    assert problems == []
+    assert d.term() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spool", [False, True], ids=["memory", "spool"])
+def test_workers_starting_during_an_outage(proxied, ptopic, kafkad_factory, spool):
+    _cold_start(proxied, ptopic, kafkad_factory, workers=6, count=6000, rate=1000, outage_s=4,
+                spool=spool, name=f"cold-start-outage-{'spool' if spool else 'memory'}")
+
+
 def _lost_answers(proxied, ptopic, kafkad_factory, *, idempotence, lose, count, name):
     d = kafkad_factory(proxied.bootstrap, request_timeout_ms=1000, idempotence=idempotence)
     d.start()
