@@ -56,7 +56,7 @@ class DaemonClient:
 
     def partitions_for(self, topic: str, refresh: bool = False) -> list[int]:
         """The sorted partition ids of `topic` (cached per process; asked of the daemon)."""
-        return self.partitions_or_pick(topic, refresh, pick=False)    # never None unless pick
+        return self.partitions_or_pick(topic, refresh, pick=False)    # a list, or it raises
 
     def partitions_or_pick(self, topic: str, refresh: bool = False, pick: bool = True) -> list[int] | None:
         """`partitions_for`, or None when kafkad has no list yet but will pick the partition.

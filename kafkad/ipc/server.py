@@ -1073,7 +1073,7 @@ class IpcServer:
         # A topic with a negative partition in the frame can have several groups that land
         # in one partition (schema.group_key): once one of them is refused, so is every
         # later group of the topic, or a later record would go ahead of the refused one.
-        picked = {c[0] for c in cols if c[1] < 0} if any(c[1] < 0 for c in cols) else None
+        picked = {c[0] for c in cols if c[1] < 0}
         stopped: set[str] = set()
         for topic, partition, ts, firsts, counts, keys, values in cols:
             n = len(values)
@@ -1116,7 +1116,7 @@ class IpcServer:
             low = firsts[0]
             refused_from = low if refused_from is None else min(refused_from, low)
             refusal = why
-            if picked is not None and topic in picked:
+            if picked and topic in picked:
                 stopped.add(topic)
         # 3. Advance next_seq over what was taken.
         if refused_from is None:
