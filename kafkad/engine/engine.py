@@ -111,8 +111,6 @@ _FORGET_INTERVAL_MAX = 5.0
 # Forgotten lanes remembered per producer-id group for their sequence numbers;
 # past this many, any new lane of the group bumps its epoch.
 _FORGOTTEN_LANES_MAX = 10_000
-# A summary line for many failed submissions shows this many of their first messages.
-_SUMMARY_VALUES = 20
 
 
 class Engine:
@@ -358,28 +356,30 @@ class Engine:
         self._fail_many(list(self._unplaced.pop(topic, ())), code, why)
 
     def _fail_many(self, chunks: list[Chunk], code: int, why: str) -> None:
-        """Fail waiting chunks of one topic with one log line for them all.
+        """Fail waiting chunks of one topic; the async ones with one log line for them all.
 
         A producer whose partitions the engine picks makes a submission per
-        call: a line each would flood the log in an outage. (The IPC side still
-        records every message.)
+        call: a line each would flood the log in an outage, and the IPC side
+        records every async message anyway. A sync chunk (a caller blocked on
+        its answer, which the IPC side does not log) keeps its own line.
         """
-        if not chunks:
-            return
         n = 0
-        values: list = []
+        firsts: list = []        # each async chunk's first message, for the summary
+        allowed = self.log_messages_on_error
         for chunk in chunks:
             self.unplaced -= chunk.hi - chunk.lo
+            if chunk.sync:
+                self._fail_chunk(chunk, code, why)
+                continue
             n += chunk.hi - chunk.lo
-            if len(values) < _SUMMARY_VALUES:
-                sub = chunk.sub
-                values.append((sub.values[chunk.lo], self.log_messages_on_error
-                               and sub.settings.log_messages_on_error))
+            sub = chunk.sub
+            firsts.append(sub.values[chunk.lo])
+            allowed = allowed and sub.settings.log_messages_on_error
             self._fail_chunk(chunk, code, why, quiet=True)
-        shown = describe_values([v for v, _ in values], all(ok for _, ok in values))
-        sub = chunks[0].sub
-        log.warning("failed to deliver %d message(s) in %d submission(s) to %s: %s%s; first ones: %s",
-                    n, len(chunks), where(sub.topic, -1), _err_name(code), f" ({why})" if why else "", shown)
+        if firsts:
+            log.warning("failed to deliver %d message(s) in %d submission(s) to %s, waiting for its "
+                        "partition list: %s%s; the first of each: %s", n, len(firsts), chunks[0].sub.topic,
+                        _err_name(code), f" ({why})" if why else "", describe_values(firsts, allowed))
 
     def _expire_waiting(self, now: float) -> float:
         """Fail waiting chunks whose delivery timeout passed; return the next such time.

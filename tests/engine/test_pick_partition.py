@@ -206,5 +206,21 @@ def test_many_waiting_submissions_failing_at_once_make_one_log_line(caplog):
     assert sorted((o.token, o.error, o.failed) for o in h.outcomes) == [(i, 7, 1) for i in range(50)]
     lines = [r.getMessage() for r in caplog.records if "failed to deliver" in r.getMessage()]
     assert len(lines) == 1, lines
-    assert "50 message(s) in 50 submission(s) to t (partition not picked yet)" in lines[0]
+    assert "50 message(s) in 50 submission(s) to t, waiting for its partition list" in lines[0]
     assert "b'm0'" in lines[0] and "b'm19'" in lines[0] and "b'm20'" not in lines[0]
+    assert "30 more" in lines[0]
+
+
+def test_a_waiting_sync_send_that_fails_keeps_its_own_log_line(caplog):
+    """The IPC side logs no failed sync send (its caller gets the error): the engine's
+    line is its only record, so it is not folded into the summary."""
+    h = cold("t", delivery_timeout_ms=1000)
+    for i in range(3):
+        h.submit("t", pick(i), [b"sync-%d" % i], token=i, settings=settings(async_send=False))
+    h.submit("t", pick(3), [b"async"], token=3, settings=settings(async_send=True))
+    with caplog.at_level("WARNING", logger="kafkad.engine"):
+        h.run(until=h.now + 1.5)
+    lines = [r.getMessage() for r in caplog.records if "failed to deliver" in r.getMessage()]
+    assert len(lines) == 4, lines
+    assert sum("b'sync-" in line for line in lines) == 3
+    assert "1 message(s) in 1 submission(s)" in lines[-1] and "b'async'" in lines[-1]
