@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from tests.support.net import socket_inodes, tcp_sockets  # noqa: F401 - tcp_sockets: for the sections
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 KAFKAD = "kafkad"
@@ -698,45 +700,10 @@ def rss_kib(pid: int | str = "self") -> dict[str, int]:
     return out
 
 
-def _socket_inodes(pids: list[int]) -> set[int]:
-    inodes = set()
-    for pid in pids:
-        fd_dir = f"/proc/{pid}/fd"
-        try:
-            names = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for name in names:
-            try:
-                target = os.readlink(f"{fd_dir}/{name}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def tcp_sockets():
-    """The host's TCP sockets from /proc/net/tcp and tcp6: (local port, remote port, state, inode).
-
-    `state` is the kernel's hex code: "01" ESTABLISHED, "0A" LISTEN.
-    """
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                rows = [line.split() for line in f]
-        except OSError:
-            continue
-        for parts in rows:
-            yield (int(parts[1].rsplit(":", 1)[1], 16), int(parts[2].rsplit(":", 1)[1], 16),
-                   parts[3], int(parts[9]))
-
-
 def broker_connections(pids: list[int], broker_port: int) -> int:
     """ESTABLISHED TCP connections to `broker_port` held by these processes (and their children)."""
     every = [p for pid in pids for p in process_tree(pid)]
-    inodes = _socket_inodes(every)
+    inodes = socket_inodes(every)
     return sum(1 for _, remote, state, inode in tcp_sockets()
                if state == "01" and remote == broker_port and inode in inodes)
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from .net import free_port, wait_for_port
+from .net import free_port, listens, wait_for_port
 
 
 class _Exited(RuntimeError):
@@ -82,27 +82,24 @@ class Tansu:
             )
 
     def _wait_listening(self, timeout: float) -> None:
-        """Until the port answers while the broker runs; _Exited if the broker ended.
+        """Until the broker process holds the listening socket; _Exited if it ended first.
 
-        A connection can also reach another process that took the port: a
-        broker that could not bind ends within moments, so it is looked at
-        once more a little later.
+        The port answering is not enough: another process that took the port
+        answers too (the broker then exits, having failed to bind), so the
+        listening socket must be among the broker's own (/proc).
         """
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
                 raise _Exited(f"tansu exited with {self.proc.returncode} before listening on "
                               f"{self.bootstrap}: {self._log_tail()}")
-            try:
-                wait_for_port(self.host, self.port, timeout=0.2)
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"tansu did not listen on {self.bootstrap} within {timeout}s: "
-                                       f"{self._log_tail()}") from None
-                continue
-            time.sleep(0.2)
-            if self.proc.poll() is None:
+            if listens(self.proc.pid, self.port):
+                wait_for_port(self.host, self.port, timeout=max(0.1, deadline - time.monotonic()))
                 return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tansu did not listen on {self.bootstrap} within {timeout}s: "
+                                   f"{self._log_tail()}")
+            time.sleep(0.02)
 
     def _log_tail(self) -> str:
         try:
