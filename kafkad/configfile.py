@@ -57,8 +57,9 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line is not None else self.path
-        return f"{where}: {self.key}: {self.message}"
+        # A whole-file problem shows as line 0 (as flake8's E902 does), so that every
+        # line keeps the PATH:LINE: key: problem shape tools parse.
+        return f"{self.path}:{self.line if self.line is not None else 0}: {self.key}: {self.message}"
 
 
 class ConfigError(Exception):

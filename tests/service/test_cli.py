@@ -109,7 +109,7 @@ def test_missing_config_file(tmp_path, command):
     missing = tmp_path / "missing.toml"
     r = run(*command.split(), str(missing))
     assert r.returncode == 2
-    assert r.stderr == f"{missing}: file: cannot read: No such file or directory\n"
+    assert r.stderr == f"{missing}:0: file: cannot read: No such file or directory\n"
     no_traceback(r)
 
 

@@ -305,10 +305,10 @@ def test_missing_unreadable_and_binary_files(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError) as info:
         load_config(missing)
-    assert str(info.value) == f"{missing}: file: cannot read: No such file or directory"
+    assert str(info.value) == f"{missing}:0: file: cannot read: No such file or directory"
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
-    assert str(info.value) == f"{tmp_path}: file: cannot read: Is a directory"
+    assert str(info.value) == f"{tmp_path}:0: file: cannot read: Is a directory"
     binary = tmp_path / "bin.toml"
     binary.write_bytes(b"[kafka]\n\xff\xfe = 1\n")
     with pytest.raises(ConfigError) as info:
@@ -320,7 +320,7 @@ def test_missing_unreadable_and_binary_files(tmp_path):
         private.chmod(0)
         with pytest.raises(ConfigError) as info:
             load_config(private)
-        assert str(info.value) == f"{private}: file: cannot read: Permission denied"
+        assert str(info.value) == f"{private}:0: file: cannot read: Permission denied"
 
 
 # --- the key locator -------------------------------------------------------------
