@@ -492,6 +492,10 @@ class _Link:
         self.requests: dict[int, _Request] = {}
         self.incoming: collections.deque = collections.deque()   # new _Request objects
         self.ops: collections.deque = collections.deque()        # callables run on the I/O thread
+        # Sessions whose producers were garbage-collected without stop(), marked at once
+        # by the finalizer (in whatever thread collected the producer), not through `ops`:
+        # _at_exit must find them even if the I/O thread never got to its queued ops.
+        self.orphans: set[_Session] = set()
         self.req_ids = itertools.count(1)
         self.lock = threading.Lock()
         self.sleeping = False
@@ -796,7 +800,7 @@ class _Link:
         self._fail_all(error)
 
     def _orphans_possible(self) -> bool:
-        return any(s.orphaned for s in self.sessions.values())
+        return bool(self.orphans)
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -1390,17 +1394,23 @@ class _Link:
 
     def orphan_session(self, session: _Session) -> None:
         """The producer is gone (garbage-collected): deliver what is pending, then end the session."""
-        if self._thread is not None and os.getpid() == self.pid and not self._stop:
-            self.call(lambda: setattr(session, "orphaned", True))
+        if self._thread is not None and os.getpid() == self.pid and not self._stop and not session.closed:
+            session.orphaned = True
+            self.orphans.add(session)
+            self.wake()
 
     def _end_orphans(self) -> None:
-        for sid, s in list(self.sessions.items()):
-            if s.orphaned and not s.pending:
-                del self.sessions[sid]
+        for s in list(self.orphans):
+            if s.closed:
+                self.orphans.discard(s)
+            # (an orphan whose add_session op has not run yet is not in `sessions`: it waits)
+            elif not s.pending and self.sessions.get(s.session_id) is s:
+                del self.sessions[s.session_id]
+                self.orphans.discard(s)
                 s.closed = True
                 if self.connected:
                     # Nobody waits for the answer: it is dropped as an unknown req_id.
-                    self._queue(schema.encode([schema.UNREGISTER, next(self.req_ids), sid]))
+                    self._queue(schema.encode([schema.UNREGISTER, next(self.req_ids), s.session_id]))
 
     def shutdown(self, timeout: float = 1.0) -> None:
         """Stop the I/O thread and close the socket and context (interpreter exit)."""
@@ -1531,8 +1541,8 @@ def _at_exit() -> None:
     for link in list(_links.values()):
         if link.pid != os.getpid():
             continue
-        for s in list(link.sessions.values()):
-            if s.orphaned and s.pending:
+        for s in list(link.orphans):
+            if s.pending and not s.closed:
                 link.request_flush(s)
                 wait = s.settings.get("stop_timeout_s", 30) if link.broken is None else 0
                 left = s.wait_drained(wait)

@@ -639,6 +639,26 @@ def test_exit_without_stop_delivers_async_messages(server):
     assert sorted(values(server)) == sorted(b"exit-%d" % i for i in range(500))
 
 
+def test_exit_right_after_dropping_a_producer_delivers_its_messages(server):
+    """A short-lived script whose async producer is garbage-collected just before exit.
+
+    The producer's session reaches the I/O thread through queued operations; the
+    exit hook must find it even if the thread has not run them yet (it used to
+    look only at the thread's session table, and the messages vanished unreported).
+    """
+    code = ("import sys, client_shim\n"
+            "def main(n):\n"
+            "    p = client_shim.Producer(sys.argv[1], async_send=True)\n"
+            "    p.send_messages('t', 0, b'dropped-%d' % n)\n"
+            "for n in range(3):\n    main(n)\n")
+    for run in range(5):              # the race was lost nearly every time; try a few
+        out = subprocess.run([sys.executable, "-c", code, server.endpoint], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert sorted(values(server)) == sorted([b"dropped-%d" % n for n in range(3)] * (run + 1)), \
+            (run, out.stderr)
+
+
 def test_spawned_processes_share_one_daemon(server):
     code = ("import sys, client_shim\n"
             "p = client_shim.Producer(sys.argv[1])\n"
