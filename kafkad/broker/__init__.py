@@ -113,8 +113,11 @@ class BrokerProducer:
             self.ssl_context = make_ssl_context(self.kafka)
         self.wake()
 
-    def submit(self, sub: Submission) -> None:
+    def submit(self, sub: Submission, divisible: bool = False) -> None:
         """Take a submission, or raise QueueFull (nothing taken). Never blocks.
+
+        `divisible`: as for `Engine.submit` (RecordTooLarge instead of failing a
+        merged submission for one oversized record).
 
         Once `drain` has handed back the undelivered, every submission is
         refused with ProducerDrained (a QueueFull subclass): the outcomes that
@@ -125,7 +128,7 @@ class BrokerProducer:
         if self._closed:
             raise RuntimeError("BrokerProducer.submit: the producer is closed")
         now = self.loop.time()
-        self.engine.submit(sub, now)
+        self.engine.submit(sub, now, divisible)
         if sub.settings.async_send:
             self.wake()
         elif self._held:
@@ -171,6 +174,19 @@ class BrokerProducer:
         q = engine.queue
         return (engine.queued + engine.in_flight <= q.max_messages * fraction
                 and engine.queued_bytes <= q.max_bytes * fraction)
+
+    def too_large(self, keys: list, values: list) -> bool:
+        """Whether a record among these is larger than any batch may be (Engine.too_large)."""
+        return self.engine.too_large(keys, values)
+
+    @property
+    def batch_cap(self) -> int:
+        """The largest batch in bytes: an entry of at most half this has no record too large."""
+        return self.engine.batch_cap
+
+    def count_failed(self, topic: str, n: int, code: int) -> None:
+        """Messages the IPC side failed itself, counted with the engine's (Engine.count_failed)."""
+        self.engine.count_failed(topic, n, code)
 
     def partitions_for(self, topic: str) -> list[int] | None:
         """Partition ids of `topic` from the metadata cache, or None when not known yet."""

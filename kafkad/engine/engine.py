@@ -44,7 +44,8 @@ from kafkad.engine.connections import Actions, Conn, Request
 from kafkad.engine.describe import describe_values
 from kafkad.engine.metadata import MetadataCache
 from kafkad.engine.states import BatchState, ConnState, PidState, advance
-from kafkad.engine.types import Outcome, ProducerDrained, QueueFull, Submission, pick_partition, where
+from kafkad.engine.types import (Outcome, ProducerDrained, QueueFull, RecordTooLarge, Submission, pick_partition,
+                                 where)
 from kafkad.protocol import (
     BATCH_OVERHEAD,
     UNSUPPORTED_VERSION,
@@ -207,10 +208,13 @@ class Engine:
 
     # ------------------------------------------------------------------ submit
 
-    def submit(self, sub: Submission, now: float) -> None:
+    def submit(self, sub: Submission, now: float, divisible: bool = False) -> None:
         """Take `sub` or raise QueueFull (nothing taken). Problems found now become Outcomes.
 
         After `take_undelivered` nothing is taken: ProducerDrained (a QueueFull).
+        A record larger than any batch fails the whole submission (one call's
+        messages go or fail together), unless `divisible` (the submission merges
+        several calls): then RecordTooLarge is raised, nothing taken.
         """
         if self.drained:
             raise ProducerDrained("the producer is drained: it takes no more messages "
@@ -236,6 +240,11 @@ class Engine:
             _check_bytes("sub.keys", keys)
             payload = sum(map(len, filter(None, values))) + sum(map(len, filter(None, sub.keys)))
         nbytes = payload + n * _RECORD_OVERHEAD
+        cap = self._cap
+        too_large = nbytes + BATCH_OVERHEAD > cap and self._largest_record(sub) + BATCH_OVERHEAD > cap
+        if too_large and divisible:
+            raise RecordTooLarge(f"a record of {sub.topic}[{sub.partition}] is larger than the batch cap "
+                                 f"({cap} bytes)")
         q = self.queue
         live = self.queued + self.in_flight
         # An empty queue takes any one submission, over the caps or not: the IPC
@@ -249,8 +258,7 @@ class Engine:
         self.queued += n
         self.queued_bytes += nbytes
         chunk = Chunk(sub, 0, n, nbytes, now, now + self._delivery_s, not sub.settings.async_send)
-        cap = self._cap
-        if nbytes + BATCH_OVERHEAD > cap and self._largest_record(sub) + BATCH_OVERHEAD > cap:
+        if too_large:
             self._fail_chunk(chunk, MESSAGE_TOO_LARGE, "a record is larger than the batch cap")
             return
         topic = sub.topic
@@ -419,6 +427,29 @@ class Engine:
             self._release(hold, now, everything=True)
         # a hold that was due first may be gone: the next poll recomputes the due time
         self._hold_due = min(self._hold_due, now)
+
+    @property
+    def batch_cap(self) -> int:
+        """The largest batch in bytes (a record must fit one)."""
+        return self._cap
+
+    def count_failed(self, topic: str, n: int, code: int) -> None:
+        """Count `n` messages for `topic` that the IPC side failed itself, before they
+        reached the engine (a partition the topic does not have, a record too large):
+        they are taken and failed at once, so the books still balance."""
+        self.accepted += n
+        self.failed += n
+        self._errors[code] = self._errors.get(code, 0) + n
+        ts = self._topic_stats.get(topic)
+        if ts is None:
+            ts = self._topic_stats[topic] = [0, 0, 0]
+        ts[2] += n
+
+    def too_large(self, keys: list, values: list) -> bool:
+        """Whether one of these records is larger than any batch may be (it would fail)."""
+        cap = self._cap - BATCH_OVERHEAD
+        return any(record_size_upper_bound(len(k) if k else 0, len(v) if v else 0) > cap
+                   for k, v in zip(keys, values))
 
     def _largest_record(self, sub: Submission) -> int:
         return max(record_size_upper_bound(len(k) if k else 0, len(v) if v else 0)

@@ -126,6 +126,16 @@ class QueueFull(Exception):
     """
 
 
+class RecordTooLarge(ValueError):
+    """A divisible submission holds a record larger than any batch may be.
+
+    Raised by `submit(sub, now, divisible=True)` instead of failing the whole
+    submission: the caller merged several calls into it and submits them one
+    by one instead, so that only the call with the record fails. Nothing of
+    the refused submission was taken.
+    """
+
+
 class ProducerDrained(QueueFull):
     """The producer was drained (`drain` handed back what it held): it takes no more.
 

@@ -54,7 +54,7 @@ from client_shim import schema
 from client_shim.errors import for_code
 from kafkad.config import IpcConfig
 from kafkad.engine.describe import describe_all
-from kafkad.engine.types import Outcome, QueueFull, SessionSettings, Submission, where
+from kafkad.engine.types import Outcome, QueueFull, RecordTooLarge, SessionSettings, Submission, where
 from kafkad.spool import SpoolEntry, SpoolFull, SpoolUnavailable
 from kafkad.spool import State as _SpoolState
 
@@ -119,6 +119,7 @@ FEATURES = ["flush", "send_groups", "room", "pick_partition"]
 _ROOM_AT = 0.75
 
 
+_UNKNOWN_TOPIC_OR_PARTITION = 3
 _MESSAGE_SIZE_TOO_LARGE = 10      # Kafka's MESSAGE_TOO_LARGE: a SEND entry larger than the whole spool
 _SPOOL_ENTRY_MAX = 4 << 20        # the most one spool entry holds when several SEND entries are merged
 
@@ -1075,7 +1076,9 @@ class IpcServer:
         # later group of the topic, or a later record would go ahead of the refused one.
         picked = {c[0] for c in cols if c[1] < 0}
         stopped: set[str] = set()
-        for topic, partition, ts, firsts, counts, keys, values in cols:
+        work = collections.deque(cols)
+        while work:
+            topic, partition, ts, firsts, counts, keys, values = work.popleft()
             n = len(values)
             if stopped and topic in stopped:
                 low = firsts[0]
@@ -1083,13 +1086,8 @@ class IpcServer:
                 continue
             known = self.producer.partitions_for(topic)
             if known and partition >= 0 and partition not in known:
-                i = 0
-                for first, count in zip(firsts, counts if counts is not None else itertools.repeat(1)):
-                    runs = [[0, count, 3]]
-                    self._log_failure(s, topic, partition, values[i:i + count], 3)
-                    self._remember_failed(s, first, runs)
-                    failed.append([first, runs])
-                    i += count
+                self._fail_entries(s, topic, partition, firsts, counts, values, _UNKNOWN_TOPIC_OR_PARTITION,
+                                   failed)
                 taken.append((firsts, counts))
                 continue
             # A session with nothing in flight takes any one group (as the engine's empty
@@ -1099,12 +1097,21 @@ class IpcServer:
                        "([ipc] max_inflight_per_session)")
             else:
                 token = _AsyncToken(s, firsts, counts, values)
-                sub = Submission(sid, s.settings, topic, partition, keys if keys is not None else [None] * n,
-                                 values, ts, token)
+                if keys is None:
+                    keys = [None] * n
+                sub = Submission(sid, s.settings, topic, partition, keys, values, ts, token)
                 try:
-                    self.producer.submit(sub)
+                    self.producer.submit(sub, len(firsts) > 1)
                 except QueueFull as exc:
                     why = str(exc)
+                except RecordTooLarge:
+                    # One call's record is too large for any batch: that call fails,
+                    # not the others merged with it; they are submitted without it.
+                    rest = self._without_too_large(s, topic, partition, firsts, counts, keys, values, failed)
+                    taken.append(rest[1])
+                    if rest[0] is not None:
+                        work.appendleft((topic, partition, ts, *rest[0]))
+                    continue
                 else:
                     s.inflight.update(zip(firsts, itertools.repeat(token)))
                     taken.append((firsts, counts))
@@ -1163,6 +1170,7 @@ class IpcServer:
         runs: list[list] = []        # [topic, partition, entries, end_seq] contiguous, one spool entry each
         run_bytes: list[int] = []    # a bound on each run's size as a spool entry
         entry_cap = _spool_entry_cap(spool)
+        record_room = self.producer.batch_cap // 2     # an entry no larger has no record too large
         expected = s.next_seq
         cap_left = self.cfg.max_inflight_per_session - s.inflight_msgs
         refused = None               # (from_seq, code, text)
@@ -1185,10 +1193,16 @@ class IpcServer:
             topic, partition = entry[1], entry[2]
             known = self.producer.partitions_for(topic)
             if known and partition >= 0 and partition not in known:
-                unknown.append((first, entry[5], topic, partition, [[0, n, 3]]))
+                unknown.append((first, entry[5], topic, partition, [[0, n, _UNKNOWN_TOPIC_OR_PARTITION]]))
                 expected = first + n
                 continue
             size = _entry_bytes(entry)
+            if size > record_room and self.producer.too_large(entry[4] or [None] * n, entry[5]):
+                # A record too large for any batch: this call fails, not spooled (it would
+                # fail the other calls merged into its spool entry and submission too).
+                unknown.append((first, entry[5], topic, partition, [[0, n, _MESSAGE_SIZE_TOO_LARGE]]))
+                expected = first + n
+                continue
             if n > cap_left and (s.inflight_msgs or runs):     # nothing in flight: one entry goes over
                 self._rejected["queue_full"] += 1
                 refused = (first, schema.E_QUEUE_FULL, f"this session has {s.inflight_msgs} messages in "
@@ -1283,9 +1297,7 @@ class IpcServer:
             new_next = max(expected, s.next_seq)
         for first, values, topic, partition, fruns in unknown:
             if first < new_next:
-                self._log_failure(s, topic, partition, values, fruns[0][2])
-                self._remember_failed(s, first, fruns)
-                failed.append([first, fruns])
+                self._fail_entries(s, topic, partition, [first], [len(values)], values, fruns[0][2], failed)
         # Durability FIFO in id order; one Submission per (topic, partition).
         groups: dict[tuple, list] = {}
         durable_fifo = self._await_durable
@@ -1588,7 +1600,9 @@ class IpcServer:
         n = len(values)
         known = self.producer.partitions_for(topic)
         if known and partition >= 0 and partition not in known:
-            self._send(peer, schema.encode([schema.RESULT, req_id, partition, 3, -1]))
+            self._c["messages_in"] += n
+            self.producer.count_failed(topic, n, _UNKNOWN_TOPIC_OR_PARTITION)
+            self._send(peer, schema.encode([schema.RESULT, req_id, partition, _UNKNOWN_TOPIC_OR_PARTITION, -1]))
             return
         token = _SyncToken(peer, req_id, s, n, partition)
         sub = Submission(sid, s.settings, topic, partition, keys if keys is not None else [None] * n,
@@ -1895,6 +1909,44 @@ class IpcServer:
                 if done_acks is None:
                     done_acks = acks.setdefault(s, [])
                 done_acks.append(first)
+
+    def _fail_entries(self, s: _Session, topic: str, partition: int, firsts: list, counts: list | None,
+                      values: list, code: int, failed: list) -> None:
+        """Fail these SEND entries here (they never reach the producer): logged,
+        remembered for replays, reported in `failed`, counted with the engine's failures."""
+        i = 0
+        for first, count in zip(firsts, counts if counts is not None else itertools.repeat(1)):
+            runs = [[0, count, code]]
+            self._log_failure(s, topic, partition, values[i:i + count], code)
+            self._remember_failed(s, first, runs)
+            failed.append([first, runs])
+            i += count
+        s.failed += len(values)
+        self._c["messages_in"] += len(values)
+        self.producer.count_failed(topic, len(values), code)
+
+    def _without_too_large(self, s: _Session, topic: str, partition: int, firsts: list, counts: list | None,
+                           keys: list, values: list, failed: list) -> tuple:
+        """Split a merged group the producer refused with RecordTooLarge: the entries
+        holding a record too large fail here; returns ((firsts, counts, keys, values)
+        of the others, or None when none is left) and (firsts, counts) of those failed."""
+        keep: tuple[list, list, list, list] = ([], [], [], [])
+        bad_firsts: list[int] = []
+        bad_counts: list[int] = []
+        i = 0
+        for first, count in zip(firsts, counts if counts is not None else itertools.repeat(1)):
+            k, v = keys[i:i + count], values[i:i + count]
+            i += count
+            if self.producer.too_large(k, v):
+                self._fail_entries(s, topic, partition, [first], [count], v, _MESSAGE_SIZE_TOO_LARGE, failed)
+                bad_firsts.append(first)
+                bad_counts.append(count)
+            else:
+                keep[0].append(first)
+                keep[1].append(count)
+                keep[2].extend(k)
+                keep[3].extend(v)
+        return (keep if keep[0] else None), (bad_firsts, bad_counts)
 
     def _remember_failed(self, s: _Session, first: int, runs: list) -> None:
         s.recent_failed[first] = runs

@@ -49,7 +49,7 @@ class _InstantProducer:
     def partitions_for(self, topic):
         return [0, 1, 2]
 
-    def submit(self, sub):
+    def submit(self, sub, divisible=False):
         self.offset += 1
         self.outcome = Outcome(sub.token, sub.topic, sub.partition, 0, self.offset, len(sub.values), 0)
 

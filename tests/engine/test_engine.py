@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 
@@ -9,7 +10,7 @@ import pytest
 
 from kafkad.config import QueueConfig
 from kafkad.engine.states import BatchState, ConnState, PidState
-from kafkad.engine.types import QueueFull
+from kafkad.engine.types import QueueFull, RecordTooLarge, SessionSettings, Submission
 from kafkad.protocol import decode_record_batches
 
 from .fakes import FakeCluster, Harness, settings
@@ -207,6 +208,34 @@ def test_a_record_larger_than_the_cap_fails_only_its_submission(caplog):
     assert [(o.error, o.failed) for o in h.by_token()["huge"]] == [(10, 1)]
     assert h.by_token()["small"][0].error == 0
     assert sum("MESSAGE_TOO_LARGE" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_divisible_submission_with_a_record_too_large_is_refused_whole():
+    """A merged submission (several calls) is handed back, so that only one call fails."""
+    h = Harness(cluster("t"), batch_max_bytes=1000)
+    connect(h)
+    sub = Submission(b"s1", SessionSettings(), "t", 0, [None] * 3, [b"a", b"y" * 2000, b"b"],
+                     1_700_000_000_000, "merged")
+    before = h.engine.stats()
+    with pytest.raises(RecordTooLarge):
+        h.engine.submit(sub, h.now, divisible=True)
+    assert h.engine.stats() == before and not h.engine.take_outcomes()
+    assert h.engine.too_large([None, b"k"], [b"a", b"y" * 2000])
+    assert not h.engine.too_large([None, None], [b"a", b"y" * 900])
+    h.engine.submit(dataclasses.replace(sub, values=[b"a", b"b", b"c"], token="fits"), h.now, divisible=True)
+    h.engine.submit(dataclasses.replace(sub, token="one call"), h.now)   # its messages fail together
+    h.run()
+    assert [(o.error, o.delivered, o.failed) for o in h.by_token()["fits"]] == [(0, 3, 0)]
+    assert [(o.error, o.delivered, o.failed) for o in h.by_token()["one call"]] == [(10, 0, 3)]
+    h.check_accounting()
+
+
+def test_failures_counted_from_outside_keep_the_books_balanced():
+    h = Harness(cluster("t"))
+    h.engine.count_failed("t", 3, 10)
+    h.check_accounting()
+    st = h.engine.stats()
+    assert (st["accepted"], st["failed"]) == (3, 3)
 
 
 def test_queue_caps_refuse_whole_submissions_and_take_nothing():

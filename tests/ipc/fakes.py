@@ -23,7 +23,7 @@ import tempfile
 import threading
 
 from kafkad.config import IpcConfig
-from kafkad.engine.types import Outcome, QueueFull
+from kafkad.engine.types import Outcome, QueueFull, RecordTooLarge
 from kafkad.ipc import IpcServer
 
 
@@ -58,6 +58,9 @@ class FakeProducer:
         self.hold = False            # keep submissions without outcomes
         self.fail_with = 0           # deliver with this error code instead
         self.refuse = 0              # refuse the next N submissions with QueueFull
+        self.record_cap = 1 << 20     # a record larger (key + value) is too large for a batch
+        self.batch_cap = self.record_cap
+        self.counted_failed = []     # count_failed calls: (topic, n, code)
         self.room = True             # what has_room answers (the server's ROOM check)
         self.held = []
         self.flushed = []            # session ids passed to flush_session, in order
@@ -93,7 +96,15 @@ class FakeProducer:
     def release_polls(self, poll=True):
         pass
 
-    def submit(self, sub):
+    def too_large(self, keys, values):
+        return any(len(k or b"") + len(v or b"") > self.record_cap for k, v in zip(keys, values))
+
+    def count_failed(self, topic, n, code):
+        self.counted_failed.append((topic, n, code))
+
+    def submit(self, sub, divisible=False):
+        if divisible and self.too_large(sub.keys, sub.values):
+            raise RecordTooLarge("fake: a record is larger than record_cap")
         if self.refuse:
             self.refuse -= 1
             raise QueueFull("fake queue full")

@@ -278,6 +278,77 @@ def test_unknown_partition_fails_every_entry_of_the_group(server, peer):
     assert peer.register(rid=2)[3] == 3
 
 
+def test_unknown_partition_failures_are_counted(server, peer):
+    peer.register()
+    send_groups(peer, [group([0, 1], partition=9)])
+    assert peer.recv()[0] == schema.FAILED
+    assert server.producer.counted_failed == [("t", 2, 3)]
+    assert server.server.stats()["messages_in"] == 2
+
+
+BIG = b"x" * 2000
+
+
+def test_a_record_too_large_fails_its_call_not_the_calls_merged_with_it(server, peer):
+    """Five small calls, one with a record larger than any batch, three more: one group.
+
+    The merged submission is refused with RecordTooLarge; only the call holding
+    the record fails (MESSAGE_TOO_LARGE, logged and counted), the other calls are
+    submitted without it, in order."""
+    server.producer.record_cap = 1000
+    peer.register()
+    values = [b"a", b"b", b"c", b"d", b"e", b"f", BIG, b"g", b"h", b"i"]
+    send_groups(peer, [group([0, 1, 2, 3, 4, 5, 7, 8, 9], counts=[1, 1, 1, 1, 1, 2, 1, 1, 1], values=values)])
+    replies = {r[0]: r[2] for r in (peer.recv(), peer.recv())}
+    assert replies[schema.FAILED] == [[5, [[0, 2, 10]]]]        # the call of b"f" and BIG
+    assert sorted(replies[schema.ACK]) == [0, 1, 2, 3, 4, 7, 8, 9]
+    assert [v for _, _, _, v in server.producer.messages()] == [b"a", b"b", b"c", b"d", b"e", b"g", b"h", b"i"]
+    assert server.producer.counted_failed == [("t", 2, 10)]
+    assert peer.register(rid=2)[3] == 10                       # every entry settled: next_seq past them
+
+
+def test_a_call_too_large_among_refused_ones_is_reported_again_on_replay(server, peer):
+    server.producer.record_cap = 1000
+    server.producer.refuse = 1          # the rest of the group, after the split, is refused once
+    peer.register()
+    send_groups(peer, [group([0, 1, 2], values=[b"a", BIG, b"c"])])
+    replies = {r[0]: r for r in (peer.recv(), peer.recv())}
+    assert replies[schema.FAILED][2] == [[1, [[0, 1, 10]]]]
+    assert replies[schema.REJECTED][2] == 0                        # replay from 0
+    send_groups(peer, [group([0, 1, 2], values=[b"a", BIG, b"c"])])
+    replies = {r[0]: r[2] for r in (peer.recv(), peer.recv())}
+    assert replies[schema.FAILED] == [[1, [[0, 1, 10]]]]          # settled before: answered again
+    assert sorted(replies[schema.ACK]) == [0, 2]
+    assert [v for _, _, _, v in server.producer.messages()] == [b"a", b"c"]
+    assert server.producer.counted_failed == [("t", 1, 10)]       # counted once
+
+
+def test_with_a_spool_a_record_too_large_fails_its_call_unspooled(tmp_path):
+    sp = open_spool(tmp_path / "spool")
+    st = ServerThread(spool=sp)
+    st.producer.record_cap = 1000
+    st.producer.batch_cap = 1000
+    st.start()
+    p = Peer(st.endpoint)
+    try:
+        p.register()
+        send_groups(p, [group([0, 1, 2, 3], values=[b"a", b"b", BIG, b"c"])])
+        got = {}
+        while sum(len(v) for v in got.values()) < 4:
+            r = p.recv()
+            got.setdefault(r[0], []).extend(r[2])
+        assert got[schema.FAILED] == [[2, [[0, 1, 10]]]]
+        assert sorted(got[schema.ACK]) == [0, 1, 3]
+        st.producer.wait_messages(3)
+        assert [v for _, _, _, v in st.producer.messages()] == [b"a", b"b", b"c"]
+        assert sp.stats(0)["data_bytes"] < len(BIG), "the failed call was spooled"
+        assert st.producer.counted_failed == [("t", 1, 10)]
+    finally:
+        p.close()
+        st.stop()
+        sp.close()
+
+
 def test_with_a_spool_groups_take_the_spooled_path(tmp_path):
     sp = open_spool(tmp_path / "spool")
     st = ServerThread(spool=sp)

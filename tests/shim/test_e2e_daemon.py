@@ -412,3 +412,26 @@ def test_partitions_added_while_a_producer_runs_are_used_without_a_restart(tansu
     assert set(after) <= set(where), sorted(set(after) - set(where))
     # one partition per call, in turn over all five
     assert {where[v] for v in after} == {0, 1, 2, 3, 4}
+
+
+def test_a_record_too_large_fails_only_its_own_call(tansu, topic, caplog):
+    """Calls merged into one submission: the one with a record larger than any batch
+    fails (reported once, counted once); the calls before and after it are delivered."""
+    with KafkadProcess(tansu.bootstrap, extra={"kafka": {"batch_max_bytes": 65536}}) as d:
+        d.start()
+        p = client_shim.Producer(d.endpoint, async_send=True, batch_send_every_n=100, batch_send_every_t=5)
+        small = [b"before-%d" % i for i in range(5)] + [b"after-%d" % i for i in range(3)]
+        for v in small[:5]:
+            p.send_messages(topic, 0, v)
+        p.send_messages(topic, 0, b"x" * 100_000)
+        for v in small[5:]:
+            p.send_messages(topic, 0, v)
+        with caplog.at_level("ERROR", logger="client_shim"):
+            p.stop()
+        shim_failures = [r.getMessage() for r in caplog.records if "could not deliver" in r.getMessage()]
+        assert len(shim_failures) == 1 and "1 message(s)" in shim_failures[0], shim_failures
+        assert "MessageSizeTooLarge" in shim_failures[0]
+        got = readback(tansu, topic, 8)
+        assert [v for _, v, _ in got[0]] == small
+        stats = d.stats()
+        assert (stats["failed"], stats["delivered"]) == (1, 8), stats

@@ -760,7 +760,7 @@ class _RefusesPartition1Once(FakeProducer):
         super().__init__()
         self.refused = False
 
-    def submit(self, sub):
+    def submit(self, sub, divisible=False):
         if sub.partition == 1 and not self.refused:
             self.refused = True
             raise QueueFull("fake queue full")
