@@ -40,11 +40,13 @@ from __future__ import annotations
 import atexit
 import collections
 import errno as _errno
+import importlib
 import itertools
 import logging
 import os
 import re
 import select
+import sys
 import threading
 import time
 import weakref
@@ -1508,6 +1510,8 @@ _links: dict[str, _Link] = {}
 _left_behind: list = []        # the parent's objects, never used nor closed in a child
 _stoppers: "weakref.WeakSet" = weakref.WeakSet()
 _hooks_installed = False
+_armed_pid: int | None = None   # the process whose pool exit hook is registered (_arm_pool_exit)
+_exited_pid: int | None = None  # the process that ran _at_exit
 # This process's pid, kept by the fork hook once it is installed (None before):
 # os.getpid() is a system call, and the producer checks the pid on every send.
 _pid: int | None = None
@@ -1532,6 +1536,12 @@ def current_pid() -> int:
 
 
 def _at_exit() -> None:
+    """Deliver what this process's producers hold, then close its links (once per process)."""
+    global _exited_pid
+    pid = os.getpid()
+    if _exited_pid == pid:
+        return                          # atexit after a multiprocessing finalizer, or the reverse
+    _exited_pid = pid
     for producer in list(_stoppers):
         try:
             producer.stop()
@@ -1560,6 +1570,31 @@ def _install_hooks() -> None:
         _pid = os.getpid()
         os.register_at_fork(after_in_child=_after_fork_in_child)
         atexit.register(_at_exit)
+    _arm_pool_exit()
+
+
+def _arm_pool_exit() -> None:
+    """Run _at_exit in this process also when a process pool ends it.
+
+    multiprocessing's (and billiard's, celery's) child processes end through
+    os._exit, which skips atexit hooks: a worker whose target returned would lose
+    what its async producers still held, without a word. Their bootstrap runs the
+    finalizers registered with `util.Finalize` first (after clearing those it
+    inherited), so _at_exit is registered there too, once per process; a process
+    that also runs atexit runs _at_exit only once.
+    """
+    global _armed_pid
+    pid = os.getpid()
+    if _armed_pid == pid:
+        return
+    _armed_pid = pid
+    for name in ("multiprocessing", "billiard"):
+        if name in sys.modules:         # a pool can only exist once its package is imported
+            try:
+                util = importlib.import_module(name + ".util")
+                util.Finalize(None, _at_exit, exitpriority=10)
+            except Exception as exc:   # never let this stop a send
+                log.debug("could not register the exit hook with %s: %s", name, exc)
 
 
 def get_link(endpoint: str) -> _Link:

@@ -659,6 +659,43 @@ def test_exit_right_after_dropping_a_producer_delivers_its_messages(server):
             (run, out.stderr)
 
 
+POOL_CHILD = textwrap.dedent("""
+    import multiprocessing as mp, sys, client_shim
+    endpoint = sys.argv[1]
+    made_in_parent = client_shim.Producer(endpoint, async_send=True, batch_send_every_t=5)
+
+    def process_target(n):                  # returns: multiprocessing then ends the child with os._exit
+        made_in_parent.send_messages("t", 0, *[b"process-%d-%d" % (n, i) for i in range(50)])
+
+    def pool_task(n):
+        p = client_shim.Producer(endpoint, async_send=True, batch_send_every_t=5)
+        p.send_messages("t", 1, b"pool-%d" % n)
+        return n
+
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=process_target, args=(n,)) for n in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    pool = ctx.Pool(2, maxtasksperchild=1)           # each worker ends after one task
+    print("tasks", sorted(pool.map(pool_task, range(4), chunksize=1)))
+    pool.close()                                     # (not terminate(): that kills the workers)
+    pool.join()
+    print("codes", [p.exitcode for p in procs])
+""")
+
+
+def test_pool_processes_that_end_through_os_exit_deliver_their_messages(server):
+    """multiprocessing (and billiard, celery's) end children with os._exit, skipping atexit."""
+    out = subprocess.run([sys.executable, "-c", POOL_CHILD, server.endpoint], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "codes [0, 0, 0]" in out.stdout and "tasks [0, 1, 2, 3]" in out.stdout, \
+        out.stderr
+    expected = [b"process-%d-%d" % (n, i) for n in range(3) for i in range(50)] + [b"pool-%d" % n for n in range(4)]
+    assert sorted(values(server)) == sorted(expected)
+
+
 def test_spawned_processes_share_one_daemon(server):
     code = ("import sys, client_shim\n"
             "p = client_shim.Producer(sys.argv[1])\n"
