@@ -250,7 +250,7 @@ _ALIASES = {
     "GroupLoadInProgressError": "CoordinatorLoadInProgressError",
     "GroupCoordinatorNotAvailableError": "CoordinatorNotAvailableError",
     "NotCoordinatorForGroupError": "NotCoordinatorError",
-    "StaleLeaderEpochCodeError": "StaleControllerEpochError",
+    "StaleLeaderEpochCodeError": "NetworkExceptionError",     # code 13's name before Kafka 0.10
 }
 
 kafka_errors: dict[int, type[BrokerResponseError]] = {}

@@ -19,8 +19,12 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
+import numbers
+import operator
 import os
 import random
+import sys
 import threading
 import time
 import warnings
@@ -66,16 +70,52 @@ ProduceResponsePayload = collections.namedtuple(
     "ProduceResponsePayload", ["topic", "partition", "error", "offset"])
 
 
-def _number(name, value, *, minimum=0, integer=False, allow_none=False):
+# The largest int a setting may be: msgpack carries ints of 64 bits.
+_INT_MAX = 2**63 - 1
+# The largest number of seconds (or milliseconds) a setting may be: the longest
+# wait Python's locks and events take.
+_SECONDS_MAX = threading.TIMEOUT_MAX
+
+
+def _number(name, value, *, minimum=0, maximum=None, integer=False, allow_none=False):
+    """`value` checked and made a plain int or float (numpy's numbers and fractions
+    included), so that the daemon's checks of the settings cannot refuse it later."""
     if value is None and allow_none:
         return None
-    ok_types = (int,) if integer else (int, float)
+    ok_types = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, ok_types):
         kind = "an int" if integer else "a number"
         raise TypeError(f"{name} must be {kind}{' or None' if allow_none else ''}, not {value!r}")
+    if isinstance(value, numbers.Integral):
+        value = operator.index(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, not {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
+    if maximum is None:
+        maximum = _INT_MAX if integer else _SECONDS_MAX
+    if value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, not {value!r}")
     return value
+
+
+def _caller_level() -> int:
+    """warnings.warn's stacklevel for the first frame outside client_shim, from its caller."""
+    level, f = 2, sys._getframe(2)   # stacklevel 1 is our caller (it warns), 2 its caller
+    while f is not None and f.f_globals.get("__name__", "").startswith("client_shim."):
+        level += 1
+        f = f.f_back
+    return level
+
+
+def _choice(value, allowed):
+    """`value` as a plain int if it is an integer among `allowed` (not a bool, not 1.0), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    value = operator.index(value)
+    return value if value in allowed else None
 
 
 _valid_topics: set[str] = set()   # names already checked (bounded; cleared when large)
@@ -106,8 +146,8 @@ def _check_payloads(msg: tuple, key) -> list:
         raise TypeError("send_messages needs at least one message payload")
     for m in msg:
         if m is not None and type(m) is not bytes:
-            if isinstance(m, (bytearray, memoryview)):
-                continue
+            if isinstance(m, (bytes, bytearray, memoryview)):
+                continue            # (a bytes subclass, e.g. numpy.bytes_, is bytes too)
             raise TypeError(f"all produce message payloads must be bytes or None, not {type(m).__name__} "
                             f"(encode text first, e.g. text.encode('utf-8'))")
     if key is not None and type(key) is not bytes:
@@ -167,31 +207,37 @@ class Producer:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword argument(s): "
                             f"{', '.join(sorted(kwargs))}")
         if batch_send:
-            warnings.warn("batch_send is deprecated, use async_send=True", DeprecationWarning, stacklevel=2)
+            # Attributed to the application's line (SimpleProducer's __init__ calls this
+            # one): Python shows a DeprecationWarning only when it points at __main__.
+            warnings.warn("batch_send is deprecated, use async_send=True", DeprecationWarning,
+                          stacklevel=_caller_level())
             async_send = True
         self.client: DaemonClient = as_client(client)
-        if req_acks not in (0, 1, -1) or isinstance(req_acks, bool):
+        acks = _choice(req_acks, (0, 1, -1))
+        if acks is None:
             raise ValueError(f"req_acks must be 0, 1 or -1, not {req_acks!r}")
-        _number("ack_timeout", ack_timeout, integer=True)
-        if ack_timeout > 2**31 - 1:
-            raise ValueError(f"ack_timeout must be < 2**31 milliseconds, not {ack_timeout!r}")
+        req_acks = acks
+        ack_timeout = _number("ack_timeout", ack_timeout, integer=True, maximum=2**31 - 1)
         if codec is None:
             codec = CODEC_NONE
-        if isinstance(codec, bool) or codec not in ALL_CODECS:
+        known = _choice(codec, ALL_CODECS)
+        if known is None:
             raise UnsupportedCodecError(f"codec {codec!r} is not supported; use one of {ALL_CODECS}")
-        _number("codec_compresslevel", codec_compresslevel, minimum=-(2**31), integer=True, allow_none=True)
+        codec = known
+        codec_compresslevel = _number("codec_compresslevel", codec_compresslevel, minimum=-(2**31),
+                                      maximum=2**31 - 1, integer=True, allow_none=True)
         if codec_compresslevel is not None and codec in CODEC_LEVELS:
             lo, hi = CODEC_LEVELS[codec]
             if not lo <= codec_compresslevel <= hi:
                 raise ValueError(f"codec_compresslevel for {_CODEC_NAMES[codec]} must be {lo}..{hi} "
                                  f"(or None for the codec's default), not {codec_compresslevel!r}")
-        _number("batch_send_every_n", batch_send_every_n, minimum=1, integer=True)
-        _number("batch_send_every_t", batch_send_every_t)
-        _number("async_retry_limit", async_retry_limit, integer=True, allow_none=True)
-        _number("async_retry_backoff_ms", async_retry_backoff_ms)
-        _number("async_queue_maxsize", async_queue_maxsize, integer=True)
-        _number("async_queue_put_timeout", async_queue_put_timeout)
-        _number("async_stop_timeout", async_stop_timeout)
+        batch_send_every_n = _number("batch_send_every_n", batch_send_every_n, minimum=1, integer=True)
+        batch_send_every_t = _number("batch_send_every_t", batch_send_every_t)
+        async_retry_limit = _number("async_retry_limit", async_retry_limit, integer=True, allow_none=True)
+        async_retry_backoff_ms = _number("async_retry_backoff_ms", async_retry_backoff_ms)
+        async_queue_maxsize = _number("async_queue_maxsize", async_queue_maxsize, integer=True)
+        async_queue_put_timeout = _number("async_queue_put_timeout", async_queue_put_timeout)
+        async_stop_timeout = _number("async_stop_timeout", async_stop_timeout)
         self.req_acks = req_acks
         self.ack_timeout = ack_timeout
         self.codec = codec
@@ -331,6 +377,7 @@ class Producer:
         does nothing."""
         if self.stopped:
             return
+        timeout = _number("timeout", timeout, allow_none=True)
         self.stopped = True
         self._stopped_pid = os.getpid()
         _linkmod.forget_at_exit(self)
@@ -483,6 +530,8 @@ class KeyedProducer(Producer):
 
     def send_messages(self, topic, key, *msg):
         topic = _check_topic(topic)
+        if type(key) is not bytes and isinstance(key, (bytes, bytearray, memoryview)):
+            key = bytes(key)        # (a bytes subclass, e.g. numpy.bytes_, is bytes too)
         values = self._check_payloads(msg, key)
         session = self._get_session()
         partition = self._next_partition(session, topic, key)

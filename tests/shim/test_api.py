@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import decimal
+import fractions
 import inspect
+import math
 import re
 import subprocess
 import sys
@@ -11,7 +14,7 @@ import warnings
 import pytest
 
 import client_shim
-from client_shim import errors
+from client_shim import errors, schema
 from client_shim.partitioner import murmur2
 
 NO_DAEMON = "ipc:///nonexistent-kafkad-dir/kafkad.sock"
@@ -68,11 +71,50 @@ def test_async_spellings():
     (dict(async_stop_timeout="x"), TypeError, "async_stop_timeout"),
     (dict(client=42), TypeError, "client"),
     (dict(client="not-an-endpoint"), ValueError, "endpoint"),
+    # Values the daemon would refuse, or msgpack could not carry, once the producer
+    # sends: they used to pass here and hang sync sends or stop the link's I/O thread.
+    (dict(codec=1.0), errors.UnsupportedCodecError, "codec"),
+    (dict(codec=decimal.Decimal(1)), errors.UnsupportedCodecError, "codec"),
+    (dict(req_acks=1.0), ValueError, "req_acks"),
+    (dict(req_acks=decimal.Decimal(1)), ValueError, "req_acks"),
+    (dict(batch_send_every_t=math.inf), ValueError, "batch_send_every_t must be a finite"),
+    (dict(batch_send_every_t=math.nan), ValueError, "batch_send_every_t must be a finite"),
+    (dict(async_stop_timeout=math.inf), ValueError, "async_stop_timeout"),
+    (dict(async_stop_timeout=10**30), ValueError, "async_stop_timeout must be <="),
+    (dict(async_retry_backoff_ms=math.inf), ValueError, "async_retry_backoff_ms"),
+    (dict(async_queue_maxsize=2**64), ValueError, "async_queue_maxsize must be <="),
+    (dict(batch_send_every_n=2**64), ValueError, "batch_send_every_n must be <="),
+    (dict(async_retry_limit=2**64), ValueError, "async_retry_limit must be <="),
+    (dict(codec_compresslevel=2**40), ValueError, "codec_compresslevel must be <="),
 ])
 def test_bad_constructor_arguments_name_the_argument(kwargs, exc, word):
     kwargs.setdefault("client", NO_DAEMON)
     with pytest.raises(exc, match=word):
         client_shim.Producer(**kwargs)
+
+
+class _Int(int):
+    """An integer that is not an int (as numpy's are): taken, and sent as a plain int."""
+
+
+def test_integer_and_real_arguments_of_other_types_are_taken_as_plain_numbers():
+    p = client_shim.Producer(NO_DAEMON, codec=_Int(1), req_acks=_Int(-1), ack_timeout=_Int(500),
+                             batch_send_every_n=_Int(5), batch_send_every_t=fractions.Fraction(1, 4),
+                             async_queue_maxsize=_Int(10), async_stop_timeout=fractions.Fraction(5, 2))
+    settings = p._settings()
+    for name, value in [("codec", 1), ("acks", -1), ("ack_timeout_ms", 500), ("batch_n", 5),
+                        ("batch_t", 0.25), ("queue_maxsize", 10), ("stop_timeout_s", 2.5)]:
+        assert settings[name] == value and type(settings[name]) in (int, float), name
+    schema.decode_request(schema.encode([schema.REGISTER, schema.SCHEMA_VERSION, 1, b"s" * 16, 0, settings]),
+                          1 << 20)                    # what the daemon checks first
+
+
+def test_stop_with_a_bad_timeout_raises_and_leaves_the_producer_usable():
+    p = client_shim.Producer(NO_DAEMON, async_send=True)
+    with pytest.raises(ValueError, match="timeout must be a finite"):
+        p.stop(math.inf)
+    assert not p.stopped
+    p.stop(0)
 
 
 @pytest.mark.parametrize("codec,level,word", [
@@ -138,6 +180,29 @@ def test_send_messages_validates_before_anything_leaves(call, exc, word):
     with pytest.raises(exc, match=word):
         call(p)
     assert p._session is None          # nothing was created, nothing queued
+
+
+def test_bytes_subclasses_and_buffers_are_payloads_and_keys(monkeypatch):
+    class Blob(bytes):
+        pass
+
+    sent = []
+    p = client_shim.KeyedProducer(NO_DAEMON, async_send=True)
+    monkeypatch.setattr(p, "_send_messages", lambda session, topic, partition, values, key=None:
+                        sent.append((partition, key, values)) or [])
+    monkeypatch.setattr(p, "_next_partition", lambda session, topic, key: murmur2(key) % 3)
+    monkeypatch.setattr(p, "_get_session", lambda: None)
+    for key in (b"k1", Blob(b"k1"), bytearray(b"k1"), memoryview(b"k1")):
+        p.send_messages("t", key, Blob(b"v"), bytearray(b"w"))
+    assert all(s == (murmur2(b"k1") % 3, b"k1", [b"v", b"w"]) for s in sent) and len(sent) == 4
+    assert all(type(s[1]) is bytes and all(type(v) is bytes for v in s[2]) for s in sent)
+
+
+def test_deprecation_warnings_point_at_the_callers_line():
+    for cls in (client_shim.Producer, client_shim.SimpleProducer, client_shim.KeyedProducer):
+        with pytest.warns(DeprecationWarning, match="batch_send") as caught:
+            cls(NO_DAEMON, batch_send=True)
+        assert caught[0].filename == __file__, cls     # so Python's default filters show it
 
 
 def test_keyed_producer_validates_key():
@@ -282,6 +347,7 @@ def test_error_classes_carry_kafka_python_names_and_errno():
     assert "[Error 10] MessageSizeTooLargeError" in str(e.MessageSizeTooLargeError("t[0]"))
     assert e.for_code(9999).errno == 9999          # a code newer than the table still carries its number
     assert e.GroupCoordinatorNotAvailableError is e.CoordinatorNotAvailableError
+    assert e.StaleLeaderEpochCodeError.errno == 13       # kafka-python 1.x's name for code 13
 
 
 def test_every_daemon_error_code_has_a_shim_class_with_the_same_flags():
