@@ -155,11 +155,13 @@ def _check_payloads(msg: tuple, key) -> list:
     values = [m if m is None or type(m) is bytes else bytes(m) for m in msg]
     if key is None and any(v is None for v in values):
         raise TypeError("a message needs a key or a payload: key and payload are both None")
-    size = sum(len(v) for v in values if v is not None) + (len(key) * len(values) if key else 0)
+    size = sum(len(v) for v in values if v is not None) + (len(key) * len(values) if key else 0) \
+        + len(values) * schema.MESSAGE_OVERHEAD
     if size >= schema.MAX_CALL_BYTES:
         raise MessageSizeTooLargeError(
-            f"one send_messages call carries {size} bytes; the link to kafkad takes less than "
-            f"{schema.MAX_CALL_BYTES} per call (and brokers usually accept about 1 MiB per message)")
+            f"one send_messages call carries {size} bytes ({schema.MESSAGE_OVERHEAD} per message "
+            f"included); the link to kafkad takes less than {schema.MAX_CALL_BYTES} per call "
+            f"(and brokers usually accept about 1 MiB per message)")
     return values
 
 

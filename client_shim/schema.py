@@ -122,6 +122,10 @@ def group_key(latest: dict, topic: str, partition: int, fresh: int) -> tuple:
 # One send_messages call (its payloads and keys) must stay below this, so an
 # entry always fits a frame under the daemon's default max_frame_bytes (16 MiB).
 MAX_CALL_BYTES = 8 * 1024 * 1024
+# What each message of a call adds to a frame besides its bytes (msgpack's bin
+# headers of its value and key), counted against MAX_CALL_BYTES: a call of
+# millions of empty messages is as large as its frame, not zero.
+MESSAGE_OVERHEAD = 10
 # The shim cuts SEND frames at about this size (many entries per frame); the
 # daemon's own cap ([ipc] max_frame_bytes) is what it enforces.
 TARGET_FRAME_BYTES = 256 * 1024

@@ -80,6 +80,13 @@ class QueueConfig:
     max_bytes: int = 512 * 1024 * 1024
 
 
+# The smallest `[ipc] max_frame_bytes` a config file may set: a frame the shim
+# builds holds up to about 256 KiB of calls plus one call of up to 8 MiB
+# (client_shim.schema.MAX_CALL_BYTES, message overhead included), and a frame
+# the daemon cannot take would be offered again on every replay.
+MIN_FRAME_BYTES = 9 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class IpcConfig:
     endpoint: str = DEFAULT_ENDPOINT

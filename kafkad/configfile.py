@@ -33,7 +33,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from kafkad.config import Config
+from kafkad.config import MIN_FRAME_BYTES, Config
 
 __all__ = ["ConfigError", "Problem", "changed_keys", "load_config", "locate_keys", "parse_config", "validate"]
 
@@ -545,7 +545,7 @@ _FIELD_RULES: dict[str, Rule] = {
     "queue.max_messages": _at_least(1),
     "queue.max_bytes": _at_least(1024),
     "ipc.endpoint": _endpoint,
-    "ipc.max_frame_bytes": _between(1024, INT32_MAX),
+    "ipc.max_frame_bytes": _between(MIN_FRAME_BYTES, INT32_MAX),
     "ipc.max_sessions": _at_least(1),
     "ipc.max_inflight_per_session": _at_least(1),
     "ipc.metadata_timeout_s": _between(0.001, 3600),

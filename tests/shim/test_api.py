@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import decimal
 import fractions
 import inspect
@@ -15,6 +16,7 @@ import pytest
 
 import client_shim
 from client_shim import errors, schema
+from client_shim.link import _groups_frame
 from client_shim.partitioner import murmur2
 
 NO_DAEMON = "ipc:///nonexistent-kafkad-dir/kafkad.sock"
@@ -174,6 +176,7 @@ def test_unsupported_codec_error_is_exported_everywhere():
     (lambda p: p.send_messages(7, 0, b"x"), TypeError, "str"),
     (lambda p: p.send_messages("t", 0, b"x" * (8 << 20)), errors.MessageSizeTooLargeError, "8388608"),
     (lambda p: p.send_messages("t", 0, *[b"x" * (1 << 20)] * 8), errors.MessageSizeTooLargeError, "per call"),
+    (lambda p: p.send_messages("t", 0, *[b""] * (1 << 20)), errors.MessageSizeTooLargeError, "per message"),
 ])
 def test_send_messages_validates_before_anything_leaves(call, exc, word):
     p = client_shim.Producer(NO_DAEMON, async_send=True)
@@ -524,3 +527,14 @@ def test_failures_of_calls_whose_partition_kafkad_was_to_pick_make_one_record(ca
         link.report_failures(s, [(e, 0, 1, 7) for e in entries])
     (line,) = [r.getMessage() for r in caplog.records]
     assert "5 message(s)" in line and "t (partition left to kafkad)" in line and "m4" in line
+
+
+def test_the_largest_call_fits_the_smallest_frame_a_daemon_may_take():
+    """[ipc] max_frame_bytes may not be set below what one call plus a frame's share of others needs."""
+    from kafkad.config import MIN_FRAME_BYTES
+
+    entry = (0, "t", 0, 1_700_000_000_000, None)
+    worst = [entry + (b"x" * (schema.TARGET_FRAME_BYTES - 100),),                     # just under the cut
+             (1, "t", 0, 1_700_000_000_000, b"k" * 200) + (b"",) * ((schema.MAX_CALL_BYTES - 1) // 210)]
+    frame, n = _groups_frame(b"s" * 16, collections.deque(worst))
+    assert n == 2 and len(frame) < MIN_FRAME_BYTES
