@@ -69,6 +69,9 @@ EXIT_CRASHED = 70
 GC_THRESHOLDS = (100_000, 50, 100)
 
 # Config keys the daemon cannot change while running (beyond what producer.reload reports).
+# While the spool opens, systemd is asked for this much more start time, a third
+# of it before it runs out (EXTEND_TIMEOUT_USEC).
+_SPOOL_OPEN_EXTEND_S = 30.0
 _RESTART_PREFIXES = ("ipc.", "spool.", "logging.log_messages_on_error")
 
 
@@ -221,16 +224,33 @@ class Daemon:
         if self._on_ready is not None:
             self._on_ready(self)
 
+    async def _while_opening(self, path: str) -> None:
+        """While the spool opens (a full one takes about a minute), keep systemd from
+        timing the start out: without this, a spool filled during a long outage made
+        TimeoutStartSec kill every start, and its messages were never sent."""
+        started = time.monotonic()
+        while True:
+            took = time.monotonic() - started
+            self.notifier.extend_start(_SPOOL_OPEN_EXTEND_S,
+                                       f"opening the spool {path} ({took:.0f}s so far)")
+            if self.notifier.watchdog_interval:
+                self.notifier.watchdog()
+            await asyncio.sleep(_SPOOL_OPEN_EXTEND_S / 3)
+
     async def _open_spool(self) -> kafkad.spool.Spool:
         """Open (and recover) the spool in an executor: it reads the whole spool once."""
         cfg = self.config.spool
+        opening = asyncio.get_running_loop().run_in_executor(None, kafkad.spool.open, cfg)
+        keep_alive = asyncio.create_task(self._while_opening(cfg.path), name="kafkad-spool-opening")
         try:
-            spool = await asyncio.get_running_loop().run_in_executor(None, kafkad.spool.open, cfg)
+            spool = await opening
         except (kafkad.spool.SpoolFormatError, kafkad.spool.SpoolLockedError,
                 kafkad.spool.SpoolUnavailable) as exc:
             raise StartupError(f"cannot open the spool {cfg.path}: {exc}") from None
         except OSError as exc:
             raise StartupError(f"cannot open the spool {cfg.path}: {exc.strerror or exc}") from None
+        finally:
+            keep_alive.cancel()
         st = spool.stats(time.time())
         event(log, logging.INFO, "spool_opened", path=cfg.path, fsync=cfg.fsync, pending=st["entries_pending"],
               bytes=st["bytes"], segments=st["segments"], damaged=st["damaged"],

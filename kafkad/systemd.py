@@ -113,6 +113,11 @@ class Notifier:
     def status(self, text: str) -> bool:
         return self.notify(f"STATUS={text}")
 
+    def extend_start(self, seconds: float, status: str) -> bool:
+        """Ask systemd for `seconds` more to start (EXTEND_TIMEOUT_USEC, systemd 236+; older
+        ones ignore it), with a STATUS= line saying why."""
+        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", f"STATUS={status}")
+
     def watchdog(self) -> bool:
         return self.notify("WATCHDOG=1")
 

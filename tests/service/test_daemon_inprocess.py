@@ -147,3 +147,30 @@ def test_collector_is_tuned_once_started(config, log_stream):
         gc.unfreeze()
         gc.set_threshold(*before)
     assert seen[0][0] == GC_THRESHOLDS and seen[0][1] > 0
+
+
+def test_a_slow_spool_open_asks_systemd_for_more_start_time(config, log_stream, monkeypatch, tmp_path):
+    """A full spool takes about a minute to open; TimeoutStartSec (30 s) must not kill the start."""
+    import time as _time
+
+    import kafkad.daemon
+    import kafkad.spool
+    from kafkad.config import SpoolConfig
+
+    real_open = kafkad.spool.open
+
+    def slow_open(cfg):
+        _time.sleep(0.35)
+        return real_open(cfg)
+
+    monkeypatch.setattr(kafkad.spool, "open", slow_open)
+    monkeypatch.setattr(kafkad.daemon, "_SPOOL_OPEN_EXTEND_S", 0.3)   # a message every 0.1 s
+    sent: list[str] = []
+    spooled = dataclasses.replace(config, spool=SpoolConfig(enabled=True, path=str(tmp_path / "spool")))
+    assert asyncio.run(Daemon(spooled, None, notifier=_notifier(sent),
+                              on_ready=lambda d: d.request(signal.SIGTERM)).run()) == 0
+    before_ready = sent[:next(i for i, t in enumerate(sent) if t.startswith("READY=1"))]
+    extends = [t for t in before_ready if t.startswith("EXTEND_TIMEOUT_USEC=300000\n")]
+    assert len(extends) >= 3, sent
+    assert all("STATUS=opening the spool " in t for t in extends)
+    assert not any(t.startswith("EXTEND_TIMEOUT_USEC") for t in sent[len(before_ready):])   # none after
