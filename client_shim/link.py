@@ -464,6 +464,7 @@ def _dealer(ctx: zmq.Context) -> zmq.Socket:
     """A DEALER socket to the daemon with the options both of this module's sockets need."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IPV6, 1)        # tcp://[::1]:PORT works; IPv4 addresses work as before
     # Nothing is queued towards a daemon that is not there (the first send fails
     # until the handshake is done; the caller then takes the other way or waits).
     sock.setsockopt(zmq.IMMEDIATE, 1)

@@ -861,3 +861,26 @@ def test_a_sync_result_that_meets_a_full_pipe_is_sent_later():
             assert peer.recv() == [schema.RESULT, 5, 0, 0, 0]
         finally:
             peer.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this host has no IPv6 loopback (::1) to bind")
+def test_an_ipv6_loopback_endpoint_serves_shims():
+    """check-config takes tcp://[::1]:PORT: the daemon must serve it and the shim reach it."""
+    import client_shim
+
+    with socket.socket(socket.AF_INET6) as s:        # a free port on ::1
+        s.bind(("::1", 0))
+        port = s.getsockname()[1]
+    with ServerThread(endpoint=f"tcp://[::1]:{port}") as st:
+        assert client_shim.DaemonClient(st.endpoint, timeout=5).ping()["version"] == 1
+        r = client_shim.Producer(client_shim.DaemonClient(st.endpoint, timeout=5)).send_messages("t", 0, b"v6")
+        assert r[0].error == 0
