@@ -49,11 +49,28 @@ def _stop_early(signum: int, frame) -> None:
     os._exit(EXIT_OK if signum == signal.SIGTERM else EXIT_INTERRUPTED)
 
 
+_early_reload = False
+
+
+def _reload_early(signum, frame) -> None:
+    """SIGHUP before the daemon's own handler: reload once it is ready (the file may
+    have changed after it was read). Without a handler, SIGHUP would kill `run`."""
+    global _early_reload
+    _early_reload = True
+
+
 def _take_early_signals() -> None:
     """Until Daemon.run installs its handlers (which replace these), a stop request
-    ends `run` where it is: config reading, imports, loop set-up."""
+    ends `run` where it is: config reading, imports, loop set-up; a reload request
+    is kept for when the daemon is ready."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_early)
+    signal.signal(signal.SIGHUP, _reload_early)
+
+
+def _reload_if_asked_early(daemon) -> None:
+    if _early_reload:
+        daemon.request(signal.SIGHUP)
 
 
 _DESCRIPTION = """\
@@ -76,13 +93,16 @@ signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the config file.
 """
 
 
+_MAX_WAIT_S = 86400.0     # a day: far past any use, and within what a lock's wait takes
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    if not 0 < value <= _MAX_WAIT_S:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {_MAX_WAIT_S:g} seconds, not {text}")
     return value
 
 
@@ -167,7 +187,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         # SIGHUP re-reads the file: keep its absolute path.
-        return asyncio.run(Daemon(cfg, os.path.abspath(args.config)).run())
+        return asyncio.run(Daemon(cfg, os.path.abspath(args.config), on_ready=_reload_if_asked_early).run())
     except StartupError as exc:
         print(f"kafkad: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -161,6 +162,47 @@ def test_sigterm_before_the_daemon_runs_exits_0_without_a_traceback(tmp_path):
         "kafkad: SIGTERM before the daemon started; nothing was accepted, exiting")
 
 
+def test_sighup_before_the_daemon_runs_is_a_reload_once_it_is_ready(tmp_path):
+    # As above, the signal lands while the config is read; SIGHUP used to kill the
+    # process (its default action). Meanwhile the file changed: the reload reads it.
+    fifo = tmp_path / "k.toml"
+    os.mkfifo(fifo)
+    config = (f'[kafka]\nbootstrap_servers = ["127.0.0.1:1"]\n'
+              f'[ipc]\nendpoint = "ipc://{tmp_path}/k.sock"\n')
+    p = subprocess.Popen(kafkad_cmd("run", "--config", str(fifo)), cwd=ROOT, env=daemon_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        fd = None
+        while fd is None:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                assert exc.errno == errno.ENXIO and p.poll() is None and time.monotonic() < deadline
+                time.sleep(0.005)
+        p.send_signal(signal.SIGHUP)
+        newer = tmp_path / "newer.toml"
+        newer.write_text(config + "[logging]\nlevel = \"DEBUG\"\n")
+        os.replace(newer, fifo)             # what the reload will read
+        os.write(fd, config.encode())
+        os.close(fd)
+        lines = []                          # the daemon logs to stderr outside systemd
+        while not any(" reloaded " in x for x in lines) and time.monotonic() < deadline:
+            if select.select([p.stderr], [], [], deadline - time.monotonic())[0]:
+                line = p.stderr.readline()
+                if not line:
+                    break                   # it ended
+                lines.append(line)
+        assert any(" reloaded " in x and "changed=1" in x for x in lines), "".join(lines)
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+
+
 def test_sigint_while_the_command_line_is_imported_exits_130_without_a_traceback(tmp_path):
     # `python -m kafkad`: a Ctrl-C that lands while kafkad.cli is still being imported
     # (before main() runs) printed a KeyboardInterrupt traceback and died by SIGINT.
@@ -189,8 +231,10 @@ def test_stats_without_a_daemon_says_so(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--endpoint", "localhost:9"], "kafkad stats: endpoint 'localhost:9': kafkad serves ipc:// or tcp://"),
     (["--endpoint", "ipc://"], "kafkad stats: endpoint 'ipc://': an ipc:// endpoint needs a socket path"),
-    (["--timeout", "0"], "argument --timeout/-t: must be more than 0 seconds, not 0"),
+    (["--timeout", "0"], "argument --timeout/-t: must be more than 0 and at most 86400 seconds, not 0"),
     (["--timeout", "soon"], "argument --timeout/-t: 'soon' is not a number of seconds"),
+    (["--timeout", "inf"], "argument --timeout/-t: must be more than 0 and at most 86400 seconds, not inf"),
+    (["--timeout", "1e300"], "at most 86400 seconds"),
 ])
 def test_stats_usage_mistakes(args, message):
     r = run("stats", *args)
