@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import grp
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -301,8 +302,13 @@ class _Collector:
         self.problems.append(Problem(self.path, line, _dotted(key), message))
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _dotted(key: KeyPath) -> str:
-    return ".".join(str(k) for k in key)
+    """The key as TOML writes it: a part that is not a bare key is quoted (with JSON's
+    escapes, which TOML's basic strings share), so a problem stays one parsable line."""
+    return ".".join(str(k) if _BARE_KEY.fullmatch(str(k)) else json.dumps(str(k)) for k in key)
 
 
 _TYPE_NAMES = {bool: "a boolean (true or false)", int: "an integer", float: "a number",

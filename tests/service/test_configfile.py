@@ -144,6 +144,9 @@ def test_sasl_over_tls_with_readable_files(tmp_path):
      "f.toml:2: kafka.request_timeout_ms: must be between 1 and 2147483647, not -1"),
     ("[kafka]\nmetadata_max_idle_ms = 50\n",
      "f.toml:2: kafka.metadata_max_idle_ms: must be between 100 and 2147483647, not 50"),
+    ('[kafka]\n"client_id\\nx" = 1\n',           # a quoted key stays on one line, quoted
+     'f.toml:2: kafka."client_id\\nx": unknown key in [kafka] (did you mean \'client_id\'?)'),
+    ('[kafka]\n"a: b" = 1\n', 'f.toml:2: kafka."a: b": unknown key in [kafka]'),
     ("[ipc]\nmax_frame_bytes = 1048576\n",       # one call may be 8 MiB: its frame must fit
      "f.toml:2: ipc.max_frame_bytes: must be between 9437184 and 2147483647, not 1048576"),
     ("[shutdown]\ndrain_timeout_s = -0.5\n",
