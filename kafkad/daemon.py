@@ -49,7 +49,7 @@ from kafkad.config import Config
 from kafkad.configfile import ConfigError, changed_keys, load_config
 from kafkad.engine.types import Outcome, Submission
 from kafkad.ipc import EndpointInUse, IpcServer
-from kafkad.ipc.server import _AsyncToken, _ReplayToken
+from kafkad.ipc.server import _AsyncToken, _ReplayToken, _SyncToken
 from kafkad.logs import event, set_level
 from kafkad.stats import PrometheusServer, StatsCollector, status_line
 from kafkad.systemd import Notifier
@@ -405,11 +405,16 @@ class Daemon:
                 isinstance(sub.token, _ReplayToken)
                 or (isinstance(sub.token, _AsyncToken) and sub.token.spool_ids is not None))]
             in_spool = sum(len(sub) for sub in kept) + self._ipc.spooled_undelivered()
+            self._producer.note_settled_at_stop(kept=sum(len(sub) for sub in kept))
             if in_spool:
                 event(log, logging.INFO, "kept_in_spool", messages=in_spool, path=self.config.spool.path)
             handed_back = 0
         else:
             handed_back, undelivered = self._hand_back(undelivered)
+        # Sync sends are answered with the error (their caller raises); async messages
+        # left here have no sender to take them back (logged): they stay dropped.
+        told = sum(len(sub) for sub in undelivered if isinstance(sub.token, _SyncToken))
+        self._producer.note_settled_at_stop(failed=told, code=UNDELIVERED_AT_STOP_ERROR)
         self._report_undelivered(undelivered)
         event(log, logging.WARNING if count else logging.INFO, "drained",
               undelivered=count, handed_back=handed_back, seconds=round(loop.time() - started, 3))

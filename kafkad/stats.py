@@ -18,7 +18,8 @@ Snapshot shape (every key always present; sub-dicts may be empty)::
     requests,                                            # Produce requests sent
     sent, sent_bytes,     # records written in Produce requests (retries too), their batch bytes
     delivered_bytes,                                     # keys and values delivered
-    unaccounted,          # accepted - (delivered + failed + dropped + handed_back + queued + in_flight): 0
+    unaccounted,          # accepted - (delivered + failed + dropped + handed_back + kept_in_spool
+                          #   + queued + in_flight): 0
     delivered_per_s, accepted_per_s,                     # over the last ~10 s
     brokers: {broker: {...}},     # as the producer reports them (latency p50/p99, ...)
     topics:  {topic: {..., <counter>_per_s}},
@@ -49,11 +50,11 @@ log = logging.getLogger("kafkad.stats")
 
 # Counters (monotonic; messages unless named bytes, and requests) and gauges that
 # every snapshot carries at the top level.
-COUNTERS = ("accepted", "delivered", "failed", "dropped", "handed_back", "retried", "requests",
+COUNTERS = ("accepted", "delivered", "failed", "dropped", "handed_back", "kept_in_spool", "retried", "requests",
             "sent", "sent_bytes", "delivered_bytes")
 GAUGES = ("queued_messages", "queued_bytes", "in_flight", "unplaced")
 # Terms of the accounting identity: accepted = sum of these.
-BALANCE_TERMS = ("delivered", "failed", "dropped", "handed_back", "queued_messages", "in_flight")
+BALANCE_TERMS = ("delivered", "failed", "dropped", "handed_back", "kept_in_spool", "queued_messages", "in_flight")
 # Counters that get a per-second rate, overall and per topic.
 RATED = ("accepted", "delivered", "failed")
 RATE_WINDOW_S = 10.0
@@ -223,6 +224,7 @@ def render_table(snap: Mapping[str, Any]) -> str:
         ("failed", snap.get("failed", 0), _rate(snap.get("failed_per_s", 0))),
         ("dropped", snap.get("dropped", 0), ""),
         ("handed back", snap.get("handed_back", 0), ""),
+        ("kept in spool", snap.get("kept_in_spool", 0), ""),
         ("queued", snap.get("queued_messages", 0), _human_bytes(snap.get("queued_bytes", 0))),
         ("in flight", snap.get("in_flight", 0), ""),
         ("unplaced", snap.get("unplaced", 0), "(of the queued: no partition list yet)"),
@@ -232,10 +234,11 @@ def render_table(snap: Mapping[str, Any]) -> str:
     ]
     width = max(len(_cell(v)) for _, v, _ in msg_rows)
     lines.append("messages")
-    lines += [f"  {name:<11} {_cell(value):>{width}}  {extra}".rstrip() for name, value, extra in msg_rows]
+    lines += [f"  {name:<13} {_cell(value):>{width}}  {extra}".rstrip() for name, value, extra in msg_rows]
     unaccounted = snap.get("unaccounted", 0)
     check = ("balanced" if unaccounted == 0 else f"OFF BY {unaccounted}")
-    lines.append(f"  accounting: accepted = delivered + failed + dropped + handed back + queued + in flight: "
+    lines.append(f"  accounting: accepted = delivered + failed + dropped + handed back + kept in spool + queued "
+                 f"+ in flight: "
                  f"{check}")
     for title, key in (("broker", "brokers"), ("topic", "topics")):
         rows = snap.get(key) or {}
@@ -277,6 +280,8 @@ _HELP = {
     "dropped": ("counter", "messages_dropped_total", "Messages given up without a producer to report to."),
     "handed_back": ("counter", "messages_handed_back_total",
                     "Messages not delivered at stop, handed back to their shims to replay to the next daemon."),
+    "kept_in_spool": ("counter", "messages_kept_in_spool_total",
+                      "Messages not delivered at stop, kept in the spool for the next start."),
     "retried": ("counter", "messages_retried_total", "Message sends retried."),
     "requests": ("counter", "produce_requests_total", "Produce requests sent to brokers."),
     "sent": ("counter", "messages_sent_total",

@@ -252,6 +252,11 @@ class BrokerProducer:
         self._poll()
         return left
 
+    def note_settled_at_stop(self, *, failed: int = 0, code: int = 0, kept: int = 0) -> None:
+        """Of what `drain` returned, `failed` were reported to their senders and `kept` stay
+        in the spool (see Engine.note_settled_at_stop)."""
+        self.engine.note_settled_at_stop(failed=failed, code=code, kept=kept)
+
     def note_handed_back(self, n: int) -> None:
         """`n` messages of what `drain` returned went back to their shims (see Engine.note_handed_back)."""
         self.engine.note_handed_back(n)

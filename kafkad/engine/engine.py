@@ -185,6 +185,7 @@ class Engine:
         self.retried = 0
         self.dropped = 0
         self.handed_back = 0       # undelivered at stop, kept by their shims for the next daemon
+        self.kept_in_spool = 0     # undelivered at stop, kept in the spool for the next start
         self.requests = 0
         self.sent = 0              # records written in Produce requests, each retry again
         self.sent_bytes = 0        # their RecordBatch bytes as written (compressed, headers included)
@@ -1943,6 +1944,19 @@ class Engine:
         self.dropped -= n
         self.handed_back += n
 
+    def note_settled_at_stop(self, *, failed: int = 0, code: int = 0, kept: int = 0) -> None:
+        """Of the messages `take_undelivered` returned (counted as dropped), `failed` were
+        reported to their senders (with `code`) and `kept` stay in the spool: neither was
+        given up unreported, so they move to `failed` and `kept_in_spool`."""
+        if failed < 0 or kept < 0 or failed + kept > self.dropped:
+            raise ValueError(f"cannot settle {failed} failed and {kept} kept messages: "
+                             f"only {self.dropped} were given up")
+        self.dropped -= failed + kept
+        self.failed += failed
+        if failed:
+            self._errors[code] = self._errors.get(code, 0) + failed
+        self.kept_in_spool += kept
+
     # ------------------------------------------------------------------ config and stats
 
     RESTART_KEYS = ("bootstrap_servers", "client_id", "security_protocol", "idempotence",
@@ -1992,6 +2006,7 @@ class Engine:
             "retried": self.retried,
             "dropped": self.dropped,
             "handed_back": self.handed_back,
+            "kept_in_spool": self.kept_in_spool,
             "requests": self.requests,
             "sent": self.sent,
             "sent_bytes": self.sent_bytes,

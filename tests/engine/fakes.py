@@ -241,7 +241,7 @@ class Harness:
 
     def check_accounting(self) -> None:
         e = self.engine
-        assert e.accepted == (e.delivered + e.failed + e.dropped + e.handed_back + e.queued
+        assert e.accepted == (e.delivered + e.failed + e.dropped + e.handed_back + e.kept_in_spool + e.queued
                               + e.in_flight), e.stats()
         assert e.queued >= 0 and e.in_flight >= 0 and e.held >= 0
         # bytes are the size bounds of the same records: nothing left, no bytes left

@@ -1315,3 +1315,18 @@ def test_nothing_is_taken_once_drain_has_handed_the_undelivered_back():
     assert isinstance(ProducerDrained("x"), QueueFull)   # callers that defer on QueueFull keep it
     assert h.engine.accepted == 1 and h.engine.queued == 0   # only the warm-up record
     h.check_accounting()
+
+
+def test_messages_settled_at_stop_leave_dropped():
+    h = Harness(cluster("t"))
+    h.submit("t", 0, [b"a", b"b", b"c"])
+    h.submit("t", 1, [b"d", b"e"])
+    left = h.engine.take_undelivered()
+    assert sum(len(s) for s in left) == 5 and h.engine.dropped == 5
+    h.engine.note_settled_at_stop(failed=2, code=7, kept=2)
+    st = h.engine.stats()
+    assert (st["dropped"], st["failed"], st["kept_in_spool"]) == (1, 2, 2)
+    assert st["errors"]["REQUEST_TIMED_OUT (7)"] == 2
+    h.check_accounting()
+    with pytest.raises(ValueError, match="only 1 were given up"):
+        h.engine.note_settled_at_stop(kept=2)

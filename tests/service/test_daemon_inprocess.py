@@ -174,3 +174,77 @@ def test_a_slow_spool_open_asks_systemd_for_more_start_time(config, log_stream, 
     assert len(extends) >= 3, sent
     assert all("STATUS=opening the spool " in t for t in extends)
     assert not any(t.startswith("EXTEND_TIMEOUT_USEC") for t in sent[len(before_ready):])   # none after
+
+
+def test_a_sync_send_failed_at_stop_counts_as_failed_not_dropped(config, log_stream):
+    """Its caller is told (RequestTimedOutError): `dropped` is for messages nobody could be told of."""
+    import threading
+
+    import client_shim
+    from client_shim import errors
+
+    raised = []
+
+    def send():
+        p = client_shim.Producer(client_shim.DaemonClient(config.ipc.endpoint, timeout=20))
+        try:
+            p.send_messages("t", 0, b"never")       # the brokers are down: it waits for the stop
+        except errors.KafkaError as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=send)
+
+    def ready(d: Daemon) -> None:
+        worker.start()
+
+        def stop_when_queued():
+            if d._producer.stats()["queued"]:
+                d.request(signal.SIGTERM)
+            else:
+                asyncio.get_running_loop().call_later(0.02, stop_when_queued)
+        stop_when_queued()
+
+    daemon = Daemon(config, None, notifier=_notifier([]), on_ready=ready)
+    assert asyncio.run(daemon.run()) == 0
+    worker.join(20)
+    assert [type(e) for e in raised] == [errors.RequestTimedOutError]
+    snap = daemon.stats.snapshot()
+    assert (snap["failed"], snap["dropped"], snap["unaccounted"]) == (1, 0, 0), snap
+
+
+def test_messages_kept_in_the_spool_at_stop_count_as_kept_not_dropped(config, log_stream, tmp_path):
+    import threading
+
+    import client_shim
+    from kafkad.config import SpoolConfig
+
+    spooled = dataclasses.replace(config, spool=SpoolConfig(enabled=True, path=str(tmp_path / "spool")))
+    acked = threading.Event()
+
+    def send():
+        p = client_shim.Producer(client_shim.DaemonClient(spooled.ipc.endpoint, timeout=20), async_send=True,
+                                 batch_send_every_n=1)
+        p.send_messages("t", 0, b"one", b"two")
+        p._session.wait_drained(20)          # acknowledged once spooled (the brokers are down)
+        acked.set()
+
+    worker = threading.Thread(target=send)
+
+    def ready(d: Daemon) -> None:
+        worker.start()
+
+        def stop_when_spooled():
+            if acked.is_set() and d._producer.stats()["queued"]:
+                d.request(signal.SIGTERM)
+            else:
+                asyncio.get_running_loop().call_later(0.02, stop_when_spooled)
+        stop_when_spooled()
+
+    daemon = Daemon(spooled, None, notifier=_notifier([]), on_ready=ready)
+    assert asyncio.run(daemon.run()) == 0
+    worker.join(20)
+    st = daemon._producer.stats()            # (the snapshot would read the closed spool)
+    assert (st["kept_in_spool"], st["dropped"]) == (2, 0), st
+    assert st["accepted"] == st["delivered"] + st["failed"] + st["dropped"] + st["handed_back"] + \
+        st["kept_in_spool"] + st["queued"] + st["in_flight"]
+    assert "kept_in_spool messages=2" in log_stream.getvalue()

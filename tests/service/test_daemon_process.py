@@ -296,8 +296,8 @@ def test_with_tansu_stats_prometheus_and_clean_stop(tansu, topic):
                            text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("kafkad ")
-        assert ("accounting: accepted = delivered + failed + dropped + handed back + queued + in flight: "
-                "balanced") in r.stdout
+        assert ("accounting: accepted = delivered + failed + dropped + handed back + kept in spool + queued "
+                "+ in flight: balanced") in r.stdout
         delivered_row = next(line for line in r.stdout.splitlines() if line.strip().startswith("delivered"))
         assert int(delivered_row.split()[1]) >= 5
 

@@ -203,7 +203,7 @@ def test_table_and_status_line():
     c, _ = _collector()
     snap = c.snapshot()
     table = render_table(snap)
-    assert ("accounting: accepted = delivered + failed + dropped + handed back + queued + in flight: "
+    assert ("accounting: accepted = delivered + failed + dropped + handed back + kept in spool + queued + in flight: "
             "balanced") in table
     assert "2.0 KiB" in table
     header = next(line for line in table.splitlines() if line.startswith("broker"))
@@ -239,8 +239,8 @@ def test_sent_and_byte_totals_in_every_rendering():
     snap = c.snapshot()
     assert (snap["sent"], snap["sent_bytes"], snap["delivered_bytes"]) == (95, 3 * 1024 * 1024, 5500)
     lines = render_table(snap).splitlines()
-    assert "  delivered    90  0.0/s  5.4 KiB" in lines
-    assert "  sent         95  3.0 MiB written" in lines
+    assert "  delivered      90  0.0/s  5.4 KiB" in lines
+    assert "  sent           95  3.0 MiB written" in lines
     prom = render_prometheus(snap).splitlines()
     assert "# TYPE kafkad_messages_sent_total counter" in prom and "kafkad_messages_sent_total 95" in prom
     assert f"kafkad_sent_bytes_total {3 * 1024 * 1024}" in prom

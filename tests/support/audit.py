@@ -254,8 +254,9 @@ def read_topic_confluent(bootstrap: str, topic: str, timeout: float = 30.0) -> d
 def check_accounting(stats: Mapping) -> list[str]:
     """Problems in the daemon's books (empty when they balance).
 
-    accepted = delivered + failed + dropped + handed_back + queued + in_flight,
-    all non-negative integers (`handed_back` counts as 0 when absent). `stats` is the parsed `kafkad stats --json`
+    accepted = delivered + failed + dropped + handed_back + kept_in_spool + queued
+    + in_flight, all non-negative integers (`handed_back` and `kept_in_spool` count as
+    0 when absent). `stats` is the parsed `kafkad stats --json`
     (kafkad names the queued gauge `queued_messages`; `queued` is accepted
     too). When the daemon reports its own `unaccounted` figure, it must be 0
     and agree with the sum computed here.
@@ -265,8 +266,9 @@ def check_accounting(stats: Mapping) -> list[str]:
              "in_flight": ("in_flight",)}
     problems = []
     vals = {}
-    if "handed_back" in stats:
-        terms["handed_back"] = ("handed_back",)
+    for optional in ("handed_back", "kept_in_spool"):
+        if optional in stats:
+            terms[optional] = (optional,)
     for name, keys in terms.items():
         key = next((k for k in keys if k in stats), keys[0])
         v = stats.get(key)
@@ -281,7 +283,8 @@ def check_accounting(stats: Mapping) -> list[str]:
     rhs = sum(v for k, v in vals.items() if k != "accepted")
     if vals["accepted"] != rhs:
         problems.append(
-            f"accepted={vals['accepted']} but delivered+failed+dropped+handed_back+queued+in_flight={rhs} "
+            f"accepted={vals['accepted']} but delivered+failed+dropped+handed_back+kept_in_spool+queued+in_flight"
+            f"={rhs} "
             f"({', '.join(f'{k}={v}' for k, v in vals.items() if k != 'accepted')})")
     if "unaccounted" in stats and stats["unaccounted"] != vals["accepted"] - rhs:
         problems.append(f"unaccounted={stats['unaccounted']!r} disagrees with the counters "
