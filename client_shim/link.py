@@ -460,11 +460,12 @@ class _DirectSocket:
         weakref.finalize(self, _close_socket_in, sock, os.getpid())
 
 
-def _dealer(ctx: zmq.Context) -> zmq.Socket:
+def _dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     """A DEALER socket to the daemon with the options both of this module's sockets need."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IPV6, 1)        # tcp://[::1]:PORT works; IPv4 addresses work as before
+    if schema.ipv6_endpoint(endpoint):
+        sock.setsockopt(zmq.IPV6, 1)    # ZeroMQ connects over IPv4 only without it
     # Nothing is queued towards a daemon that is not there (the first send fails
     # until the handshake is done; the caller then takes the other way or waits).
     sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -640,7 +641,7 @@ class _Link:
         with self.lock:
             if self._stop or self._ctx is None:
                 return None
-            sock = _dealer(self._ctx)
+            sock = _dealer(self._ctx, self.endpoint)
             # request_direct waits in recv() this long at a time, then checks for
             # a lost connection or a stopping link
             sock.setsockopt(zmq.RCVTIMEO, int(_DIRECT_WAIT_S * 1000))
@@ -741,7 +742,7 @@ class _Link:
         If ZeroMQ refuses, what was made is closed (an open socket would keep the
         context's term() at exit waiting forever) and the ZMQError raised.
         """
-        sock = _dealer(self._ctx)
+        sock = _dealer(self._ctx, self.endpoint)
         mon = None
         try:
             sock.setsockopt(zmq.SNDHWM, _SNDHWM)
@@ -1511,7 +1512,10 @@ _links: dict[str, _Link] = {}
 _left_behind: list = []        # the parent's objects, never used nor closed in a child
 _stoppers: "weakref.WeakSet" = weakref.WeakSet()
 _hooks_installed = False
-_armed_pid: int | None = None   # the process whose pool exit hook is registered (_arm_pool_exit)
+# Per pool package: (pid, its util.Finalize running _at_exit), and the packages whose
+# after-fork hook is registered (_arm_pool_exit).
+_pool_finalizers: dict[str, tuple] = {}
+_pool_forkers: set[str] = set()
 _exited_pid: int | None = None  # the process that ran _at_exit
 # This process's pid, kept by the fork hook once it is installed (None before):
 # os.getpid() is a system call, and the producer checks the pid on every send.
@@ -1580,22 +1584,39 @@ def _arm_pool_exit() -> None:
     multiprocessing's (and billiard's, celery's) child processes end through
     os._exit, which skips atexit hooks: a worker whose target returned would lose
     what its async producers still held, without a word. Their bootstrap runs the
-    finalizers registered with `util.Finalize` first (after clearing those it
-    inherited), so _at_exit is registered there too, once per process; a process
-    that also runs atexit runs _at_exit only once.
+    finalizers registered with `util.Finalize` first, but clears those registered
+    before it (inherited from a forking parent, or made while a forkserver or spawn
+    child imported its target's module), then runs the `util.register_after_fork`
+    hooks: so _at_exit is registered as a finalizer whenever this process has none
+    active, and again from such a hook. A process that also runs atexit runs
+    _at_exit only once.
     """
-    global _armed_pid
     pid = os.getpid()
-    if _armed_pid == pid:
-        return
-    _armed_pid = pid
     for name in ("multiprocessing", "billiard"):
-        if name in sys.modules:         # a pool can only exist once its package is imported
-            try:
-                util = importlib.import_module(name + ".util")
-                util.Finalize(None, _at_exit, exitpriority=10)
-            except Exception as exc:   # never let this stop a send
-                log.debug("could not register the exit hook with %s: %s", name, exc)
+        if name not in sys.modules:     # a pool can only exist once its package is imported
+            continue
+        armed = _pool_finalizers.get(name)
+        if armed is not None and armed[0] == pid and armed[1].still_active():
+            continue
+        try:
+            util = importlib.import_module(name + ".util")
+            _pool_finalizers[name] = (pid, util.Finalize(None, _at_exit, exitpriority=10))
+            if name not in _pool_forkers:
+                _pool_forkers.add(name)     # (inherited by forked children, as the hook is)
+                util.register_after_fork(_pool_token, _rearm_after_pool_fork)
+        except Exception as exc:        # never let this stop a send
+            log.debug("could not register the exit hook with %s: %s", name, exc)
+
+
+class _PoolToken:
+    """What `util.register_after_fork` holds (weakly) for _rearm_after_pool_fork."""
+
+
+_pool_token = _PoolToken()
+
+
+def _rearm_after_pool_fork(_token) -> None:
+    _arm_pool_exit()
 
 
 def get_link(endpoint: str) -> _Link:

@@ -154,6 +154,13 @@ SETTINGS_FIELDS = {
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 
 
+def ipv6_endpoint(endpoint: str) -> bool:
+    """Whether `endpoint` names an IPv6 address (tcp://[::1]:PORT): its ZeroMQ socket
+    needs the IPV6 option. Only then: with it, a host name such as localhost may
+    resolve to ::1 alone, where IPv4 peers (older shims and daemons) cannot reach it."""
+    return endpoint.startswith("tcp://[")
+
+
 class SchemaError(ValueError):
     """A frame that does not follow this schema; `code` is an E_* value."""
 

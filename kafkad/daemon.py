@@ -413,7 +413,10 @@ class Daemon:
             handed_back, undelivered = self._hand_back(undelivered)
         # Sync sends are answered with the error (their caller raises); async messages
         # left here have no sender to take them back (logged): they stay dropped.
-        told = sum(len(sub) for sub in undelivered if isinstance(sub.token, _SyncToken))
+        told: Counter[str] = Counter()
+        for sub in undelivered:
+            if isinstance(sub.token, _SyncToken):
+                told[sub.topic] += len(sub)
         self._producer.note_settled_at_stop(failed=told, code=UNDELIVERED_AT_STOP_ERROR)
         self._report_undelivered(undelivered)
         event(log, logging.WARNING if count else logging.INFO, "drained",

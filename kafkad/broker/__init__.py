@@ -29,7 +29,7 @@ import ctypes
 import logging
 import ssl
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from kafkad import __version__
 from kafkad.broker.connection import BrokerConnection
@@ -252,7 +252,8 @@ class BrokerProducer:
         self._poll()
         return left
 
-    def note_settled_at_stop(self, *, failed: int = 0, code: int = 0, kept: int = 0) -> None:
+    def note_settled_at_stop(self, *, failed: Mapping[str, int] | None = None, code: int = 0,
+                             kept: int = 0) -> None:
         """Of what `drain` returned, `failed` were reported to their senders and `kept` stay
         in the spool (see Engine.note_settled_at_stop)."""
         self.engine.note_settled_at_stop(failed=failed, code=code, kept=kept)

@@ -37,7 +37,7 @@ import logging
 import random
 from collections import deque
 from dataclasses import replace
-from typing import Any
+from typing import Any, Mapping
 
 from kafkad.engine.batching import SEQ_MODULO, Batch, Chunk, Group, Lane, SessionHold
 from kafkad.engine.connections import Actions, Conn, Request
@@ -1944,17 +1944,26 @@ class Engine:
         self.dropped -= n
         self.handed_back += n
 
-    def note_settled_at_stop(self, *, failed: int = 0, code: int = 0, kept: int = 0) -> None:
-        """Of the messages `take_undelivered` returned (counted as dropped), `failed` were
-        reported to their senders (with `code`) and `kept` stay in the spool: neither was
-        given up unreported, so they move to `failed` and `kept_in_spool`."""
-        if failed < 0 or kept < 0 or failed + kept > self.dropped:
-            raise ValueError(f"cannot settle {failed} failed and {kept} kept messages: "
+    def note_settled_at_stop(self, *, failed: Mapping[str, int] | None = None, code: int = 0,
+                             kept: int = 0) -> None:
+        """Of the messages `take_undelivered` returned (counted as dropped), `failed`
+        (per topic) were reported to their senders (with `code`) and `kept` stay in the
+        spool: neither was given up unreported, so they move to `failed` (overall, per
+        topic, per error) and `kept_in_spool`."""
+        failed = failed or {}
+        told = sum(failed.values())
+        if kept < 0 or any(n < 0 for n in failed.values()) or told + kept > self.dropped:
+            raise ValueError(f"cannot settle {told} failed and {kept} kept messages: "
                              f"only {self.dropped} were given up")
-        self.dropped -= failed + kept
-        self.failed += failed
-        if failed:
-            self._errors[code] = self._errors.get(code, 0) + failed
+        self.dropped -= told + kept
+        self.failed += told
+        if told:
+            self._errors[code] = self._errors.get(code, 0) + told
+        for topic, n in failed.items():
+            ts = self._topic_stats.get(topic)
+            if ts is None:
+                ts = self._topic_stats[topic] = [0, 0, 0]
+            ts[2] += n
         self.kept_in_spool += kept
 
     # ------------------------------------------------------------------ config and stats

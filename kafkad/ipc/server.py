@@ -392,7 +392,8 @@ class IpcServer:
                 os.makedirs(parent, mode=0o755, exist_ok=True)
         self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.IPV6, 1)         # tcp://[::1]:PORT (ZeroMQ binds IPv4 only without it)
+        if schema.ipv6_endpoint(self.cfg.endpoint):
+            sock.setsockopt(zmq.IPV6, 1)     # ZeroMQ binds IPv4 only without it
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100_000)
@@ -486,7 +487,8 @@ class IpcServer:
         try:
             s = ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.IPV6, 1)
+            if schema.ipv6_endpoint(endpoint):
+                s.setsockopt(zmq.IPV6, 1)
             s.connect(endpoint)
             s.send(schema.encode([schema.HELLO, schema.SCHEMA_VERSION, 0]))
             return bool(s.poll(int(_PROBE_TIMEOUT_S * 1000)))

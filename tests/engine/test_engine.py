@@ -1323,10 +1323,11 @@ def test_messages_settled_at_stop_leave_dropped():
     h.submit("t", 1, [b"d", b"e"])
     left = h.engine.take_undelivered()
     assert sum(len(s) for s in left) == 5 and h.engine.dropped == 5
-    h.engine.note_settled_at_stop(failed=2, code=7, kept=2)
+    h.engine.note_settled_at_stop(failed={"t": 2}, code=7, kept=2)
     st = h.engine.stats()
     assert (st["dropped"], st["failed"], st["kept_in_spool"]) == (1, 2, 2)
     assert st["errors"]["REQUEST_TIMED_OUT (7)"] == 2
+    assert st["topics"]["t"]["failed"] == 2
     h.check_accounting()
     with pytest.raises(ValueError, match="only 1 were given up"):
         h.engine.note_settled_at_stop(kept=2)

@@ -696,6 +696,43 @@ def test_pool_processes_that_end_through_os_exit_deliver_their_messages(server):
     assert sorted(values(server)) == sorted(expected)
 
 
+POOL_MODULE = textwrap.dedent("""
+    import os, client_shim
+    # Made while the child imports this module to unpickle its target: with forkserver
+    # and spawn that is before multiprocessing's bootstrap clears the finalizers.
+    at_import = client_shim.Producer(os.environ["KAFKAD_ENDPOINT"], async_send=True, batch_send_every_t=5)
+
+    def target(n):
+        at_import.send_messages("t", 0, *[b"%s-%d-%d" % (os.environ["METHOD"].encode(), n, i) for i in range(10)])
+""")
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_pool_children_of_every_start_method_deliver(server, tmp_path, method):
+    (tmp_path / "pool_module.py").write_text(POOL_MODULE)
+    code = textwrap.dedent("""
+        import multiprocessing as mp, sys
+        if __name__ == "__main__":
+            ctx = mp.get_context(sys.argv[1])
+            if sys.argv[1] == "forkserver":
+                ctx.set_forkserver_preload([])
+            import pool_module
+            procs = [ctx.Process(target=pool_module.target, args=(n,)) for n in range(2)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(60)
+            print("codes", [p.exitcode for p in procs])
+    """)
+    env = dict(os.environ, KAFKAD_ENDPOINT=server.endpoint, METHOD=method,
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd()]))
+    out = subprocess.run([sys.executable, "-c", code, method], capture_output=True, text=True, timeout=120,
+                         env=env, cwd=tmp_path)
+    assert out.returncode == 0 and "codes [0, 0]" in out.stdout, out.stderr
+    expected = [b"%s-%d-%d" % (method.encode(), n, i) for n in range(2) for i in range(10)]
+    assert sorted(values(server)) == sorted(expected)
+
+
 def test_spawned_processes_share_one_daemon(server):
     code = ("import sys, client_shim\n"
             "p = client_shim.Producer(sys.argv[1])\n"
