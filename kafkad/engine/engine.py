@@ -70,6 +70,9 @@ UNKNOWN_SERVER_ERROR = -1
 UNKNOWN_TOPIC_OR_PARTITION = 3
 MESSAGE_TOO_LARGE = 10
 REQUEST_TIMED_OUT = 7
+NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
+# Produce answers that come after the leader appended the batch (acks=-1).
+WRITTEN_BUT_FAILED = frozenset((REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND))
 NETWORK_EXCEPTION = 13   # what a lost connection counts as
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
@@ -1100,6 +1103,12 @@ class Engine:
         """A send of `b` failed with `code` (or was lost): retry what may be retried, in order."""
         lane = b.lane
         group = lane.group
+        if code in WRITTEN_BUT_FAILED:
+            # The leader wrote it (and remembers its sequence range); only its replicas
+            # fell short. Dropping it later must not hand its sequence numbers to the
+            # records behind it: the broker would take them for this batch's retry and
+            # answer "duplicate" without writing them (an epoch bump instead).
+            b.maybe_written = True
         self._off_wire(b)
         lane.queued += b.count
         self.queued += b.count

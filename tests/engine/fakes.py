@@ -61,6 +61,10 @@ class FakeCluster:
     logs: dict[tuple[str, int], list[Written]] = field(default_factory=lambda: defaultdict(list))
     # (topic, partition) -> error codes to answer the next produce attempts with
     produce_errors: dict[tuple[str, int], deque] = field(default_factory=lambda: defaultdict(deque))
+    # ... error codes to answer after writing the batch (acks=-1: 7 when the replicas
+    # were too slow, 20 NOT_ENOUGH_REPLICAS_AFTER_APPEND): the log has it, and the
+    # broker remembers its sequence range
+    errors_after_append: dict[tuple[str, int], deque] = field(default_factory=lambda: defaultdict(deque))
     init_pid_errors: deque = field(default_factory=deque)
     requests: list = field(default_factory=list)
     next_pid: int = 1000
@@ -191,6 +195,8 @@ class FakeCluster:
             log.append(Written(base + i, r.key, r.value, pid, seq + i if seq >= 0 else -1))
         if pid >= 0:
             self._seqs[(pid, topic, partition)].append((seq, seq + n - 1, base))
+        if self.errors_after_append[tp]:
+            return resp(self.errors_after_append[tp].popleft())
         return resp(0, base)
 
 

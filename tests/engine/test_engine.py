@@ -1331,3 +1331,31 @@ def test_messages_settled_at_stop_leave_dropped():
     h.check_accounting()
     with pytest.raises(ValueError, match="only 1 were given up"):
         h.engine.note_settled_at_stop(kept=2)
+
+
+@pytest.mark.parametrize("code", [7, 20])
+def test_a_batch_written_but_failed_never_lends_its_sequence_to_later_records(code):
+    """acks=-1: the leader appended A, then answered `code` (its replicas fell short).
+
+    A fails (no retries). If the records behind it took over A's sequence numbers,
+    the broker would answer B as a duplicate of A (with A's offset) and never write
+    it: B reported delivered, and lost. A bump of the epoch renumbers them instead.
+    """
+    c = cluster("t")
+    h = Harness(c)
+    connect(h)
+    strict = settings(acks=-1, async_send=True, batch_n=1, retry_limit=0)
+    c.errors_after_append[("t", 0)].append(code)
+    h.submit("t", 0, [b"A"], settings=strict, token="A")
+    h.run()
+    h.submit("t", 0, [b"B"], settings=strict, token="B")
+    h.submit("t", 0, [b"C"], settings=strict, token="C")
+    h.run()
+    got = {tok: [(o.error, o.base_offset) for o in outs] for tok, outs in h.by_token().items()}
+    assert got["A"] == [(code, -1)]
+    logged = h.values("t", 0)
+    for tok in ("B", "C"):
+        [(error, offset)] = got[tok]
+        assert error == 0 and logged[offset] == tok.encode(), (tok, got, logged)   # (offset = log index)
+    assert logged.count(b"B") == 1 and logged.count(b"C") == 1
+    h.check_accounting()
