@@ -1610,8 +1610,7 @@ class Engine:
         if v is None:
             log.error("broker %s does not offer InitProducerId: sending without idempotence",
                       conn.node)
-            if st is PidState.BUMP_PENDING:
-                self._move(group, PidState.INITIALIZING)
+            self._move(group, PidState.INITIALIZING)    # (asked, in effect: the answer is no)
             self._move(group, PidState.DISABLED)
             for lane in group.lanes:
                 for b in lane.batches:

@@ -58,6 +58,7 @@ class FakeCluster:
     auto_create: bool = False
     leader_hints: bool = False   # NOT_LEADER answers name the new leader (KIP-951)
     api_versions_max: int = 3
+    missing_apis: frozenset = frozenset()   # API keys its ApiVersions answer leaves out
     logs: dict[tuple[str, int], list[Written]] = field(default_factory=lambda: defaultdict(list))
     # (topic, partition) -> error codes to answer the next produce attempts with
     produce_errors: dict[tuple[str, int], deque] = field(default_factory=lambda: defaultdict(deque))
@@ -109,7 +110,7 @@ class FakeCluster:
                 ApiVersionsResponse.ApiVersion(api_key=18, min_version=0,
                                                max_version=self.api_versions_max)])
         keys = [ApiVersionsResponse.ApiVersion(api_key=k, min_version=lo, max_version=hi)
-                for k, (lo, hi) in API_VERSIONS_SUPPORTED.items()]
+                for k, (lo, hi) in API_VERSIONS_SUPPORTED.items() if k not in self.missing_apis]
         return ApiVersionsResponse(error_code=0, api_keys=keys)
 
     def _MetadataRequest(self, req: Request):

@@ -1359,3 +1359,17 @@ def test_a_batch_written_but_failed_never_lends_its_sequence_to_later_records(co
         assert error == 0 and logged[offset] == tok.encode(), (tok, got, logged)   # (offset = log index)
     assert logged.count(b"B") == 1 and logged.count(b"C") == 1
     h.check_accounting()
+
+
+def test_a_broker_without_init_producer_id_gets_records_without_idempotence(caplog):
+    # A Kafka-compatible broker that lacks API 22: the group was moved NONE -> DISABLED,
+    # which the state table refuses, and the poll failed every time before any send.
+    c = cluster("t", missing_apis=frozenset({22}))
+    h = Harness(c)
+    with caplog.at_level(logging.ERROR, logger="kafkad.engine"):
+        h.submit("t", 0, [b"a", b"b"], token="plain")
+        h.run()
+    assert [(o.error, o.delivered) for o in h.by_token()["plain"]] == [(0, 2)]
+    assert [w.producer_id for w in c.logs[("t", 0)]] == [-1, -1]
+    assert "does not offer InitProducerId" in caplog.text
+    h.check_accounting()
