@@ -3,7 +3,9 @@
 Fed with decoded Metadata responses; answers "who leads this partition" and
 "which partitions does this topic have". A partition's leader is replaced only
 by an answer with a leader epoch at least as new as the one we hold, so a
-broker with stale metadata cannot move a partition back to an old leader.
+broker with stale metadata cannot move a partition back to an old leader;
+unless the topic's id changed (Metadata v10+): a topic deleted and created
+again starts its leader epochs from 0, and its old epochs mean nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class TopicInfo:
     partitions: list[int] = field(default_factory=list)
     # partition -> (leader node id, leader epoch); leader -1 when there is none
     leaders: dict[int, tuple[int, int]] = field(default_factory=dict)
+    topic_id: object = None   # the cluster's id of the topic (a UUID), None when not told
 
 
 class MetadataCache:
@@ -86,8 +89,15 @@ class MetadataCache:
                     continue
                 self.topics[name] = TopicInfo(error=t.error_code)
                 continue
-            info = TopicInfo(partitions=sorted(p.partition_index for p in t.partitions))
-            old_leaders = old.leaders if old is not None else {}
+            tid = getattr(t, "topic_id", None)
+            if tid is not None and not tid.int:
+                tid = None                      # the zero id: not told (Metadata < v10)
+            info = TopicInfo(partitions=sorted(p.partition_index for p in t.partitions), topic_id=tid)
+            if old is not None and tid is None:
+                info.topic_id = old.topic_id
+            renewed = old is not None and tid is not None and old.topic_id is not None and tid != old.topic_id
+            # (a topic created again under the same name starts over: its epochs too)
+            old_leaders = old.leaders if old is not None and not renewed else {}
             for p in t.partitions:
                 epoch = p.leader_epoch if p.leader_epoch is not None else -1
                 leader = p.leader_id if p.error_code in (0, 9) else -1  # 9: replica not available

@@ -15,6 +15,7 @@ and answers until nothing is left to do.
 from __future__ import annotations
 
 import random
+import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
 
@@ -72,12 +73,24 @@ class FakeCluster:
     # (pid, topic, partition) -> deque of (first_seq, last_seq, base_offset), the last 5
     _seqs: dict = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=5)))
     _epochs: dict = field(default_factory=dict)
+    topic_ids: dict = field(default_factory=dict)   # topic -> its UUID (new at every create)
 
     def create(self, topic: str, partitions: int = 3) -> None:
         self.topics[topic] = partitions
+        self.topic_ids[topic] = uuid.uuid4()
         for p in range(partitions):
             self.leaders[(topic, p)] = self.brokers[p % len(self.brokers)]
             self.leader_epochs[(topic, p)] = 0
+
+    def delete(self, topic: str) -> None:
+        """Delete `topic` with its records and its producers' sequence state."""
+        n = self.topics.pop(topic)
+        self.topic_ids.pop(topic)
+        for p in range(n):
+            for d in (self.leaders, self.leader_epochs, self.logs):
+                d.pop((topic, p), None)
+        for key in [k for k in self._seqs if k[1] == topic]:
+            del self._seqs[key]
 
     def move_leader(self, topic: str, partition: int, broker: int) -> None:
         self.leaders[(topic, partition)] = broker
@@ -130,7 +143,8 @@ class FakeCluster:
                 error_code=0, partition_index=p, leader_id=self.leaders[(name, p)],
                 leader_epoch=self.leader_epochs[(name, p)], replica_nodes=list(self.brokers),
                 isr_nodes=list(self.brokers)) for p in range(self.topics[name])]
-            topics.append(MR.MetadataResponseTopic(error_code=0, name=name, partitions=parts))
+            topics.append(MR.MetadataResponseTopic(error_code=0, name=name, partitions=parts,
+                                                   topic_id=self.topic_ids[name]))
         return MR(brokers=brokers, controller_id=self.brokers[0], topics=topics)
 
     def _InitProducerIdRequest(self, req: Request):

@@ -1373,3 +1373,24 @@ def test_a_broker_without_init_producer_id_gets_records_without_idempotence(capl
     assert [w.producer_id for w in c.logs[("t", 0)]] == [-1, -1]
     assert "does not offer InitProducerId" in caplog.text
     h.check_accounting()
+
+
+def test_a_topic_created_again_is_followed_to_its_new_leader():
+    """Its leader epochs start over at 0: only its new topic id says the old ones are void."""
+    c = cluster("t")
+    h = Harness(c, delivery_timeout_ms=20_000)
+    connect(h)
+    for _ in range(3):
+        c.move_leader("t", 0, 2)                  # epoch 3, broker 2
+    h.submit("t", 0, [b"before"], token="before")
+    h.run()
+    assert h.by_token()["before"][0].error == 0
+    assert h.engine.metadata.topics["t"].leaders[0] == (2, 3)
+    c.delete("t")
+    c.create("t", 3)                             # epoch 0, broker 1
+    h.submit("t", 0, [b"after"], token="after")
+    h.run(until=h.now + 10)
+    assert [(o.error, o.delivered) for o in h.by_token()["after"]] == [(0, 1)]
+    assert h.values("t", 0) == [b"after"]
+    assert h.engine.metadata.topics["t"].leaders[0] == (1, 0)
+    h.check_accounting()
