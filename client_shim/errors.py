@@ -274,7 +274,21 @@ def _define() -> None:
         space[alias] = space[target]
 
 
+# kafka-python's `message` where it is not the class name in capitals (Kafka's old
+# names of those codes, kept by kafka-python).
+_MESSAGES = {
+    "NoError": "NO_ERROR",
+    "CorruptRecordError": "CORRUPT_MESSAGE",
+    "InvalidFetchRequestError": "INVALID_FETCH_SIZE",
+    "InvalidConfigurationError": "INVALID_CONFIG",
+    "KafkaStorageError": "KAFKA_STORAGE_ERROR",
+    "FetchSessionTopicIdError": "FETCH_SESSION_TOPIC_ID_ERROR",
+}
+
+
 def _constant_name(class_name: str) -> str:
+    if class_name in _MESSAGES:
+        return _MESSAGES[class_name]
     base = class_name[:-5] if class_name.endswith("Error") else class_name
     out = []
     for i, ch in enumerate(base):

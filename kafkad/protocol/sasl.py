@@ -86,6 +86,15 @@ def _require_str(name: str, value: object) -> str:
     return value
 
 
+def _utf8(name: str, value: str) -> bytes:
+    """`value` in UTF-8; one that cannot be (a byte that is no text, as os.environ keeps
+    it) raises a ValueError that names `name` and shows nothing of the value."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} is not valid UTF-8 text") from None
+
+
 def plain_initial_response(username: str, password: str, authzid: str = "") -> bytes:
     """The single PLAIN message: ``authzid NUL username NUL password`` in UTF-8."""
     for name, value in (("username", username), ("password", password), ("authzid", authzid)):
@@ -94,7 +103,8 @@ def plain_initial_response(username: str, password: str, authzid: str = "") -> b
             raise ValueError(f"{name} must not contain a NUL character")
     if not username:
         raise ValueError("username must not be empty")
-    return b"\0".join(part.encode("utf-8") for part in (authzid, username, password))
+    return b"\0".join(_utf8(name, part) for name, part in
+                      (("authzid", authzid), ("username", username), ("password", password)))
 
 
 def saslname_escape(name: str) -> str:
@@ -127,7 +137,7 @@ def saslname_unescape(name: str) -> str:
 
 def scram_salted_password(mechanism: str, password: str, salt: bytes, iterations: int) -> bytes:
     """Hi(password, salt, i) of RFC 5802: PBKDF2-HMAC with the mechanism's hash."""
-    return hashlib.pbkdf2_hmac(_hash_name(mechanism), password.encode("utf-8"), salt, iterations)
+    return hashlib.pbkdf2_hmac(_hash_name(mechanism), _utf8("password", password), salt, iterations)
 
 
 def _hash_name(mechanism: str) -> str:
@@ -241,7 +251,7 @@ class ScramClient:
     def client_first(self) -> bytes:
         """The client-first message: GS2 header, escaped username, our nonce."""
         target = self._step("client_first")
-        user = saslname_escape(self._username).encode("utf-8")
+        user = _utf8("username", saslname_escape(self._username))
         self._client_first_bare = b"n=" + user + b",r=" + self._nonce.encode("ascii")
         self._state = target
         return _GS2_HEADER + self._client_first_bare

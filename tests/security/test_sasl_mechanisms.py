@@ -135,6 +135,23 @@ def test_no_repr_or_error_shows_the_password():
     assert secret not in str(info.value) and secret not in repr(client)
 
 
+def test_a_password_that_is_not_text_is_refused_without_showing_it():
+    # os.environ keeps a byte that is not UTF-8 as a lone surrogate: encoding it failed
+    # with a UnicodeEncodeError naming the character and its position (logged).
+    secret = "s3cr" + b"\xe9t".decode("utf-8", "surrogateescape")
+    for call in (lambda: plain_initial_response("alice", secret), lambda: _scram_final(secret)):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert type(info.value) is ValueError and str(info.value) == "password is not valid UTF-8 text"
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def _scram_final(password):
+    client = ScramClient("SCRAM-SHA-256", "user", password, nonce="abc")
+    client.client_first()
+    return client.client_final(b"r=abcdef,s=QSXCR+Q6sek8bf92,i=4096")
+
+
 @pytest.mark.parametrize("name,escaped", [("a,b", "a=2Cb"), ("x=y", "x=3Dy"), ("=,", "=3D=2C"),
                                           ("plain", "plain")])
 def test_saslname_escaping(name, escaped):

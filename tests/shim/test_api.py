@@ -538,3 +538,14 @@ def test_the_largest_call_fits_the_smallest_frame_a_daemon_may_take():
              (1, "t", 0, 1_700_000_000_000, b"k" * 200) + (b"",) * ((schema.MAX_CALL_BYTES - 1) // 210)]
     frame, n = _groups_frame(b"s" * 16, collections.deque(worst))
     assert n == 2 and len(frame) < MIN_FRAME_BYTES
+
+
+def test_error_messages_are_kafka_pythons():
+    kafka_errors = pytest.importorskip("kafka.errors", reason="kafka-python (a test dependency) is not installed")
+    theirs = {cls.errno: cls for cls in vars(kafka_errors).values()
+              if isinstance(cls, type) and issubclass(cls, kafka_errors.BrokerResponseError)
+              and isinstance(getattr(cls, "errno", None), int) and cls.errno >= 0}
+    common = sorted(set(theirs) & set(errors.kafka_errors))
+    assert len(common) > 100
+    for code in common:
+        assert errors.kafka_errors[code].message == theirs[code].message, code
