@@ -75,6 +75,8 @@ RESULT_TIMEOUT_S = 300.0
 _DIRECT_WAIT_S = 0.1
 # After sending async entries the I/O thread waits this long (ms) for more
 # before packing the next frame, instead of sleeping until woken per send.
+# A refusal of the same REGISTER is logged again at most this often (it is retried every second).
+_REFUSAL_LOG_EVERY_S = 60.0
 # 3 ms rather than 1: a third of the wake-ups (each a poll, a GIL hand-over and
 # contention for the session lock with the callers) for the same messages, in
 # bigger frames that cost the daemon less per message; about 10% less worker
@@ -257,6 +259,8 @@ class _Session:
         # whether a daemon since said it does not know the session (E_UNKNOWN_SESSION).
         self.daemon_instance: bytes | None = None
         self.daemon_forgot = False
+        self.refused: str | None = None     # the daemon's last refusal of its REGISTER
+        self.refused_logged_at = -_REFUSAL_LOG_EVERY_S
 
     # --- caller side --------------------------------------------------------
 
@@ -1113,6 +1117,7 @@ class _Link:
             self._register(s)
             return
         s.registered = True
+        s.refused = None
         s.awaiting_room = None
         # Replay, oldest first. After a (re)connect, or to a daemon that did not know
         # the session: everything unacknowledged (the daemon drops what it already
@@ -1349,7 +1354,8 @@ class _Link:
                 self._waiting.append(req)
             s.full_replay = True        # a new session on the daemon: replay everything
             s.daemon_forgot = True
-            self._register(s)
+            if s.refused is None or s.hold_until <= time.monotonic():
+                self._register(s)       # (else after the back-off of a refused REGISTER)
             return
         if req is not None and code in (schema.E_QUEUE_FULL, schema.E_STOPPING):
             req.sent = False
@@ -1360,15 +1366,36 @@ class _Link:
         if req is not None and self._is_register(req):
             self.requests.pop(rid, None)
             if s is not None:
-                log.error("kafkad refused to register %s: %s: %s (retrying in 1s)",
-                          s.label, name, text)
+                now = time.monotonic()
+                why = f"{name}: {text}"
+                if why != s.refused or now >= s.refused_logged_at + _REFUSAL_LOG_EVERY_S:
+                    log.error("kafkad refused to register %s: %s (retrying every second)", s.label, why)
+                    s.refused_logged_at = now
+                s.refused = why
                 s.register_sent = False
-                s.hold_until = time.monotonic() + 1.0
+                s.hold_until = now + 1.0
+                if code in (schema.E_MALFORMED, schema.E_INVALID):
+                    # The daemon will refuse these settings each time (an older daemon
+                    # than the shim, say): calls waiting on the session fail now, not
+                    # at the result timeout. Its async messages stay pending: stop()
+                    # reports them if no daemon ever takes the session.
+                    self._fail_session_requests(s, KafkaProtocolError(
+                        f"kafkad refused the settings of {s.label}: {why}"))
             return
         if req is not None:
             self._finish(rid, error=KafkaProtocolError(f"kafkad refused the request: {name}: {text}"))
             return
         log.warning("kafkad reported %s: %s", name, text)
+
+    def _fail_session_requests(self, s: _Session, error: BaseException) -> None:
+        for w in [w for w in self._waiting if w.session is s]:
+            self._waiting.remove(w)
+            self.requests.pop(w.req_id, None)
+            w.error = error
+            w.event.set()
+        for rid, w in list(self.requests.items()):
+            if w.session is s and not self._is_register(w):
+                self._finish(rid, error=error)
 
     def _h_reply(self, msg) -> None:
         self._finish(msg[1], reply=msg)

@@ -1490,3 +1490,27 @@ def test_a_stopped_sessions_unsent_entries_do_not_keep_the_io_thread_busy(monkey
         threading.Thread(target=st.call, args=(lambda: time.sleep(0.5),)).start()
         p.stop(timeout=0)
     assert spins == []
+
+
+def test_settings_the_daemon_refuses_fail_calls_at_once_and_log_once(server, caplog):
+    """A daemon that refuses a session's settings (an older one than the shim, say)
+    will refuse them every time: a sync call used to wait out the 300 s result
+    timeout while the refusal was logged about ten times a second."""
+    p = client_shim.Producer(client(server))
+    good = p._settings
+    p._settings = lambda: dict(good(), codec=99)                 # not a codec this daemon has
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="client_shim"):
+        with pytest.raises(errors.KafkaProtocolError, match="refused the settings.*codec"):
+            p.send_messages("t", 0, b"x")
+        assert time.monotonic() - started < 10
+        a = client_shim.Producer(client(server), async_send=True)
+        a._settings = lambda: dict(good(), codec=99, async_send=True)
+        a.send_messages("t", 0, b"queued")                         # async: kept, retried
+        time.sleep(2.5)
+        assert len(a._session.pending) == 1
+        refusals = [r for r in caplog.records if "refused to register" in r.getMessage()]
+        assert len(refusals) == 2, [r.getMessage() for r in refusals]     # one per session
+        a.stop(0)                                                      # reports it (not at exit)
+    assert "could not deliver 1 message(s)" in caplog.text
+    assert values(server) == []
