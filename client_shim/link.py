@@ -260,6 +260,8 @@ class _Session:
         self.daemon_instance: bytes | None = None
         self.daemon_forgot = False
         self.refused: str | None = None     # the daemon's last refusal of its REGISTER
+        # The error for calls while this daemon refuses the settings for good (until a reconnect).
+        self.refused_for_good: BaseException | None = None
         self.refused_logged_at = -_REFUSAL_LOG_EVERY_S
 
     # --- caller side --------------------------------------------------------
@@ -834,7 +836,7 @@ class _Link:
         # session (the daemon stopping) or one whose REGISTER is out waits for a frame,
         # and a hold long past would make every poll return at once.
         due = [s.hold_until for s in self.sessions.values()
-               if not s.register_sent and not s.closed] if self.connected else []
+               if not s.register_sent and not s.closed and s.refused_for_good is None] if self.connected else []
         due += [r.retry_at for r in self._waiting if r.retry_at]
         if self._outbox:
             due.append(now + 0.005)
@@ -942,6 +944,7 @@ class _Link:
         for s in list(self.sessions.values()):
             s.paused = False
             s.full_replay = True
+            s.refused_for_good = None       # (perhaps another daemon: it may take the settings)
             s.hold_until = 0.0
             s.backoff = _REPLAY_BACKOFF_MIN_S
             s.awaiting_room = None
@@ -989,6 +992,11 @@ class _Link:
                 self.requests.pop(req.req_id, None)
                 continue
             s = req.session
+            if s is not None and s.refused_for_good is not None:
+                self.requests.pop(req.req_id, None)
+                req.error = s.refused_for_good
+                req.event.set()
+                continue
             if req.retry_at > now or (s is not None and (not s.register_sent or s.paused)):
                 keep.append(req)
                 continue
@@ -1118,6 +1126,7 @@ class _Link:
             return
         s.registered = True
         s.refused = None
+        s.refused_for_good = None
         s.awaiting_room = None
         # Replay, oldest first. After a (re)connect, or to a daemon that did not know
         # the session: everything unacknowledged (the daemon drops what it already
@@ -1349,6 +1358,12 @@ class _Link:
         if code == schema.E_UNKNOWN_SESSION and s is not None and not s.closed:
             # The daemon does not know this session (it restarted, or evicted
             # it): register again, then replay; a pending request is re-sent.
+            if s.refused_for_good is not None:
+                # This daemon refuses the session's settings whatever is tried: fail the
+                # call rather than re-register it in a loop until a reconnect.
+                if req is not None and not self._is_register(req):
+                    self._finish(rid, error=s.refused_for_good)
+                return
             if req is not None and not self._is_register(req):
                 req.sent = False
                 self._waiting.append(req)
@@ -1368,19 +1383,24 @@ class _Link:
             if s is not None:
                 now = time.monotonic()
                 why = f"{name}: {text}"
+                for_good = code in (schema.E_MALFORMED, schema.E_INVALID, schema.E_BAD_VERSION)
                 if why != s.refused or now >= s.refused_logged_at + _REFUSAL_LOG_EVERY_S:
-                    log.error("kafkad refused to register %s: %s (retrying every second)", s.label, why)
+                    log.error("kafkad refused to register %s: %s (%s)", s.label, why,
+                              "registering again after a reconnect" if for_good else "retrying every second")
                     s.refused_logged_at = now
                 s.refused = why
                 s.register_sent = False
                 s.hold_until = now + 1.0
-                if code in (schema.E_MALFORMED, schema.E_INVALID):
-                    # The daemon will refuse these settings each time (an older daemon
-                    # than the shim, say): calls waiting on the session fail now, not
-                    # at the result timeout. Its async messages stay pending: stop()
-                    # reports them if no daemon ever takes the session.
-                    self._fail_session_requests(s, KafkaProtocolError(
-                        f"kafkad refused the settings of {s.label}: {why}"))
+                if for_good:
+                    # This daemon will refuse these settings each time (an older daemon
+                    # than the shim, say): calls on the session fail now, not at the
+                    # result timeout, and the REGISTER is not repeated until a reconnect
+                    # (a new daemon may take it; repeating it would only use up the
+                    # daemon's error replies to this process). Its async messages stay
+                    # pending: stop() reports them if no daemon ever takes the session.
+                    s.refused_for_good = KafkaProtocolError(f"kafkad refused the settings of {s.label}: {why}")
+                    s.hold_until = float("inf")
+                    self._fail_session_requests(s, s.refused_for_good)
             return
         if req is not None:
             self._finish(rid, error=KafkaProtocolError(f"kafkad refused the request: {name}: {text}"))

@@ -1506,11 +1506,18 @@ def test_settings_the_daemon_refuses_fail_calls_at_once_and_log_once(server, cap
         assert time.monotonic() - started < 10
         a = client_shim.Producer(client(server), async_send=True)
         a._settings = lambda: dict(good(), codec=99, async_send=True)
-        a.send_messages("t", 0, b"queued")                         # async: kept, retried
+        a.send_messages("t", 0, b"queued")                         # async: kept
         time.sleep(2.5)
         assert len(a._session.pending) == 1
         refusals = [r for r in caplog.records if "refused to register" in r.getMessage()]
         assert len(refusals) == 2, [r.getMessage() for r in refusals]     # one per session
+        # Not repeated until a reconnect: each refusal uses up one of the daemon's
+        # error replies to this process, after which it stops answering them.
+        assert server.server.stats()["bad_frames"]["invalid"] == 2
+        started = time.monotonic()
+        with pytest.raises(errors.KafkaProtocolError, match="refused the settings"):
+            p.send_messages("t", 0, b"y")                            # a later call: at once too
+        assert time.monotonic() - started < 2
         a.stop(0)                                                      # reports it (not at exit)
     assert "could not deliver 1 message(s)" in caplog.text
     assert values(server) == []
