@@ -122,6 +122,16 @@ def test_run_with_a_bad_config_exits_2_before_starting(tmp_path):
     assert r.stderr == f"{path}:2: shutdown.drain_timeout_s: must be a number, not a string\n"
 
 
+def _fifo_writer(fifo, p: subprocess.Popen, deadline: float) -> int:
+    """The write end of `fifo`, opened once `p` reads it (until then opening fails)."""
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO and p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+
+
 def test_sigterm_before_the_daemon_runs_exits_0_without_a_traceback(tmp_path):
     # The config file is a FIFO, so `kafkad run` waits in reading it until this test
     # writes: the signal lands there, right after the start and before Daemon.run
@@ -134,13 +144,7 @@ def test_sigterm_before_the_daemon_runs_exits_0_without_a_traceback(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     fd = None
     try:
-        deadline = time.monotonic() + 30
-        while fd is None:     # opening the FIFO's write end succeeds once kafkad reads it
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                assert exc.errno == errno.ENXIO and p.poll() is None and time.monotonic() < deadline
-                time.sleep(0.005)
+        fd = _fifo_writer(fifo, p, time.monotonic() + 30)
         p.send_signal(signal.SIGTERM)
         # Then the config: a signal that came just before the read began is handled
         # once the read returns (Python runs handlers between bytecodes).
@@ -173,13 +177,7 @@ def test_sighup_before_the_daemon_runs_is_a_reload_once_it_is_ready(tmp_path):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
-        fd = None
-        while fd is None:
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                assert exc.errno == errno.ENXIO and p.poll() is None and time.monotonic() < deadline
-                time.sleep(0.005)
+        fd = _fifo_writer(fifo, p, deadline)
         p.send_signal(signal.SIGHUP)
         newer = tmp_path / "newer.toml"
         newer.write_text(config + "[logging]\nlevel = \"DEBUG\"\n")

@@ -176,6 +176,20 @@ def test_a_slow_spool_open_asks_systemd_for_more_start_time(config, log_stream, 
     assert not any(t.startswith("EXTEND_TIMEOUT_USEC") for t in sent[len(before_ready):])   # none after
 
 
+def _start_then_stop_when(worker, condition):
+    """An on_ready that starts `worker`, then asks for SIGTERM once `condition(daemon)` holds."""
+    def ready(d: Daemon) -> None:
+        worker.start()
+
+        def check():
+            if condition(d):
+                d.request(signal.SIGTERM)
+            else:
+                asyncio.get_running_loop().call_later(0.02, check)
+        check()
+    return ready
+
+
 def test_a_sync_send_failed_at_stop_counts_as_failed_not_dropped(config, log_stream):
     """Its caller is told (RequestTimedOutError): `dropped` is for messages nobody could be told of."""
     import threading
@@ -194,17 +208,8 @@ def test_a_sync_send_failed_at_stop_counts_as_failed_not_dropped(config, log_str
 
     worker = threading.Thread(target=send)
 
-    def ready(d: Daemon) -> None:
-        worker.start()
-
-        def stop_when_queued():
-            if d._producer.stats()["queued"]:
-                d.request(signal.SIGTERM)
-            else:
-                asyncio.get_running_loop().call_later(0.02, stop_when_queued)
-        stop_when_queued()
-
-    daemon = Daemon(config, None, notifier=_notifier([]), on_ready=ready)
+    daemon = Daemon(config, None, notifier=_notifier([]),
+                    on_ready=_start_then_stop_when(worker, lambda d: d._producer.stats()["queued"]))
     assert asyncio.run(daemon.run()) == 0
     worker.join(20)
     assert [type(e) for e in raised] == [errors.RequestTimedOutError]
@@ -230,17 +235,8 @@ def test_messages_kept_in_the_spool_at_stop_count_as_kept_not_dropped(config, lo
 
     worker = threading.Thread(target=send)
 
-    def ready(d: Daemon) -> None:
-        worker.start()
-
-        def stop_when_spooled():
-            if acked.is_set() and d._producer.stats()["queued"]:
-                d.request(signal.SIGTERM)
-            else:
-                asyncio.get_running_loop().call_later(0.02, stop_when_spooled)
-        stop_when_spooled()
-
-    daemon = Daemon(spooled, None, notifier=_notifier([]), on_ready=ready)
+    daemon = Daemon(spooled, None, notifier=_notifier([]), on_ready=_start_then_stop_when(
+        worker, lambda d: acked.is_set() and d._producer.stats()["queued"]))
     assert asyncio.run(daemon.run()) == 0
     worker.join(20)
     st = daemon._producer.stats()            # (the snapshot would read the closed spool)
