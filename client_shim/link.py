@@ -73,10 +73,10 @@ RESULT_TIMEOUT_S = 300.0
 # How long a sync send's own socket waits for its answer at a time between
 # checks that the connection and the link are still there.
 _DIRECT_WAIT_S = 0.1
+# A refusal of the same REGISTER is logged again at most this often.
+_REFUSAL_LOG_EVERY_S = 60.0
 # After sending async entries the I/O thread waits this long (ms) for more
 # before packing the next frame, instead of sleeping until woken per send.
-# A refusal of the same REGISTER is logged again at most this often (it is retried every second).
-_REFUSAL_LOG_EVERY_S = 60.0
 # 3 ms rather than 1: a third of the wake-ups (each a poll, a GIL hand-over and
 # contention for the session lock with the callers) for the same messages, in
 # bigger frames that cost the daemon less per message; about 10% less worker
@@ -252,7 +252,6 @@ class _Session:
         self.awaiting_room = None   # after REJECTED(QUEUE_FULL): its text, until ROOM (or the wait ends)
         self.paused = False         # the daemon is stopping: wait for the next one
         self.closed = False
-        self.orphaned = False       # its producer was garbage-collected without stop()
         self.failed_messages = 0
         # Whether the daemon's session may lack entries this process already settled:
         # the instance id of the daemon that last answered REGISTERED for this id, and
@@ -1446,7 +1445,6 @@ class _Link:
     def orphan_session(self, session: _Session) -> None:
         """The producer is gone (garbage-collected): deliver what is pending, then end the session."""
         if self._thread is not None and os.getpid() == self.pid and not self._stop and not session.closed:
-            session.orphaned = True
             self.orphans.add(session)
             self.wake()
 

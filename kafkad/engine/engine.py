@@ -245,7 +245,7 @@ class Engine:
             payload = sum(map(len, filter(None, values))) + sum(map(len, filter(None, sub.keys)))
         nbytes = payload + n * _RECORD_OVERHEAD
         cap = self._cap
-        too_large = nbytes + BATCH_OVERHEAD > cap and self._largest_record(sub) + BATCH_OVERHEAD > cap
+        too_large = nbytes + BATCH_OVERHEAD > cap and self.too_large(sub.keys, sub.values)
         if too_large and divisible:
             raise RecordTooLarge(f"a record of {sub.topic}[{sub.partition}] is larger than the batch cap "
                                  f"({cap} bytes)")
@@ -442,6 +442,10 @@ class Engine:
         reached the engine (a partition the topic does not have, a record too large):
         they are taken and failed at once, so the books still balance."""
         self.accepted += n
+        self._count_failure(topic, n, code)
+
+    def _count_failure(self, topic: str, n: int, code: int) -> None:
+        """`n` messages of `topic` failed with `code`: overall, per error, per topic."""
         self.failed += n
         self._errors[code] = self._errors.get(code, 0) + n
         ts = self._topic_stats.get(topic)
@@ -454,10 +458,6 @@ class Engine:
         cap = self._cap - BATCH_OVERHEAD
         return any(record_size_upper_bound(len(k) if k else 0, len(v) if v else 0) > cap
                    for k, v in zip(keys, values))
-
-    def _largest_record(self, sub: Submission) -> int:
-        return max(record_size_upper_bound(len(k) if k else 0, len(v) if v else 0)
-                   for k, v in zip(sub.keys, sub.values))
 
     def _apply_config(self) -> None:
         kafka = self.kafka
@@ -1256,12 +1256,7 @@ class Engine:
         if lane is None:      # failed before it joined a lane: still counted as queued
             self.queued -= n
         self.queued_bytes -= c.nbytes
-        self.failed += n
-        self._errors[code] = self._errors.get(code, 0) + n
-        ts = self._topic_stats.get(sub.topic)
-        if ts is None:
-            ts = self._topic_stats[sub.topic] = [0, 0, 0]
-        ts[2] += n
+        self._count_failure(sub.topic, n, code)
         self._outcomes.append(Outcome(sub.token, sub.topic, sub.partition, code, -1, 0, n))
         if quiet:
             return
@@ -1964,14 +1959,8 @@ class Engine:
             raise ValueError(f"cannot settle {told} failed and {kept} kept messages: "
                              f"only {self.dropped} were given up")
         self.dropped -= told + kept
-        self.failed += told
-        if told:
-            self._errors[code] = self._errors.get(code, 0) + told
         for topic, n in failed.items():
-            ts = self._topic_stats.get(topic)
-            if ts is None:
-                ts = self._topic_stats[topic] = [0, 0, 0]
-            ts[2] += n
+            self._count_failure(topic, n, code)
         self.kept_in_spool += kept
 
     # ------------------------------------------------------------------ config and stats
