@@ -79,7 +79,6 @@ DUPLICATE_SEQUENCE_NUMBER = 46
 INVALID_PRODUCER_EPOCH = 47
 SASL_AUTHENTICATION_FAILED = 58
 UNKNOWN_PRODUCER_ID = 59
-PRODUCER_FENCED = 90
 SEQUENCE_LOST = frozenset({OUT_OF_ORDER_SEQUENCE_NUMBER, UNKNOWN_PRODUCER_ID, INVALID_PRODUCER_EPOCH})
 
 API_PRODUCE, API_METADATA, API_VERSIONS, API_INIT_PID = 0, 3, 18, 22
@@ -1018,8 +1017,10 @@ class Engine:
         if info.retriable:
             self._move(group, PidState.NONE)
             group.retry_at = now + self._jitter(0.1)
-        elif code in (INVALID_PRODUCER_EPOCH, PRODUCER_FENCED) and group.producer_id >= 0:
-            # The bump was refused: start over with a new producer id.
+        elif req.msg.producer_id >= 0:
+            # The bump was refused: INVALID_PRODUCER_EPOCH or PRODUCER_FENCED, or a
+            # broker that cannot bump (Tansu answers UNKNOWN_SERVER_ERROR). A new
+            # producer id does as well; only a refusal of that turns idempotence off.
             log.warning("producer id %d epoch %d cannot be bumped (%s); asking for a new id",
                         group.producer_id, group.epoch, _err_name(code))
             group.fresh_id = True

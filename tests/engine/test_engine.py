@@ -636,6 +636,36 @@ def test_init_producer_id_refused_falls_back_without_idempotence(caplog):
     assert any("without idempotence" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("code", [-1, 47, 90])
+def test_a_refused_bump_asks_for_a_new_producer_id_and_keeps_idempotence(code, caplog):
+    """A bump refused in any lasting way (Tansu answers -1) is followed by a request for a new id.
+
+    Before, an error other than 47 or 90 turned idempotence off for good: every
+    retry after it could duplicate records. Batches of other partitions keep their
+    old id and are still deduplicated by the broker; new records go under the new id.
+    """
+    c = cluster("t")
+    h = Harness(c, linger_ms=0)
+    connect(h)
+    group = h.engine.groups[(1, 1000, 0, None)]
+    pid = group.producer_id
+    c.produce_errors[("t", 0)].append(59)
+    c.init_pid_errors.append(code)
+    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
+        h.submit("t", 0, [b"x"], token="x")
+        h.run()
+    assert [o.error for o in h.by_token()["x"]] == [0]
+    inits = [r.msg for r in h.sent if type(r.msg).__name__ == "InitProducerIdRequest"]
+    assert [(m.producer_id, m.producer_epoch) for m in inits] == [(pid, 0), (-1, -1)]
+    assert group.state is PidState.READY and group.producer_id not in (-1, pid)
+    assert c.logs[("t", 0)][-1].producer_id == group.producer_id
+    assert "cannot be bumped" in caplog.text and "without idempotence" not in caplog.text
+    h.submit("t", 0, [b"y"], token="y")
+    h.run()
+    assert c.logs[("t", 0)][-1].producer_id == group.producer_id
+    h.check_accounting()
+
+
 # ---------------------------------------------------------------- metadata and connections
 
 
