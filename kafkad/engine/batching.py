@@ -9,7 +9,9 @@
 * A `Lane` is one partition as written with one set of batch settings
   (acks, ack timeout, codec, level): an ordered deque of `Batch`es, the last
   one OPEN for new records. With idempotence it also owns the partition's
-  sequence numbers under its group's producer id.
+  sequence numbers, under the producer id and epoch they were given with
+  (its stamp): after an epoch bump a lane keeps the old stamp until its
+  numbered batches settle, unless it is the one that must start over.
 * A `Batch` becomes one RecordBatch on the wire; once it has a sequence
   number its records never change order or move to another batch, except
   when records are failed out of it (see `Lane.remove_sequence_gap`).
@@ -169,7 +171,8 @@ class Lane:
     """One partition under one set of batch settings: an ordered deque of batches."""
 
     __slots__ = ("topic", "partition", "group", "batches", "inflight", "next_seq",
-                 "acked_seq", "node", "queued", "key", "dirty", "wake_at")
+                 "acked_seq", "node", "queued", "key", "dirty", "wake_at", "pid", "epoch",
+                 "start_over")
 
     def __init__(self, key, topic: str, partition: int, group) -> None:
         self.key = key
@@ -180,6 +183,15 @@ class Lane:
         self.inflight = 0        # batches of this lane on the wire
         self.next_seq = 0        # the sequence the next new batch gets
         self.acked_seq = 0       # the sequence after the last acknowledged batch
+        # The producer id and epoch of the sequence numbers above and of its batches';
+        # the group's own, or older ones (an epoch bump leaves a lane's numbered
+        # batches under the stamp they were first sent with).
+        self.pid = -1
+        self.epoch = -1
+        # Its numbers are not safe under its stamp any more (the broker lost them, or
+        # a batch that may have been written was dropped): it starts over from 0
+        # under the group's current stamp once nothing of it is on the wire.
+        self.start_over = False
         self.node = -1           # the node the in-flight batches went to
         self.queued = 0          # records in batches not on the wire
         # Engine.poll looks at a lane only when it is dirty (something about it
@@ -190,7 +202,8 @@ class Lane:
     def __repr__(self) -> str:
         states = ",".join(b.state.name for b in self.batches)
         return (f"<Lane {self.topic}[{self.partition}] {self.group.key} [{states}] "
-                f"inflight={self.inflight} seq={self.acked_seq}..{self.next_seq}>")
+                f"inflight={self.inflight} pid={self.pid}/{self.epoch} "
+                f"seq={self.acked_seq}..{self.next_seq}{' start-over' if self.start_over else ''}>")
 
     def open_batch(self, now: float, overhead: int) -> Batch:
         """The batch taking new records (a fresh one if the last is closed)."""
@@ -226,14 +239,26 @@ class Lane:
                 b.seq = (b.seq - removed) % SEQ_MODULO
         self.next_seq = (self.next_seq - removed) % SEQ_MODULO
 
-    def resequence(self) -> None:
-        """After a new producer id or epoch: every unacknowledged batch renumbered from 0."""
+    @property
+    def numbered(self) -> bool:
+        """Whether a batch holds a sequence number (numbered batches lead the lane)."""
+        return bool(self.batches) and self.batches[0].seq >= 0
+
+    def restamp(self, pid: int, epoch: int) -> None:
+        """Take `pid`/`epoch` as the stamp: every unacknowledged batch renumbered from 0.
+
+        Only with nothing of the lane on the wire (an answer under the old
+        stamp would be read against the new numbers).
+        """
+        self.pid = pid
+        self.epoch = epoch
+        self.start_over = False
         self.acked_seq = 0
         self.next_seq = 0
         for b in self.batches:
             if b.seq >= 0:
                 self.assign_sequence(b)
-                b.maybe_written = False  # under the new epoch it was never sent
+                b.maybe_written = False  # under the new stamp it was never sent
 
 
 class Group:

@@ -27,8 +27,10 @@ sequence the broker lost (OUT_OF_ORDER_SEQUENCE_NUMBER on the oldest
 unacknowledged batch, UNKNOWN_PRODUCER_ID, INVALID_PRODUCER_EPOCH) bumps the
 epoch as KIP-360 clients do: stop sending for the group, let in-flight
 requests settle, InitProducerId with the current id and epoch (v3+; older
-brokers hand out a new id), then renumber every unacknowledged batch from 0
-and resend in the original order.
+brokers hand out a new id), then renumber that partition's unacknowledged
+batches from 0 and resend them in the original order. Other partitions keep
+their numbered batches under the old stamp (a broker keeps producer state per
+partition) and take the new one, from 0, once those have settled.
 """
 
 from __future__ import annotations
@@ -586,7 +588,8 @@ class Engine:
             gone.add(lane)
             group = lane.group
             groups.add(group)
-            if group.idempotent and group.producer_id >= 0 and lane.next_seq:
+            if (group.idempotent and group.producer_id >= 0 and lane.next_seq
+                    and lane.pid == group.producer_id and lane.epoch == group.epoch):
                 # The broker keeps this partition's last sequence under the current
                 # producer id and epoch: a new lane starting at 0 would be refused.
                 if len(group.forgotten) >= _FORGOTTEN_LANES_MAX:
@@ -615,8 +618,9 @@ class Engine:
         """A new lane in a group that forgot lanes: bump the epoch if it was one of them.
 
         The broker still holds the forgotten lane's last sequence number under
-        this producer id and epoch; a new epoch starts every lane at 0 (the
-        same bump as after a lost sequence, without an error first).
+        this producer id and epoch; the new lane, with nothing numbered, takes
+        a new epoch from 0 (the same bump as after a lost sequence, without an
+        error first).
         """
         if not (group.forgot_many or (lane.topic, lane.partition) in group.forgotten):
             return
@@ -1007,11 +1011,16 @@ class Engine:
             group.producer_id = msg.producer_id
             group.epoch = msg.producer_epoch
             group.fresh_id = False
-            group.forgotten.clear()   # every lane starts at 0 under the new id or epoch
+            group.forgotten.clear()   # a lane coming back starts at 0 under the new id or epoch
             group.forgot_many = False
             self._move(group, PidState.READY)
+            pid, epoch = group.producer_id, group.epoch
             for lane in group.lanes:
-                lane.resequence()
+                # The rest keep their numbered batches under the stamp those were sent
+                # with (the broker may have written them: a resend under the new one
+                # would be written again) and take the new one once they settled.
+                if lane.start_over or not lane.numbered:
+                    lane.restamp(pid, epoch)
             return
         info = error_info(code)
         if info.retriable:
@@ -1124,18 +1133,21 @@ class Engine:
                 self.metadata.forget_leader(lane.topic, lane.partition)
             self._meta_needed = True
         collateral = False
-        if code in SEQUENCE_LOST and group.state is PidState.READY:
+        if code in SEQUENCE_LOST:
+            retriable = True
             if code == OUT_OF_ORDER_SEQUENCE_NUMBER and b.sent_seq != lane.acked_seq:
                 collateral = True   # an earlier batch failed first; resend in order
+            elif group.state is not PidState.READY:
+                lane.start_over = True   # sent before a bump already under way: it renumbers
+                collateral = True
             else:
-                log.warning("%s[%d]: broker lost producer %d's sequence (%s): bumping the epoch",
-                            lane.topic, lane.partition, group.producer_id, _err_name(code))
-                group.fresh_id = code == INVALID_PRODUCER_EPOCH
-                self._move(group, PidState.BUMP_PENDING)
-            retriable = True
-        elif code in SEQUENCE_LOST:
-            retriable = True         # sent before a bump already under way
-            collateral = True
+                current = lane.pid == group.producer_id and lane.epoch == group.epoch
+                log.warning("%s[%d]: broker lost producer %d's sequence (%s): %s",
+                            lane.topic, lane.partition, lane.pid, _err_name(code),
+                            "bumping the epoch" if current else "starting over under the current epoch")
+                if current:
+                    group.fresh_id = code == INVALID_PRODUCER_EPOCH
+                self._start_over(lane)
         elif code == MESSAGE_TOO_LARGE and b.count > 1:
             self._split(b)
             retriable = True
@@ -1222,11 +1234,11 @@ class Engine:
         group = lane.group
         removed = sum(c.count for c, _ in failed)
         if b.seq >= 0:
-            if b.maybe_written and group.state is PidState.READY:
+            if b.maybe_written:
                 # Unknown whether the broker wrote them: only a new epoch makes the
                 # remaining sequence numbers safe again.
-                self._move(group, PidState.BUMP_PENDING)
-            elif group.state is PidState.READY:
+                self._start_over(lane)
+            else:
                 lane.remove_sequence_gap(b, removed)
         lane.queued -= removed
         self.queued -= removed
@@ -1236,6 +1248,20 @@ class Engine:
             b.set_chunks(keep, BATCH_OVERHEAD)
         else:
             self._finish(b)
+
+    def _start_over(self, lane: Lane) -> None:
+        """`lane`'s sequence numbers are not safe under its stamp: renumber it under a newer one.
+
+        Under the group's current stamp, that takes an epoch bump. A lane still
+        under an older stamp has never sent under the current one, which it
+        takes, from 0, once nothing of it is on the wire (`_visit_lane`).
+        """
+        lane.start_over = True
+        lane.dirty = True
+        group = lane.group
+        if (group.state is PidState.READY and lane.pid == group.producer_id
+                and lane.epoch == group.epoch):
+            self._move(group, PidState.BUMP_PENDING)
 
     def _fail_lane(self, lane: Lane, code: int, now: float, why: str) -> None:
         """Fail the records of `lane` ahead of its first batch on the wire.
@@ -1694,6 +1720,12 @@ class Engine:
         # a producer id, metadata, a connection state change, an answer.
         if group.state is not PidState.READY and group.idempotent:
             return deadline
+        stale = group.idempotent and (lane.pid != group.producer_id or lane.epoch != group.epoch)
+        if stale and lane.start_over:
+            if lane.inflight:
+                return deadline          # its answers, under the old stamp, come first
+            lane.restamp(group.producer_id, group.epoch)
+            stale = False
         md = self.metadata
         leader = md.leader(lane.topic, lane.partition)
         if leader < 0:
@@ -1732,6 +1764,10 @@ class Engine:
             if st is BatchState.IN_FLIGHT:
                 continue
             if st is not BatchState.READY or n_inflight + len(picked) >= limit:
+                break
+            if stale and b.seq < 0 and (n_inflight or (picked and picked[-1].seq >= 0)):
+                # Batches numbered under the old stamp are unsettled: the first one under
+                # the new stamp (sequence 0) would make the broker refuse their resends.
                 break
             picked.append(b)
         if picked:
@@ -1800,9 +1836,12 @@ class Engine:
         lane = b.lane
         group = lane.group
         if b.seq < 0 and group.idempotent and group.state is PidState.READY:
+            if lane.pid != group.producer_id or lane.epoch != group.epoch:
+                # nothing of the lane is numbered or on the wire (_visit_lane, _send_one)
+                lane.restamp(group.producer_id, group.epoch)
             lane.assign_sequence(b)
         if group.idempotent and b.seq >= 0:
-            wkey = (group.producer_id, group.epoch, b.seq)
+            wkey = (lane.pid, lane.epoch, b.seq)
         else:
             wkey = (-1, -1, -1)
         if b.wire is not None and b.wire_key == wkey:

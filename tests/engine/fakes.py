@@ -3,9 +3,13 @@
 `FakeCluster` answers the engine's `Request`s with real protocol message
 objects (ApiVersions, Metadata, InitProducerId, Produce). Its Produce handling
 follows a real broker's idempotence rules: it decodes every RecordBatch with
-kafkad.protocol, keeps the last five batches' sequence ranges per (producer,
-partition), answers a resent batch with its original offset, and answers a
-sequence gap with OUT_OF_ORDER_SEQUENCE_NUMBER. Tests inject errors, move
+kafkad.protocol, keeps per (producer, partition) the epoch last written and
+the last five batches' sequence ranges, answers a resent batch with its
+original offset, a sequence gap with OUT_OF_ORDER_SEQUENCE_NUMBER, an epoch
+older than the partition's with INVALID_PRODUCER_EPOCH, and starts the
+partition's sequence over at a newer epoch (which must begin at 0). As in
+Kafka, InitProducerId changes no partition's state: a partition learns of a
+new epoch from the first batch that carries it. Tests inject errors, move
 leaders, hold answers back (timeouts) and read the partition logs.
 
 `Harness` is the driver: a fake clock, the engine, and `run()` that polls
@@ -72,7 +76,9 @@ class FakeCluster:
     next_pid: int = 1000
     # (pid, topic, partition) -> deque of (first_seq, last_seq, base_offset), the last 5
     _seqs: dict = field(default_factory=lambda: defaultdict(lambda: deque(maxlen=5)))
-    _epochs: dict = field(default_factory=dict)
+    # (pid, topic, partition) -> the epoch of the batches in _seqs
+    _part_epochs: dict = field(default_factory=dict)
+    _epochs: dict = field(default_factory=dict)     # pid -> its latest epoch (the coordinator's)
     topic_ids: dict = field(default_factory=dict)   # topic -> its UUID (new at every create)
 
     def create(self, topic: str, partitions: int = 3) -> None:
@@ -89,8 +95,9 @@ class FakeCluster:
         for p in range(n):
             for d in (self.leaders, self.leader_epochs, self.logs):
                 d.pop((topic, p), None)
-        for key in [k for k in self._seqs if k[1] == topic]:
-            del self._seqs[key]
+        for d in (self._seqs, self._part_epochs):
+            for key in [k for k in d if k[1] == topic]:
+                del d[key]
 
     def move_leader(self, topic: str, partition: int, broker: int) -> None:
         self.leaders[(topic, partition)] = broker
@@ -99,6 +106,7 @@ class FakeCluster:
     def forget_producers(self) -> None:
         """Lose every producer's sequence state (as after a broker's producer state expires)."""
         self._seqs.clear()
+        self._part_epochs.clear()
         self._epochs.clear()
 
     def port(self, node: int) -> int:
@@ -163,8 +171,6 @@ class FakeCluster:
             pid, epoch = self.next_pid, 0
             self.next_pid += 1
         self._epochs[pid] = epoch
-        for key in [k for k in self._seqs if k[0] == pid]:
-            del self._seqs[key]
         return InitProducerIdResponse(error_code=0, producer_id=pid, producer_epoch=epoch)
 
     def _ProduceRequest(self, req: Request):
@@ -195,10 +201,18 @@ class FakeCluster:
         (batch,) = decode_record_batches(records)
         log = self.logs[tp]
         pid, seq, n = batch.producer_id, batch.base_sequence, len(batch.records)
+        epoch = batch.producer_epoch
         if pid >= 0 and self.dedupe:
-            if self._epochs.get(pid, -2) != batch.producer_epoch:
-                return resp(59 if pid not in self._epochs else 47)
+            if pid not in self._epochs:
+                return resp(59)
+            held = self._part_epochs.get((pid, topic, partition))
             cache = self._seqs[(pid, topic, partition)]
+            if held is not None and epoch < held:
+                return resp(47)
+            if held is not None and epoch > held:
+                if seq != 0:
+                    return resp(45)      # a new epoch starts the partition's sequence over
+                cache.clear()
             for first, last, base in cache:
                 if first == seq and last == seq + n - 1:
                     return resp(46, base)
@@ -210,6 +224,7 @@ class FakeCluster:
             log.append(Written(base + i, r.key, r.value, pid, seq + i if seq >= 0 else -1))
         if pid >= 0:
             self._seqs[(pid, topic, partition)].append((seq, seq + n - 1, base))
+            self._part_epochs[(pid, topic, partition)] = epoch
         if self.errors_after_append[tp]:
             return resp(self.errors_after_append[tp].popleft())
         return resp(0, base)

@@ -549,6 +549,7 @@ def test_out_of_order_on_the_oldest_batch_bumps_the_epoch():
     pid = h.engine.groups[(1, 1000, 0, None)].producer_id
     c.forget_producers()      # the broker lost our sequence state
     c._epochs[pid] = 0
+    c._part_epochs[(pid, "t", 0)] = 0
     c._seqs[(pid, "t", 0)].append((40, 40, 0))  # ...and expects a sequence we never sent
     h.submit("t", 0, [b"after-loss"], token="a")
     h.run()
@@ -1388,6 +1389,88 @@ def test_a_batch_written_but_failed_never_lends_its_sequence_to_later_records(co
         [(error, offset)] = got[tok]
         assert error == 0 and logged[offset] == tok.encode(), (tok, got, logged)   # (offset = log index)
     assert logged.count(b"B") == 1 and logged.count(b"C") == 1
+    h.check_accounting()
+
+
+def test_a_bump_leaves_another_partitions_unsettled_batch_under_its_own_epoch():
+    """KIP-360: only the partition whose sequence state was lost starts over under the new epoch.
+
+    acks=-1. t[1]'s leader wrote B and answered 20 (its replicas fell short); t[0]'s
+    leader lost our producer (UNKNOWN_PRODUCER_ID), which bumps the epoch. B's resend
+    under the new epoch from sequence 0 is a new batch to its broker, written a second
+    time; under the epoch and sequence of its first send it is the duplicate it is.
+    B2, submitted meanwhile, waits for B: the first batch under the new epoch makes the
+    broker refuse any later one under the old.
+    """
+    c = cluster("t")
+    h = Harness(c, linger_ms=0)
+    connect(h)
+    s = settings(acks=-1, async_send=True, batch_n=1)
+    h.submit("t", 0, [b"A0"], settings=s, token="A0")
+    h.submit("t", 1, [b"B0"], settings=s, token="B0")
+    h.run()
+    group = h.engine.groups[(-1, 1000, 0, None)]
+    epoch = group.epoch
+    c.produce_errors[("t", 0)].append(59)
+    c.errors_after_append[("t", 1)].append(20)
+    h.submit("t", 0, [b"A"], settings=s, token="A")
+    h.submit("t", 1, [b"B"], settings=s, token="B")
+    h.step()                                   # both sent: A refused, B written and answered 20
+    assert group.state is PidState.BUMP_PENDING and h.values("t", 1) == [b"B0", b"B"]
+    h.submit("t", 1, [b"B2"], settings=s, token="B2")
+    h.run()
+    assert group.epoch == epoch + 1
+    assert h.values("t", 0)[1:] == [b"A0", b"A"]
+    assert h.values("t", 1) == [b"B0", b"B", b"B2"]            # B once
+    assert [(o.error, o.base_offset) for o in h.by_token()["B"]] == [(0, 1)]
+    assert [(o.error, o.base_offset) for o in h.by_token()["B2"]] == [(0, 2)]
+    stamps = [(b.producer_epoch, b.base_sequence) for r in h.produce_requests()
+              for t, p, b in batches_in(r) if (t, p) == ("t", 1)]
+    assert stamps == [(epoch, 0), (epoch, 1), (epoch, 1), (epoch + 1, 0)]
+    h.check_accounting()
+
+
+@pytest.mark.parametrize("second", [7, 59])
+def test_a_partition_still_under_the_old_epoch_starts_over_without_another_bump(second):
+    """After a bump, t[1]'s written-but-failed B is resent under the old epoch and fails again.
+
+    7 (retry limit reached: B fails, and may have been written): the numbers after
+    it are not safe under the old epoch. 59 (t[1]'s broker lost that producer): they
+    are void. Either way t[1] has never sent under the new epoch, so it takes it
+    from sequence 0 without a second bump.
+    """
+    c = cluster("t")
+    h = Harness(c, linger_ms=0)
+    connect(h)
+    s = settings(acks=-1, async_send=True, batch_n=1, retry_limit=1 if second == 7 else None)
+    h.submit("t", 1, [b"B0"], settings=s, token="B0")
+    h.run()
+    group = h.engine.groups[(-1, 1000, 0, None)]
+    epoch = group.epoch
+    c.produce_errors[("t", 0)].append(59)
+    c.errors_after_append[("t", 1)].append(20)
+    h.submit("t", 0, [b"A"], settings=s, token="A")
+    h.submit("t", 1, [b"B"], settings=s, token="B")
+    h.step()                                   # both sent: A refused, B written and answered 20
+    assert group.state is PidState.BUMP_PENDING and h.values("t", 1) == [b"B0", b"B"]
+    c.produce_errors[("t", 1)].append(second)  # B's resend
+    h.run()
+    h.submit("t", 1, [b"C"], settings=s, token="C")
+    h.run()
+    bumps = [r for r in h.sent if type(r.msg).__name__ == "InitProducerIdRequest" and r.msg.producer_id >= 0]
+    assert len(bumps) == 1 and group.epoch == epoch + 1
+    stamps = [(b.producer_epoch, b.base_sequence, [r.value for r in b.records])
+              for r in h.produce_requests() for t, p, b in batches_in(r) if (t, p) == ("t", 1)]
+    if second == 7:
+        assert [(o.error, o.delivered) for o in h.by_token()["B"]] == [(7, 0)]
+        assert stamps[1:] == [(epoch, 1, [b"B"]), (epoch, 1, [b"B"]), (epoch + 1, 0, [b"C"])]
+        assert h.values("t", 1) == [b"B0", b"B", b"C"]
+    else:
+        # the broker lost B's state: its resend under the new epoch is a new batch
+        assert [(o.error, o.delivered) for o in h.by_token()["B"]] == [(0, 1)]
+        assert stamps[1:] == [(epoch, 1, [b"B"]), (epoch, 1, [b"B"]), (epoch + 1, 0, [b"B"]),
+                              (epoch + 1, 1, [b"C"])]
+    assert [o.error for o in h.by_token()["C"]] == [0]
     h.check_accounting()
 
 

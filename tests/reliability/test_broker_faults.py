@@ -188,6 +188,58 @@ def test_lost_answers_on_a_quiet_link(proxied, ptopic, kafkad_factory, idempoten
     assert rep.n_duplicated == (0 if idempotence else 2), rep.details()
 
 
+def test_an_epoch_bump_leaves_another_partitions_lost_answer_to_the_broker(proxied, ptopic, kafkad_factory):
+    """Two partitions' answers lost at once; one of them gives up, which bumps the epoch.
+
+    Partition 0's message comes from a producer allowed no retries: it fails and,
+    since the broker may have written it, its partition starts over under a new
+    epoch. Partition 1's sync message, written by the broker too, is retried. Sent
+    under the new epoch from sequence 0 it would be a new batch to the broker and be
+    written twice; under the epoch and sequence of its first send it is the
+    broker's duplicate. (Before: partition 1 had it twice.)
+    """
+    import threading
+
+    from client_shim import Producer
+
+    from tests.support.audit import audit, read_topic, stamp
+
+    d = kafkad_factory(proxied.bootstrap, request_timeout_ms=1000,
+                       extra={"kafka": {"delivery_timeout_ms": 60000}})
+    d.start()
+    sync = Producer(d.endpoint)
+    strict = Producer(d.endpoint, async_send=True, async_retry_limit=0, batch_send_every_n=1)
+    try:
+        for part in (0, 1):
+            assert sync.send_messages(ptopic, part, stamp(part, 0))[0].error == 0
+        proxied.proxy.reset_stats()
+        proxied.proxy.lose_responses(1)
+        strict.send_messages(ptopic, 0, stamp(0, 1))
+        wait_until(lambda: len(proxied.proxy.stats().batches) >= 1, 10, "partition 0's batch")
+        result = []
+        t = threading.Thread(target=lambda: result.append(sync.send_messages(ptopic, 1, stamp(1, 1))),
+                             daemon=True)
+        t.start()
+        t.join(30)
+        assert result and result[0][0].error == 0
+        strict.stop(10)
+    finally:
+        sync.stop()
+    stats = _settled_stats(d)
+    got = read_topic(proxied.bootstrap, ptopic, expected=4)
+    rep = audit(got, {0: range(2), 1: range(2)})
+    report("epoch-bump-other-partition", rep, d, lost_answers=proxied.proxy.stats().lost_responses,
+           failed=stats["failed"])
+    assert proxied.proxy.stats().lost_responses == 1
+    assert stats["failed"] == 1, stats              # partition 0's, with no retries allowed
+    # partition 0's batch, partition 1's on the same silent connection, and its resend
+    # under the producer id and sequence of its first send
+    seen = [(b.producer_id, b.base_sequence) for b in proxied.proxy.stats().batches]
+    assert len(seen) == 3 and seen[1] == seen[2] and seen[1][0] >= 0, seen
+    assert got[1] == [stamp(1, 0), stamp(1, 1)], got
+    assert got[0][0] == stamp(0, 0) and got[0][1:] in ([], [stamp(0, 1)]), got
+
+
 def test_answers_lost_as_the_stream_ends(proxied, ptopic, kafkad_factory):
     """Answers lost at the end of a burst: the daemon must still notice and retry on its own.
 
