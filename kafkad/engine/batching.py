@@ -171,7 +171,7 @@ class Lane:
     """One partition under one set of batch settings: an ordered deque of batches."""
 
     __slots__ = ("topic", "partition", "group", "batches", "inflight", "next_seq",
-                 "acked_seq", "node", "queued", "key", "dirty", "wake_at", "pid", "epoch",
+                 "node", "queued", "key", "dirty", "wake_at", "pid", "epoch",
                  "start_over")
 
     def __init__(self, key, topic: str, partition: int, group) -> None:
@@ -182,7 +182,6 @@ class Lane:
         self.batches: deque[Batch] = deque()
         self.inflight = 0        # batches of this lane on the wire
         self.next_seq = 0        # the sequence the next new batch gets
-        self.acked_seq = 0       # the sequence after the last acknowledged batch
         # The producer id and epoch of the sequence numbers above and of its batches';
         # the group's own, or older ones (an epoch bump leaves a lane's numbered
         # batches under the stamp they were first sent with).
@@ -203,7 +202,7 @@ class Lane:
         states = ",".join(b.state.name for b in self.batches)
         return (f"<Lane {self.topic}[{self.partition}] {self.group.key} [{states}] "
                 f"inflight={self.inflight} pid={self.pid}/{self.epoch} "
-                f"seq={self.acked_seq}..{self.next_seq}{' start-over' if self.start_over else ''}>")
+                f"next_seq={self.next_seq}{' start-over' if self.start_over else ''}>")
 
     def open_batch(self, now: float, overhead: int) -> Batch:
         """The batch taking new records (a fresh one if the last is closed)."""
@@ -253,7 +252,6 @@ class Lane:
         self.pid = pid
         self.epoch = epoch
         self.start_over = False
-        self.acked_seq = 0
         self.next_seq = 0
         for b in self.batches:
             if b.seq >= 0:

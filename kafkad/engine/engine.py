@@ -1073,8 +1073,6 @@ class Engine:
     def _delivered(self, b: Batch, base_offset: int, now: float) -> None:
         lane = b.lane
         self._off_wire(b)
-        if b.sent_seq >= 0:
-            lane.acked_seq = (b.sent_seq + b.count) % SEQ_MODULO
         self._finish(b)
         off = base_offset
         topic = lane.topic
@@ -1135,7 +1133,7 @@ class Engine:
         collateral = False
         if code in SEQUENCE_LOST:
             retriable = True
-            if code == OUT_OF_ORDER_SEQUENCE_NUMBER and b.sent_seq != lane.acked_seq:
+            if code == OUT_OF_ORDER_SEQUENCE_NUMBER and lane.batches[0] is not b:
                 collateral = True   # an earlier batch failed first; resend in order
             elif group.state is not PidState.READY:
                 lane.start_over = True   # sent before a bump already under way: it renumbers

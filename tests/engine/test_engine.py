@@ -574,6 +574,45 @@ def test_unknown_producer_id_gets_a_new_epoch_and_resends():
                for r in h.sent)
 
 
+def test_out_of_order_on_the_oldest_batch_after_a_resend_was_acked_late_bumps_the_epoch():
+    """A (answered 7: written) is resent and acked after B: the lane's oldest is then C.
+
+    The engine took "the oldest unacknowledged batch" from the last acknowledged
+    sequence, which A's late acknowledgement moved back behind B's. When the broker
+    then lost our state, C's OUT_OF_ORDER looked like the echo of an earlier failure:
+    C was resent at once, again and again, without a bump, until its delivery timeout.
+    """
+    c = cluster("t")
+    h = Harness(c, linger_ms=0, delivery_timeout_ms=5000)
+    s = settings(acks=-1)
+    h.submit("t", 0, [b"warm-up"], settings=s)
+    h.run()
+    group = h.engine.groups[(-1, 1000, 0, None)]
+    pid, epoch = group.producer_id, group.epoch
+    h.hold_answers.add(1)
+    h.submit("t", 0, [b"A"], settings=s, token="A")
+    h.step()
+    h.submit("t", 0, [b"B"], settings=s, token="B")
+    h.step()
+    ra, rb = h.unanswered
+    h.unanswered.clear()
+    h.hold_answers.clear()
+    c.errors_after_append[("t", 0)].append(7)
+    h.deliver(ra, c.answer(ra))
+    h.deliver(rb, c.answer(rb))
+    h.run()                                      # A resent: the broker's duplicate
+    assert [o.error for o in h.outcomes if o.token in ("A", "B")] == [0, 0]
+    c._seqs[(pid, "t", 0)].clear()               # the broker lost our sequence, and
+    c._seqs[(pid, "t", 0)].append((40, 40, 0))   # expects one we never sent
+    n = len(h.produce_requests())
+    h.submit("t", 0, [b"C"], settings=s, token="C")
+    h.run()
+    assert [o.error for o in h.by_token()["C"]] == [0]
+    assert group.epoch == epoch + 1
+    assert len(h.produce_requests()) - n == 2    # C refused, then C under the new epoch
+    h.check_accounting()
+
+
 def test_later_batches_of_a_failed_one_are_retried_not_bumped():
     c = cluster("t")
     h = Harness(c, linger_ms=0)
