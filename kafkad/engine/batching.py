@@ -121,7 +121,7 @@ class Batch:
 
     __slots__ = ("lane", "state", "chunks", "count", "nbytes", "created_at", "sync",
                  "seq", "sent_seq", "attempts", "retry_at", "maybe_written", "wire",
-                 "wire_key", "sent_at", "node", "deadline")
+                 "wire_key", "sent_at", "node", "deadline", "order")
 
     def __init__(self, lane: "Lane", created_at: float, overhead: int) -> None:
         self.lane = lane
@@ -141,6 +141,7 @@ class Batch:
         self.sent_at = 0.0
         self.node = -1
         self.deadline = float("inf")   # the earliest delivery deadline of its records
+        self.order = 0           # its place in its lane (the halves of a split share it)
 
     def __repr__(self) -> str:
         return (f"<Batch {self.lane.topic}[{self.lane.partition}] {self.state.name} "
@@ -172,7 +173,7 @@ class Lane:
 
     __slots__ = ("topic", "partition", "group", "batches", "inflight", "next_seq",
                  "node", "queued", "key", "dirty", "wake_at", "pid", "epoch",
-                 "start_over")
+                 "start_over", "made", "parked")
 
     def __init__(self, key, topic: str, partition: int, group) -> None:
         self.key = key
@@ -197,6 +198,11 @@ class Lane:
         # changed) or its next timer (linger, retry backoff, expiry) is due.
         self.dirty = True
         self.wake_at = float("inf")
+        self.made = 0            # batches made so far: the next one's `order`
+        # Outcomes of batches delivered while an earlier batch of the lane was still
+        # unsettled, as (batch order, outcomes), oldest first: reported once
+        # everything ahead of them has settled (Engine._finish). None when empty.
+        self.parked: deque | None = None
 
     def __repr__(self) -> str:
         states = ",".join(b.state.name for b in self.batches)
@@ -212,6 +218,8 @@ class Lane:
             if last.state is _OPEN:
                 return last
         b = Batch(self, now, overhead)
+        b.order = self.made
+        self.made += 1
         self.batches.append(b)
         return b
 

@@ -1073,14 +1073,24 @@ class Engine:
     def _delivered(self, b: Batch, base_offset: int, now: float) -> None:
         lane = b.lane
         self._off_wire(b)
-        self._finish(b)
+        if lane.batches[0] is b:
+            out = self._outcomes
+        else:
+            # An earlier batch of the lane is unsettled (answered 7 or 20, to be resent):
+            # its records come first in their submissions, and the I/O shell maps a
+            # submission's outcomes onto its records in the order they come. These
+            # wait until everything ahead of them has settled (_finish).
+            out = []
+            if lane.parked is None:
+                lane.parked = deque()
+            lane.parked.append((b.order, out))
         off = base_offset
         topic = lane.topic
         ts = self._topic_stats.get(topic)
         if ts is None:
             ts = self._topic_stats[topic] = [0, 0, 0]
         partition = lane.partition
-        append = self._outcomes.append
+        append = out.append
         # One Outcome per chunk: with one-message submissions, one per record.
         if off < 0:
             for c in b.chunks:
@@ -1091,6 +1101,7 @@ class Engine:
                 n = c.hi - c.lo
                 append(_new_outcome(Outcome, (c.sub.token, topic, partition, 0, off, n, 0)))
                 off += n
+        self._finish(b)
         nbytes = b.nbytes - BATCH_OVERHEAD   # the chunks' size bounds (Batch keeps the sum)
         self.queued_bytes -= nbytes
         ts[0] += b.count
@@ -1102,8 +1113,16 @@ class Engine:
     def _finish(self, b: Batch) -> None:
         lane = b.lane
         advance(b, BatchState.DONE)
-        lane.batches.remove(b)
-        if not lane.batches:
+        batches = lane.batches
+        batches.remove(b)
+        parked = lane.parked
+        if parked:
+            # Outcomes parked behind b (and whatever else was ahead of them) go now
+            # if nothing ahead of them is left; the halves of a split share an order.
+            ahead = batches[0].order if batches else None
+            while parked and (ahead is None or parked[0][0] < ahead):
+                self._outcomes += parked.popleft()[1]
+        if not batches:
             self._active.pop(lane, None)
 
     def _batch_failed(self, b: Batch, code: int, now: float, *, timeout: bool, lost: bool,
@@ -1177,6 +1196,7 @@ class Engine:
         first.state = BatchState.RETRY   # born a copy of b's state, not a transition
         first.attempts = b.attempts
         first.maybe_written = b.maybe_written
+        first.order = b.order
         if b.seq >= 0:
             first.seq = b.seq
             b.seq = (b.seq + first.count) % SEQ_MODULO
@@ -1944,6 +1964,10 @@ class Engine:
                 out.extend(part(c) for c in b.chunks)
                 b.state = BatchState.DONE
             lane.batches.clear()
+            # Outcomes parked behind an undelivered batch are not reported: what is
+            # returned comes first in their submissions, and whoever takes it over
+            # takes the rest of those submissions too (at least once).
+            lane.parked = None
             lane.inflight = 0
             lane.queued = 0
         self._active.clear()

@@ -48,9 +48,9 @@ def stream(producer, run, topic: str, start: int, count: int, s=RETRY_FAST, per:
         submit(producer, run, sub(topic, i % 3, values, s, token=i))
 
 
-def read_back(mock_cluster, topic, run, exact=True):
+def read_back(mock_cluster, topic, run, exact=True, in_order=True):
     got = read_everything(mock_cluster.bootstrap, topic, 3)
-    check_read_back(run, got, exact=exact)
+    check_read_back(run, got, exact=exact, sessions_in_order=in_order)
     return got
 
 
@@ -114,7 +114,11 @@ def test_injected_retriable_errors_are_retried(mock_cluster, mc_topic, code):
     assert run.left == [] and run.errors() == {}
     assert run.stats["retried"] > 0
     check_balanced(run.stats)
-    read_back(mock_cluster, mc_topic, run)
+    # The mock keeps no producer state: a batch behind a refused one is written, not
+    # refused with OUT_OF_ORDER_SEQUENCE_NUMBER, so its partition may store them out of
+    # send order (a broker's sequence checks keep it: tests/engine, tests/reliability).
+    # Everything delivered is there, once, at the offsets reported.
+    read_back(mock_cluster, mc_topic, run, in_order=False)
 
 
 def test_injected_permanent_error_fails_only_its_records_once(mock_cluster, mc_topic, caplog):

@@ -613,6 +613,45 @@ def test_out_of_order_on_the_oldest_batch_after_a_resend_was_acked_late_bumps_th
     h.check_accounting()
 
 
+@pytest.mark.parametrize("first_fails", [False, True], ids=["resent", "fails"])
+def test_a_submissions_outcomes_come_in_record_order_when_an_earlier_batch_is_resent(first_fails):
+    """One submission over six batches; the first is answered 7 (written) while the rest are acked.
+
+    The I/O shell maps a submission's outcomes onto its records in the order they
+    come. The later batches' outcomes came first: offsets went to the wrong
+    records, and had the first batch then failed, the wrong records would have
+    been reported failed (and the failed one delivered).
+    """
+    c = cluster("t")
+    h = Harness(c, linger_ms=0, batch_max_bytes=200)
+    connect(h)
+    values = [b"%03d" % i * 20 for i in range(6)]
+    c.errors_after_append[("t", 0)].append(7)
+    s = settings(acks=-1, async_send=True, batch_n=6, retry_limit=1 if first_fails else None)
+    h.submit("t", 0, values, settings=s, token="T")
+    lane = h.engine.lanes[("t", 0, (-1, 1000, 0, None))]
+    for _ in range(10):                 # until the first batch's answer (7) came: the next
+        h.step()                        # four were acked meanwhile, in the same requests' answers
+        if lane.batches[0].attempts:
+            break
+    assert lane.batches[0].state is BatchState.RETRY and len(h.values("t", 0)) >= 5
+    assert [o.base_offset for o in h.outcomes if o.token == "T"] == []
+    if first_fails:
+        c.produce_errors[("t", 0)].append(19)   # the resend fails too: no retry left
+    h.run()
+    outs = h.by_token()["T"]
+    assert len(outs) == 6 and sum(o.delivered + o.failed for o in outs) == 6
+    log = h.values("t", 0)
+    done = 0
+    for o in outs:                      # each outcome covers the next records of the submission
+        n = o.delivered + o.failed
+        if o.error == 0:
+            assert log[o.base_offset:o.base_offset + n] == values[done:done + n], (outs, log)
+        done += n
+    assert [o.error for o in outs] == ([19] if first_fails else [0]) + [0] * 5
+    h.check_accounting()
+
+
 def test_later_batches_of_a_failed_one_are_retried_not_bumped():
     c = cluster("t")
     h = Harness(c, linger_ms=0)
