@@ -649,7 +649,7 @@ class Engine:
         """
         if code == UNKNOWN_TOPIC_OR_PARTITION:
             since = self._topic_wait.get(topic)
-            return since is None or now - since >= self.kafka.unknown_topic_wait_ms / 1000.0
+            return since is None or now >= since + self.kafka.unknown_topic_wait_ms / 1000.0
         return not error_info(code).retriable
 
     # ------------------------------------------------------------------ connection events
@@ -821,7 +821,7 @@ class Engine:
         for req in reqs:
             key = req.api_key
             if key == API_PRODUCE:
-                timed = req is timed_out or now - req.sent_at >= rt
+                timed = req is timed_out or now >= req.sent_at + rt
                 for b in req.batches:
                     b.maybe_written = True
                     self._batch_failed(b, REQUEST_TIMED_OUT if timed else NETWORK_EXCEPTION,
@@ -1463,7 +1463,7 @@ class Engine:
                 continue
             if conn.inflight:
                 first = conn.inflight[0]
-                if now - first.sent_at >= rt:
+                if now >= first.sent_at + rt:
                     why = (f"no answer to {first!r} within {self.kafka.request_timeout_ms} ms; "
                            f"closing the connection")
                     if conn.state is ConnState.READY:
@@ -1587,7 +1587,7 @@ class Engine:
 
     def _poll_metadata(self, now: float, act: Actions) -> float:
         md = self.metadata
-        if md.updated_at is not None and now - md.updated_at >= self.kafka.metadata_max_age_ms / 1000.0:
+        if md.updated_at is not None and now >= md.updated_at + self.kafka.metadata_max_age_ms / 1000.0:
             self._meta_needed = True
         # records of topics the cluster says do not exist: fail them after the wait
         wait_s = self.kafka.unknown_topic_wait_ms / 1000.0
@@ -1605,7 +1605,7 @@ class Engine:
                 # stop asking about it until someone sends to it again
                 self._wanted.discard(name)
                 del self._topic_wait[name]
-            elif now - since < wait_s:
+            elif now < since + wait_s:
                 deadline = min(deadline, since + wait_s)
         if md.updated_at is not None and not self._meta_needed:
             deadline = min(deadline, md.updated_at + self.kafka.metadata_max_age_ms / 1000.0)
@@ -1668,7 +1668,7 @@ class Engine:
     def _poll_lanes(self, now: float, act: Actions) -> float:
         """Visit the lanes that changed or whose timers are due; send what can go."""
         deadline = _INF
-        if self._active and now - self._last_sweep >= self._sweep_interval:
+        if self._active and now >= self._last_sweep + self._sweep_interval:
             # Safety net: look at every lane now and then even if no event said so.
             self._dirty_all = True
         visit_all = self._dirty_all

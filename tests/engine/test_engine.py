@@ -542,6 +542,30 @@ def test_duplicate_sequence_counts_as_delivered():
     assert [(o.error, o.delivered) for o in h.by_token()["once"]] == [(0, 1)]
 
 
+def test_a_request_times_out_at_the_deadline_the_poll_gave():
+    """The poll's deadline for a request is sent_at + timeout; the check must agree with it.
+
+    It computed now - sent_at >= timeout instead, which float rounding can make
+    false at exactly that deadline (1004.002 + 0.3 - 1004.002 < 0.3): the driver
+    then woke at the deadline again and again without anything happening.
+    """
+    c = cluster("t")
+    h = Harness(c, request_timeout_ms=300)
+    connect(h)
+    h.now = 1004.002
+    h.hold_answers.add(1)
+    h.submit("t", 0, [b"x"], token="x")
+    h.step()
+    assert h.deadline == 1004.002 + 0.3
+    h.hold_answers.clear()
+    h.now = h.deadline
+    n = len(h.closes)
+    h.step()
+    assert h.closes[n:] == [1]        # timed out: the connection goes, the batch is resent
+    h.run()
+    assert [o.error for o in h.by_token()["x"]] == [0]
+
+
 def test_out_of_order_on_the_oldest_batch_bumps_the_epoch():
     c = cluster("t")
     h = Harness(c)
