@@ -1007,6 +1007,18 @@ class Engine:
     def _on_init_pid(self, req: Request, msg, now: float) -> None:
         group = req.group
         code = msg.error_code
+        if code == 0 and (msg.producer_id, msg.producer_epoch) == (group.producer_id, group.epoch):
+            # The stamp the group has: renumbering under it would reuse sequence numbers
+            # the broker remembers, whose records it would answer "duplicate" and never
+            # write. A bump answered so is asked again for a new id; a new id answered
+            # so leaves nothing safe to number with.
+            if req.msg.producer_id >= 0:
+                log.warning("the broker answered a bump of producer id %d epoch %d with the same "
+                            "id and epoch; asking for a new id", group.producer_id, group.epoch)
+                group.fresh_id = True
+                self._move(group, PidState.NONE)
+                return
+            code = UNKNOWN_SERVER_ERROR
         if code == 0:
             group.producer_id = msg.producer_id
             group.epoch = msg.producer_epoch

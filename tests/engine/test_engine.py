@@ -11,7 +11,7 @@ import pytest
 from kafkad.config import QueueConfig
 from kafkad.engine.states import BatchState, ConnState, PidState
 from kafkad.engine.types import QueueFull, RecordTooLarge, SessionSettings, Submission
-from kafkad.protocol import decode_record_batches
+from kafkad.protocol import InitProducerIdResponse, decode_record_batches
 
 from .fakes import FakeCluster, Harness, settings
 
@@ -766,6 +766,38 @@ def test_a_refused_bump_asks_for_a_new_producer_id_and_keeps_idempotence(code, c
     h.submit("t", 0, [b"y"], token="y")
     h.run()
     assert c.logs[("t", 0)][-1].producer_id == group.producer_id
+    h.check_accounting()
+
+
+def test_a_bump_answered_with_the_same_producer_id_and_epoch_is_not_taken(caplog):
+    """Renumbering under the stamp in use would reuse sequences the broker remembers.
+
+    Their records would be answered "duplicate" and never written. A bump answered
+    so asks for a new id; a new id answered so too turns idempotence off.
+    """
+    c = cluster("t")
+    h = Harness(c, linger_ms=0)
+    connect(h)
+    group = h.engine.groups[(1, 1000, 0, None)]
+    pid, epoch = group.producer_id, group.epoch
+    answer = c._InitProducerIdRequest
+    same = [2]
+
+    def stuck(req):
+        if same[0]:
+            same[0] -= 1
+            return InitProducerIdResponse(error_code=0, producer_id=pid, producer_epoch=epoch)
+        return answer(req)
+
+    c._InitProducerIdRequest = stuck
+    c.produce_errors[("t", 0)].append(59)
+    with caplog.at_level(logging.WARNING, logger="kafkad.engine"):
+        h.submit("t", 0, [b"x"], token="x")
+        h.run()
+    assert [o.error for o in h.by_token()["x"]] == [0]
+    assert c.logs[("t", 0)][-1].value == b"x" and c.logs[("t", 0)][-1].producer_id == -1
+    assert group.state is PidState.DISABLED          # the new id came back the same too
+    assert "with the same id and epoch" in caplog.text
     h.check_accounting()
 
 
