@@ -1261,7 +1261,6 @@ class Engine:
         """Fail `failed` chunks out of `b` (state RETRY or not yet sent), fixing sequences."""
         lane = b.lane
         lane.dirty = True
-        group = lane.group
         removed = sum(c.count for c, _ in failed)
         if b.seq >= 0:
             if b.maybe_written:
