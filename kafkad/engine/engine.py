@@ -1164,8 +1164,10 @@ class Engine:
         collateral = False
         if code in SEQUENCE_LOST:
             retriable = True
-            if code == OUT_OF_ORDER_SEQUENCE_NUMBER and lane.batches[0] is not b:
-                collateral = True   # an earlier batch failed first; resend in order
+            if code == OUT_OF_ORDER_SEQUENCE_NUMBER and (lane.batches[0] is not b or b.sent_seq != b.seq):
+                # an earlier batch failed first, or records failed out of one moved this
+                # batch's numbers down since it was sent: resend in order
+                collateral = True
             elif group.state is not PidState.READY:
                 lane.start_over = True   # sent before a bump already under way: it renumbers
                 collateral = True
