@@ -141,7 +141,7 @@ class Batch:
         self.sent_at = 0.0
         self.node = -1
         self.deadline = float("inf")   # the earliest delivery deadline of its records
-        self.order = 0           # its place in its lane (the halves of a split share it)
+        self.order = 0.0         # its place in its lane: increasing along the lane (see Engine._split)
 
     def __repr__(self) -> str:
         return (f"<Batch {self.lane.topic}[{self.lane.partition}] {self.state.name} "
@@ -199,10 +199,10 @@ class Lane:
         self.dirty = True
         self.wake_at = float("inf")
         self.made = 0            # batches made so far: the next one's `order`
-        # Outcomes of batches delivered while an earlier batch of the lane was still
-        # unsettled, as (batch order, outcomes), oldest first: reported once
-        # everything ahead of them has settled (Engine._finish). None when empty.
-        self.parked: deque | None = None
+        # Batches delivered while an earlier batch of the lane was still unsettled, as
+        # (batch order, outcomes, batch), sorted by order: their outcomes are reported
+        # once everything ahead of them has settled (Engine._finish). None when empty.
+        self.parked: list | None = None
 
     def __repr__(self) -> str:
         states = ",".join(b.state.name for b in self.batches)

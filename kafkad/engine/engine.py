@@ -35,9 +35,11 @@ partition) and take the new one, from 0, once those have settled.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 from collections import deque
+from operator import itemgetter
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -106,6 +108,7 @@ _PID_READY, _PID_DISABLED = PidState.READY, PidState.DISABLED
 _OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
 _DOWN_STATES = frozenset({ConnState.DOWN, ConnState.BACKOFF})
 _LATENCY_SAMPLES = 1024
+_first = itemgetter(0)
 # Builds an Outcome from a tuple of its fields without the NamedTuple's Python-level
 # __new__ (one frame less per delivered submission on the hottest path).
 _new_outcome = tuple.__new__
@@ -1094,8 +1097,9 @@ class Engine:
             # wait until everything ahead of them has settled (_finish).
             out = []
             if lane.parked is None:
-                lane.parked = deque()
-            lane.parked.append((b.order, out))
+                lane.parked = []
+            # by place in the lane, not by time: a batch ahead may be acknowledged later
+            bisect.insort(lane.parked, (b.order, out, b), key=_first)
         off = base_offset
         topic = lane.topic
         ts = self._topic_stats.get(topic)
@@ -1130,10 +1134,15 @@ class Engine:
         parked = lane.parked
         if parked:
             # Outcomes parked behind b (and whatever else was ahead of them) go now
-            # if nothing ahead of them is left; the halves of a split share an order.
-            ahead = batches[0].order if batches else None
-            while parked and (ahead is None or parked[0][0] < ahead):
-                self._outcomes += parked.popleft()[1]
+            # if nothing ahead of them is left.
+            ahead = batches[0].order if batches else _INF
+            n = 0
+            for order, outs, _ in parked:
+                if order > ahead:
+                    break
+                self._outcomes += outs
+                n += 1
+            del parked[:n]
         if not batches:
             self._active.pop(lane, None)
 
@@ -1210,11 +1219,16 @@ class Engine:
         first.state = BatchState.RETRY   # born a copy of b's state, not a transition
         first.attempts = b.attempts
         first.maybe_written = b.maybe_written
-        first.order = b.order
+        # Its place: after everything ahead of b (in the lane or parked), before b.
+        idx = lane.batches.index(b)
+        lo = lane.batches[idx - 1].order if idx else b.order - 1.0
+        for order, _, _ in lane.parked or ():
+            if lo < order < b.order:
+                lo = order
+        first.order = (lo + b.order) / 2
         if b.seq >= 0:
             first.seq = b.seq
             b.seq = (b.seq + first.count) % SEQ_MODULO
-        idx = lane.batches.index(b)
         lane.batches.insert(idx, first)
         self._log_split(lane)
 
@@ -1723,6 +1737,11 @@ class Engine:
                 keep = [c for c in b.chunks if now < c.deadline]
                 expired = [(c, code) for c in b.chunks if now >= c.deadline]
                 self._drop_from_batch(b, keep, expired, now, why)
+                if keep:
+                    # b stays unresolved: the records behind it (and outcomes parked
+                    # behind it) come after its own, so they wait for it
+                    deadline = b.deadline
+                    break
             else:
                 deadline = b.deadline
                 break
@@ -1973,14 +1992,33 @@ class Engine:
         # Lanes before holds: a hold releases a submission from its front, so a
         # submission's parts in lanes come before its part still held.
         for lane in list(self._active):
-            for b in list(lane.batches):
-                out.extend(part(c) for c in b.chunks)
-                b.state = BatchState.DONE
+            if not lane.parked:
+                for b in lane.batches:
+                    out.extend(part(c) for c in b.chunks)
+                    b.state = BatchState.DONE
+            else:
+                # Batches delivered behind undelivered ones, in lane order: a submission
+                # with an earlier part returned is handed over whole from there (the
+                # caller hands back or fails what follows that part too), so its
+                # parked records go with it, no longer counted delivered; the other
+                # parked outcomes are reported.
+                cut: set[int] = set()
+                for _, outs, b in sorted([(b.order, None, b) for b in lane.batches] + lane.parked,
+                                         key=_first):
+                    if outs is None:
+                        for c in b.chunks:
+                            out.append(part(c))
+                            cut.add(id(c.sub.token))
+                        b.state = BatchState.DONE
+                        continue
+                    for o, c in zip(outs, b.chunks):
+                        if id(c.sub.token) in cut:
+                            out.append(part(c))
+                            self._undeliver(lane, c)
+                        else:
+                            self._outcomes.append(o)
+                lane.parked = None
             lane.batches.clear()
-            # Outcomes parked behind an undelivered batch are not reported: what is
-            # returned comes first in their submissions, and whoever takes it over
-            # takes the rest of those submissions too (at least once).
-            lane.parked = None
             lane.inflight = 0
             lane.queued = 0
         self._active.clear()
@@ -2009,6 +2047,17 @@ class Engine:
             log.warning("drain deadline reached: %d message(s) in %d submission(s) not delivered",
                         n, len(out))
         return out
+
+    def _undeliver(self, lane: Lane, c: Chunk) -> None:
+        """Take back the delivered count of `c`, delivered but not reported (see take_undelivered)."""
+        n = c.hi - c.lo
+        payload = c.nbytes - n * _RECORD_OVERHEAD
+        self.delivered -= n
+        self.delivered_bytes -= payload
+        ts = self._topic_stats.get(lane.topic)
+        if ts is not None:
+            ts[0] -= n
+            ts[1] -= payload
 
     def note_handed_back(self, n: int) -> None:
         """`n` of the messages `take_undelivered` returned went back to their senders.
