@@ -35,11 +35,9 @@ partition) and take the new one, from 0, once those have settled.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import random
 from collections import deque
-from operator import itemgetter
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -108,7 +106,6 @@ _PID_READY, _PID_DISABLED = PidState.READY, PidState.DISABLED
 _OPEN_STATES = frozenset({ConnState.NEGOTIATING, ConnState.AUTHENTICATING, ConnState.READY})
 _DOWN_STATES = frozenset({ConnState.DOWN, ConnState.BACKOFF})
 _LATENCY_SAMPLES = 1024
-_first = itemgetter(0)
 # Builds an Outcome from a tuple of its fields without the NamedTuple's Python-level
 # __new__ (one frame less per delivered submission on the hottest path).
 _new_outcome = tuple.__new__
@@ -1096,10 +1093,14 @@ class Engine:
             # submission's outcomes onto its records in the order they come. These
             # wait until everything ahead of them has settled (_finish).
             out = []
-            if lane.parked is None:
-                lane.parked = []
+            parked = lane.parked
+            if parked is None:
+                parked = lane.parked = []
             # by place in the lane, not by time: a batch ahead may be acknowledged later
-            bisect.insort(lane.parked, (b.order, out, b), key=_first)
+            i = len(parked)
+            while i and parked[i - 1][0] > b.order:
+                i -= 1
+            parked.insert(i, (b.order, out, b))
         off = base_offset
         topic = lane.topic
         ts = self._topic_stats.get(topic)
@@ -2004,7 +2005,7 @@ class Engine:
                 # parked outcomes are reported.
                 cut: set[int] = set()
                 for _, outs, b in sorted([(b.order, None, b) for b in lane.batches] + lane.parked,
-                                         key=_first):
+                                         key=lambda entry: entry[0]):
                     if outs is None:
                         for c in b.chunks:
                             out.append(part(c))
