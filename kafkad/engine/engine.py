@@ -2009,11 +2009,11 @@ class Engine:
                     if outs is None:
                         for c in b.chunks:
                             out.append(part(c))
-                            cut.add(id(c.sub.token))
+                            cut.add(id(c.sub))
                         b.state = BatchState.DONE
                         continue
                     for o, c in zip(outs, b.chunks):
-                        if id(c.sub.token) in cut:
+                        if id(c.sub) in cut:
                             out.append(part(c))
                             self._undeliver(lane, c)
                         else:
