@@ -1526,6 +1526,25 @@ def test_a_batch_written_but_failed_never_lends_its_sequence_to_later_records(co
     h.check_accounting()
 
 
+def _bump_beside_a_written_batch(h: Harness, s) -> None:
+    """t[0]'s leader lost our producer (59: a bump) as t[1]'s wrote B and answered 20."""
+    c = h.cluster
+    before = h.values("t", 1)
+    c.produce_errors[("t", 0)].append(59)
+    c.errors_after_append[("t", 1)].append(20)
+    h.submit("t", 0, [b"A"], settings=s, token="A")
+    h.submit("t", 1, [b"B"], settings=s, token="B")
+    h.step()                                   # both sent: A refused, B written and answered 20
+    assert h.engine.groups[(-1, 1000, 0, None)].state is PidState.BUMP_PENDING
+    assert h.values("t", 1) == before + [b"B"]
+
+
+def _stamps(h: Harness, tp=("t", 1)) -> list:
+    """(epoch, base sequence, values) of every batch sent to `tp`, in order."""
+    return [(b.producer_epoch, b.base_sequence, [r.value for r in b.records])
+            for r in h.produce_requests() for t, p, b in batches_in(r) if (t, p) == tp]
+
+
 def test_a_bump_leaves_another_partitions_unsettled_batch_under_its_own_epoch():
     """KIP-360: only the partition whose sequence state was lost starts over under the new epoch.
 
@@ -1545,12 +1564,7 @@ def test_a_bump_leaves_another_partitions_unsettled_batch_under_its_own_epoch():
     h.run()
     group = h.engine.groups[(-1, 1000, 0, None)]
     epoch = group.epoch
-    c.produce_errors[("t", 0)].append(59)
-    c.errors_after_append[("t", 1)].append(20)
-    h.submit("t", 0, [b"A"], settings=s, token="A")
-    h.submit("t", 1, [b"B"], settings=s, token="B")
-    h.step()                                   # both sent: A refused, B written and answered 20
-    assert group.state is PidState.BUMP_PENDING and h.values("t", 1) == [b"B0", b"B"]
+    _bump_beside_a_written_batch(h, s)
     h.submit("t", 1, [b"B2"], settings=s, token="B2")
     h.run()
     assert group.epoch == epoch + 1
@@ -1558,9 +1572,7 @@ def test_a_bump_leaves_another_partitions_unsettled_batch_under_its_own_epoch():
     assert h.values("t", 1) == [b"B0", b"B", b"B2"]            # B once
     assert [(o.error, o.base_offset) for o in h.by_token()["B"]] == [(0, 1)]
     assert [(o.error, o.base_offset) for o in h.by_token()["B2"]] == [(0, 2)]
-    stamps = [(b.producer_epoch, b.base_sequence) for r in h.produce_requests()
-              for t, p, b in batches_in(r) if (t, p) == ("t", 1)]
-    assert stamps == [(epoch, 0), (epoch, 1), (epoch, 1), (epoch + 1, 0)]
+    assert [stamp[:2] for stamp in _stamps(h)] == [(epoch, 0), (epoch, 1), (epoch, 1), (epoch + 1, 0)]
     h.check_accounting()
 
 
@@ -1581,20 +1593,14 @@ def test_a_partition_still_under_the_old_epoch_starts_over_without_another_bump(
     h.run()
     group = h.engine.groups[(-1, 1000, 0, None)]
     epoch = group.epoch
-    c.produce_errors[("t", 0)].append(59)
-    c.errors_after_append[("t", 1)].append(20)
-    h.submit("t", 0, [b"A"], settings=s, token="A")
-    h.submit("t", 1, [b"B"], settings=s, token="B")
-    h.step()                                   # both sent: A refused, B written and answered 20
-    assert group.state is PidState.BUMP_PENDING and h.values("t", 1) == [b"B0", b"B"]
+    _bump_beside_a_written_batch(h, s)
     c.produce_errors[("t", 1)].append(second)  # B's resend
     h.run()
     h.submit("t", 1, [b"C"], settings=s, token="C")
     h.run()
     bumps = [r for r in h.sent if type(r.msg).__name__ == "InitProducerIdRequest" and r.msg.producer_id >= 0]
     assert len(bumps) == 1 and group.epoch == epoch + 1
-    stamps = [(b.producer_epoch, b.base_sequence, [r.value for r in b.records])
-              for r in h.produce_requests() for t, p, b in batches_in(r) if (t, p) == ("t", 1)]
+    stamps = _stamps(h)
     if second == 7:
         assert [(o.error, o.delivered) for o in h.by_token()["B"]] == [(7, 0)]
         assert stamps[1:] == [(epoch, 1, [b"B"]), (epoch, 1, [b"B"]), (epoch + 1, 0, [b"C"])]

@@ -54,20 +54,25 @@ def step_until_sent(h: Harness, n: int) -> None:
     raise AssertionError(f"{len(h.unanswered)} of {n} requests sent")
 
 
+def held_behind_one(h: Harness, first: bytes, values: list[bytes], token: str) -> None:
+    """acks=-1, warmed up; then `first` alone and `values` (as `token`) sent, answers held."""
+    connect(h)
+    h.submit("t", 0, [b"warm"], settings=ACKS_ALL)
+    h.run()
+    h.hold_answers.add(1)
+    h.submit("t", 0, [first], settings=ACKS_ALL, token=first.decode())
+    h.step()
+    h.submit("t", 0, values, settings=ACKS_ALL, token=token)
+    h.step()
+
+
 def test_parked_outcomes_come_out_in_lane_order_not_acknowledgement_order():
     """X, then S over W and Y. X and W are answered 7, Y is acknowledged (parked); on the
     resend W is acknowledged (parked after Y, by time) while X is answered 7 again."""
     c = cluster("t")
     h = Harness(c, linger_ms=0, batch_max_bytes=200)
-    connect(h)
-    h.submit("t", 0, [b"warm"], settings=ACKS_ALL)
-    h.run()
-    h.hold_answers.add(1)
-    h.submit("t", 0, [b"X"], settings=ACKS_ALL, token="X")
-    h.step()
     s = [b"x" * 60, b"y" * 60]
-    h.submit("t", 0, s, settings=ACKS_ALL, token="S")
-    h.step()
+    held_behind_one(h, b"X", s, "S")
     c.errors_after_append[("t", 0)].extend([7, 7])
     answer_all(h)
     step_until_sent(h, 2)                       # X and W again
@@ -86,15 +91,8 @@ def test_the_halves_of_a_split_batch_report_in_their_order():
     second and reported after it."""
     c = cluster("t")
     h = Harness(c, linger_ms=0)
-    connect(h)
-    h.submit("t", 0, [b"warm"], settings=ACKS_ALL)
-    h.run()
-    h.hold_answers.add(1)
-    h.submit("t", 0, [b"A"], settings=ACKS_ALL, token="A")
-    h.step()
     t = [b"T0", b"T1", b"T2", b"T3"]
-    h.submit("t", 0, t, settings=ACKS_ALL, token="T")
-    h.step()
+    held_behind_one(h, b"A", t, "T")
     ra, rb = h.unanswered
     h.unanswered.clear()
     c.errors_after_append[("t", 0)].append(7)   # A written, answered 7
