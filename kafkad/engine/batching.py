@@ -247,6 +247,12 @@ class Lane:
         self.next_seq = (self.next_seq - removed) % SEQ_MODULO
 
     @property
+    def current(self) -> bool:
+        """Whether its stamp is its group's producer id and epoch (else an older one, or none yet)."""
+        group = self.group
+        return self.pid == group.producer_id and self.epoch == group.epoch
+
+    @property
     def numbered(self) -> bool:
         """Whether a batch holds a sequence number (numbered batches lead the lane)."""
         return bool(self.batches) and self.batches[0].seq >= 0

@@ -588,8 +588,7 @@ class Engine:
             gone.add(lane)
             group = lane.group
             groups.add(group)
-            if (group.idempotent and group.producer_id >= 0 and lane.next_seq
-                    and lane.pid == group.producer_id and lane.epoch == group.epoch):
+            if group.idempotent and group.producer_id >= 0 and lane.next_seq and lane.current:
                 # The broker keeps this partition's last sequence under the current
                 # producer id and epoch: a new lane starting at 0 would be refused.
                 if len(group.forgotten) >= _FORGOTTEN_LANES_MAX:
@@ -1182,7 +1181,7 @@ class Engine:
                 lane.start_over = True   # sent before a bump already under way: it renumbers
                 collateral = True
             else:
-                current = lane.pid == group.producer_id and lane.epoch == group.epoch
+                current = lane.current
                 log.warning("%s[%d]: broker lost producer %d's sequence (%s): %s",
                             lane.topic, lane.partition, lane.pid, _err_name(code),
                             "bumping the epoch" if current else "starting over under the current epoch")
@@ -1305,8 +1304,7 @@ class Engine:
         lane.start_over = True
         lane.dirty = True
         group = lane.group
-        if (group.state is PidState.READY and lane.pid == group.producer_id
-                and lane.epoch == group.epoch):
+        if group.state is PidState.READY and lane.current:
             self._move(group, PidState.BUMP_PENDING)
 
     def _fail_lane(self, lane: Lane, code: int, now: float, why: str) -> None:
@@ -1771,7 +1769,7 @@ class Engine:
         # a producer id, metadata, a connection state change, an answer.
         if group.state is not PidState.READY and group.idempotent:
             return deadline
-        stale = group.idempotent and (lane.pid != group.producer_id or lane.epoch != group.epoch)
+        stale = group.idempotent and not lane.current
         if stale and lane.start_over:
             if lane.inflight:
                 return deadline          # its answers, under the old stamp, come first
@@ -1887,7 +1885,7 @@ class Engine:
         lane = b.lane
         group = lane.group
         if b.seq < 0 and group.idempotent and group.state is PidState.READY:
-            if lane.pid != group.producer_id or lane.epoch != group.epoch:
+            if not lane.current:
                 # nothing of the lane is numbered or on the wire (_visit_lane, _send_one)
                 lane.restamp(group.producer_id, group.epoch)
             lane.assign_sequence(b)
